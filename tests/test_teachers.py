@@ -1,0 +1,95 @@
+"""Teachers: checkpoints round-trip with metadata; unsafe or mismatched files give one clear line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from derd.errors import UserError
+from derd.models import create_model
+from derd.teachers import load_checkpoint, save_checkpoint, train_teacher
+
+
+class Payload:
+    """Unpickling this would run code: the loader must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def _model(info, arch="digits_cnn_small"):
+    return create_model(arch, info.num_classes, in_channels=1, mean=info.mean, std=info.std)
+
+
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, digits_info):
+    model = _model(digits_info)
+    save_checkpoint(tmp_path / "t.pt", model, {"arch": "digits_cnn_small", "dataset": "digits", "num_classes": 10, "kind": "natural", "table": {"clean_acc": 1.0}})
+    loaded, meta = load_checkpoint(tmp_path / "t.pt", digits_info)
+    assert meta["kind"] == "natural" and meta["table"] == {"clean_acc": 1.0}
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_plain_state_dicts_load_with_arch_and_prefixes(tmp_path, digits_info):
+    model = _model(digits_info).eval()
+    torch.save({f"module.{k}": v for k, v in model.net.state_dict().items()}, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="pass its architecture with --arch"):
+        load_checkpoint(tmp_path / "plain.pt", digits_info)
+    loaded, _ = load_checkpoint(tmp_path / "plain.pt", digits_info, arch="digits_cnn_small")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.allclose(loaded(x), model(x))
+
+
+def test_pickled_code_is_refused_and_never_run(tmp_path, digits_info):
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refusing .*pickled code"):
+        load_checkpoint(tmp_path / "evil.pt", digits_info, arch="digits_cnn_small")
+
+
+def test_wrong_arch_wrong_classes_corrupt_and_missing(tmp_path, digits_info):
+    save_checkpoint(tmp_path / "t.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10})
+    torch.save(_model(digits_info).state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="does not fit a digits_cnn"):
+        load_checkpoint(tmp_path / "plain.pt", digits_info, arch="digits_cnn")
+    save_checkpoint(tmp_path / "c100.pt", create_model("digits_cnn_small", 100, in_channels=1), {"arch": "digits_cnn_small", "num_classes": 100})
+    with pytest.raises(UserError, match="has 100 classes but digits has 10"):
+        load_checkpoint(tmp_path / "c100.pt", digits_info)
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(UserError, match="corrupt or not a PyTorch file"):
+        load_checkpoint(tmp_path / "bad.pt", digits_info)
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt", digits_info)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["derd.evaluate", "--dataset", "digits", "--checkpoint", "missing.pt"], "does not exist"),
+        (["derd.evaluate", "--dataset", "svhn", "--checkpoint", "x.pt"], "unknown dataset 'svhn'"),
+        (["derd.teachers", "--dataset", "cifar10", "--kind", "natural"], "--data-root"),
+        (["derd.evaluate", "--dataset", "digits", "--checkpoint", "evil.pt", "--arch", "digits_cnn"], "refusing"),
+    ],
+)
+def test_clis_report_one_line_and_exit_2(tmp_path, argv, message):
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_adversarial_training_makes_a_more_robust_teacher(digits_info):
+    from derd.attacks import pgd
+    from derd.data import load_split
+
+    x, y = load_split("digits", "val").tensors
+    accs = {}
+    for kind in ("natural", "robust"):
+        model = train_teacher(digits_info, kind, "digits_cnn_small", epochs=6, progress=False)
+        x_adv = pgd(model, x, y, eps=digits_info.eps, steps=10, step_size=digits_info.eps / 4, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            accs[kind] = (model(x_adv).argmax(1) == y).float().mean().item()
+    assert accs["robust"] > accs["natural"] + 0.2
