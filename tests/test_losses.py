@@ -1,0 +1,126 @@
+"""Each loss term moves the way METHOD.md says under one gradient step on its own."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from derd import losses
+from derd.models import Generator, create_model
+from derd.method import sga
+
+
+def _descend(param: torch.Tensor, fn, lr: float, steps: int = 5) -> tuple[float, float]:
+    """Loss before and after a few plain gradient-descent steps on ``param``."""
+    before = fn(param).item()
+    for _ in range(steps):
+        param.requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(param), param)
+        param = (param - lr * grad).detach()
+    return before, fn(param).item()
+
+
+@pytest.fixture()
+def teacher(natural_model):
+    return natural_model.eval()
+
+
+def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    a = torch.randn(4, 10)
+    assert losses.kl_divergence(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.kl_divergence(a, torch.randn(4, 10)).item() > 0
+
+
+def test_one_hot_loss_step_makes_the_teacher_more_confident(teacher):
+    x0 = torch.rand(16, 1, 8, 8)
+    before, after = _descend(x0, lambda x: losses.one_hot_loss(teacher(x.clamp(0, 1))), lr=0.05)
+    assert after < before
+
+
+def test_adversarial_loss_step_increases_teacher_student_disagreement(teacher):
+    student = create_model("digits_cnn_small", 10, in_channels=1).eval()
+    x0 = torch.rand(16, 1, 8, 8)
+    kl = lambda x: losses.kl_divergence(teacher(x), student(x))  # noqa: E731
+    before = kl(x0).item()
+    _, _ = _descend(x0, lambda x: losses.adversarial_loss(teacher(x), student(x)), lr=0.05)
+    x = x0.clone()
+    for _ in range(5):
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(losses.adversarial_loss(teacher(x), student(x)), x)
+        x = (x - 0.05 * g).detach()
+    assert kl(x).item() > before
+
+
+def test_information_entropy_step_balances_classes():
+    logits0 = torch.zeros(32, 10)
+    logits0[:, 0] = 3.0  # everything predicted as class 0
+    entropy = lambda l: -(torch.softmax(l, 1).mean(0) * torch.log(torch.softmax(l, 1).mean(0))).sum()  # noqa: E731
+    before, after = _descend(logits0 + 0.01 * torch.randn(32, 10), losses.information_entropy_loss, lr=1.0)
+    assert after < before  # L_ie falls, so the entropy of the mean prediction rises
+    assert before == pytest.approx(-entropy(logits0).item(), abs=0.05)
+
+
+def test_bn_loss_step_matches_teacher_statistics_and_hooks_are_removable(teacher):
+    bn = losses.BatchNormStatistics(teacher)
+
+    def l_bn(x):
+        bn.clear()
+        teacher(x)
+        return bn.loss()
+
+    before, after = _descend(torch.rand(32, 1, 8, 8), l_bn, lr=0.01)
+    assert after < before
+    bn.remove()
+    teacher(torch.rand(2, 1, 8, 8))
+    assert bn.terms == [] and all(not m._forward_hooks for m in teacher.modules())
+
+
+def test_diversity_loss_step_spreads_the_generator():
+    torch.manual_seed(0)
+    gen = Generator((1, 8, 8), latent_dim=8, width=16)
+    z = torch.randn(32, 8)
+    opt = torch.optim.SGD(gen.parameters(), lr=0.5)
+    before = losses.diversity_loss(z, gen(z)).item()
+    for _ in range(5):
+        opt.zero_grad()
+        losses.diversity_loss(z, gen(z)).backward()
+        opt.step()
+    assert losses.diversity_loss(z, gen(z)).item() < before  # larger image distance per noise distance
+
+
+def test_consistency_step_pulls_clean_and_adversarial_views_together():
+    torch.manual_seed(0)
+    student = create_model("digits_cnn_small", 10, in_channels=1).eval()
+    x = torch.rand(16, 1, 8, 8)
+    x_adv = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    cons = lambda: losses.consistency_loss(student(x), student(x_adv))  # noqa: E731
+    before = cons().item()
+    for _ in range(5):
+        opt.zero_grad()
+        cons().backward()
+        opt.step()
+    assert cons().item() < before
+
+
+def test_sga_removes_conflict_and_keeps_agreeing_gradients():
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.randn(3, 3)]
+    b = [torch.tensor([-1.0, 1.0]), torch.tensor([2.0, 0.5]), -a[2] + 0.1 * torch.randn(3, 3)]
+    out, frac = sga(a, b, gen)
+    assert frac == pytest.approx(2 / 3)
+    assert torch.equal(out[1], a[1] + b[1])  # no conflict: plain sum
+    for i in (0, 2):  # conflict: exactly one of the two loses its component along the other
+        a_proj = a[i] - (a[i] * b[i]).sum() / b[i].pow(2).sum() * b[i]
+        b_proj = b[i] - (a[i] * b[i]).sum() / a[i].pow(2).sum() * a[i]
+        if torch.allclose(out[i], a_proj + b[i], atol=1e-6):
+            assert (a_proj * b[i]).sum().abs() < 1e-5  # no negative inner product left
+        else:
+            assert torch.allclose(out[i], a[i] + b_proj, atol=1e-6)
+            assert (b_proj * a[i]).sum().abs() < 1e-5
+
+
+def test_sga_choice_is_random_over_calls():
+    a, b = [torch.tensor([1.0, 0.0])], [torch.tensor([-1.0, 1.0])]
+    gen = torch.Generator().manual_seed(0)
+    results = {tuple(sga(a, b, gen)[0][0].tolist()) for _ in range(20)}
+    assert len(results) == 2
