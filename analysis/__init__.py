@@ -1,0 +1,1 @@
+"""Pareto fronts, MLflow queries, exports and reports over finished searches."""

@@ -1,0 +1,1 @@
+"""The Ray Tune + Optuna + MLflow search over DERD's loss weights."""
