@@ -8,6 +8,7 @@ params, per-epoch metrics (``loss/*``, ``sga/*``, and ``val/*`` when evaluated),
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -106,12 +107,13 @@ class MLflowSearchLogger(Callback):
         step = int(result.get("epoch", 0))
         wall = float(result.get("time_total_s", 0.0))
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
-        metrics += [Metric("trial/wall_time_s", wall, now, step), Metric("trial/device_hours", wall / 3600 * units, now, step),
+        metrics = [Metric("trial/wall_time_s", wall, now, step), Metric("trial/device_hours", wall / 3600 * units, now, step),
                     Metric("trial/epochs", float(step), now, step)]
         stopped_early = step < int(result.get("total_epochs", step))
         tags = [RunTag("derd.stopped_early", str(stopped_early).lower()),
                 RunTag("derd.device", str(result.get("device", ""))),
+                RunTag("derd.node_id", str(result.get("node_id", ""))),
+                RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
                 RunTag("derd.device_unit", "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
@@ -128,9 +130,13 @@ class MLflowSearchLogger(Callback):
 
 def _error_line(trial) -> str:
     """The most telling line of a failed trial's traceback (the exception message)."""
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # noqa: BLE001 - best effort: the error file may be on another node
+    text = ""
+    try:  # the driver writes the local error file first; storage gets its copy later
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text()
+        else:
+            text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - best effort: the error may live on another node's disk
         text = ""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     for ln in reversed(lines):

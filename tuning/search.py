@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: asha (default) or none")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions (0.5) let trials share a GPU")
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--address", help="join an existing Ray cluster (HOST:PORT or auto); default: start Ray locally")
+    p.add_argument("--address", help="join an existing Ray cluster (HOST:PORT or auto), or 'local' for a new local "
+                                     "instance; default: Ray's own choice (a running local cluster, else a new one)")
     p.add_argument("--storage-path", help="Ray's storage for trial checkpoints: a shared path or an object-store URI "
                                           "(s3://, gs://) for clusters (default: <out>)")
     p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: SQLite in <out>/mlflow.db")
@@ -159,7 +160,7 @@ def _init_ray(plan: Plan) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if plan.address:
-        ray.init(address=plan.address, **kwargs)
+        ray.init(address=plan.address, **kwargs)  # "local" forces a new local instance
     else:
         ray.init(**kwargs)
     return True
@@ -235,13 +236,12 @@ def _fit(plan: Plan, experts) -> dict[str, Any]:
                                           failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
             )
-        results = tuner.fit()
-        summary = summarise(results, space, time.time() - start)
+        tuner.fit()
+        client = MlflowClient(plan.tracking_uri)
+        summary = summarise(client, exp_id, parent_id, space, time.time() - start)
         status = "FINISHED" if summary["unfinished"] == 0 else "KILLED"
     finally:
-        client = MlflowClient(plan.tracking_uri)
-        client.set_terminated(parent_id, status)
-    client = MlflowClient(plan.tracking_uri)
+        MlflowClient(plan.tracking_uri).set_terminated(parent_id, status)
     (plan.out / "best_trials.md").write_text(summary["markdown"])
     client.log_artifact(parent_id, str(plan.out / "best_trials.md"))
     for key in ("trials_finished", "trials_failed", "trials_stopped_early", "wall_time_s", "trials_per_hour"):
