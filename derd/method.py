@@ -364,7 +364,9 @@ class DERDRun:
             result[name] = total / sc.iters_per_epoch
         self.epoch += 1
         if self.epoch % self.cfg.eval.every == 0 or self.epoch == self.total_epochs:
+            start = time.time()
             result.update(self.validate())
+            result["time/eval_s"] = time.time() - start
         return result
 
     def validate(self) -> dict[str, float]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from derd.config import RunConfig, load_yaml, save_yaml, to_dict
+from derd.config import RunConfig, apply_overrides, load_yaml, preset, save_yaml, to_dict
 from derd.data import load_split, make_loader
 from derd.errors import UserError, cli_errors
 from derd.evaluate import evaluate, markdown_table
@@ -67,14 +67,32 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     return {"test": table, "history": run.history}
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["variant=nature", "stage2.epochs=5"]`` to ``{"variant": "nature", "stage2.epochs": 5}``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stage2.lambda_nat=1.0")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m derd.train", description="Train a DERD student from a config and report its test table.")
-    p.add_argument("--config", required=True, help="run config YAML (as exported by analysis/export.py)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="run config YAML (as exported by analysis/export.py)")
+    src.add_argument("--preset", help="start from a dataset's preset (the paper's weights): digits, cifar10, ...")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set variant=nature (YAML value syntax)")
     p.add_argument("--out", help="output folder (default: runs/train-<variant>-<dataset>-<time>)")
     p.add_argument("--protocol", choices=("full", "search"), help="test protocol (default: the config's eval.final_protocol)")
     args = p.parse_args(argv)
-    cfg = load_yaml(args.config)
+    cfg = load_yaml(args.config) if args.config else preset(args.preset)
+    cfg = apply_overrides(cfg, parse_sets(args.set))
     out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.variant}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.time()
     result = train(cfg, out, test_protocol=args.protocol)

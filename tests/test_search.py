@@ -51,12 +51,12 @@ def teacher_args(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two Ray nodes on this machine; the head has one logical GPU."""
+    """Two one-CPU Ray nodes on this machine; the head also has one logical GPU."""
     import ray
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})
-    c.add_node(num_cpus=2)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    c.add_node(num_cpus=1)
     ray.init(address=c.address)
     yield c
     ray.shutdown()
@@ -115,7 +115,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, cluster, teacher_a
 
     out = tmp_path / "s"
     run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
-                "--cpus-per-trial", "2", "--max-concurrent", "2", *teacher_args])
+                "--cpus-per-trial", "1", "--max-concurrent", "2", *teacher_args])
     _, trials, _ = _runs(out)
     assert len({r.data.tags["derd.node_id"] for r in trials}) == 2
 
@@ -125,7 +125,7 @@ def test_fractional_gpus_let_two_trials_share_one_gpu(tmp_path, cluster, teacher
 
     out = tmp_path / "s"
     run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
-                "--gpus-per-trial", "0.5", "--cpus-per-trial", "1", "--max-concurrent", "2", *teacher_args])
+                "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--max-concurrent", "2", *teacher_args])
     _, trials, _ = _runs(out)
     assert [r.data.tags["derd.gpu_ids"] for r in trials] == ["0", "0"]
     (a, b) = sorted((r.info.start_time, r.info.end_time) for r in trials)

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", help="digits (embedded, default), cifar10, cifar100, imagenet100")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/<dataset>.yaml)")
-    p.add_argument("--name", help="search name: MLflow experiment, Optuna study, output folder (default: derd-<dataset>)")
+    p.add_argument("--name", help="search name: MLflow experiment, Optuna study, output folder "
+                                  "(default: the first free of derd-<dataset>, derd-<dataset>-2, ...)")
     p.add_argument("--out", help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--num-trials", type=int)
@@ -73,6 +74,12 @@ def plan_search(args: argparse.Namespace) -> Plan:
     """Validate every input (space, data, teachers, addresses, folders); write nothing."""
     name = args.name or f"derd-{args.dataset}"
     out = Path(args.out or Path("runs") / name).resolve()
+    if not (args.name or args.out or args.resume):  # the default name: take the first free one
+        n = 1
+        while out.exists() and any(out.iterdir()):
+            n += 1
+            name = f"derd-{args.dataset}-{n}"
+            out = (Path("runs") / name).resolve()
     if args.resume:
         if not (out / "space.yaml").is_file():
             raise UserError(f"nothing to resume in {out}: no space.yaml; start the search without --resume")
@@ -132,7 +139,9 @@ def _mlflow_parent(plan: Plan) -> tuple[str, str]:
     exp = client.get_experiment_by_name(plan.name)
     if exp is None:
         artifacts = (plan.out / "mlartifacts").as_uri() if plan.tracking_uri.startswith("sqlite") else None
-        exp_id = client.create_experiment(plan.name, artifact_location=artifacts)
+        # the experiment kind makes MLflow 3's UI open on its runs table, not its GenAI overview
+        exp_id = client.create_experiment(plan.name, artifact_location=artifacts,
+                                          tags={"mlflow.experimentKind": "custom_model_development"})
     else:
         exp_id = exp.experiment_id
     found = client.search_runs([exp_id], f"tags.`{SEARCH_DIR_TAG}` = '{plan.out}'", max_results=1)
@@ -170,6 +179,7 @@ def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     """Plan, then run (or resume) the search; returns a summary dict. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     plan = plan_search(args)
+    print(f"search {plan.name}: results in {plan.out}", flush=True)
     import ray
 
     started = _init_ray(plan)
@@ -242,6 +252,9 @@ def _fit(plan: Plan, experts) -> dict[str, Any]:
         status = "FINISHED" if summary["unfinished"] == 0 else "KILLED"
     finally:
         MlflowClient(plan.tracking_uri).set_terminated(parent_id, status)
+    from analysis.pareto import tag_fronts
+
+    tag_fronts(client, exp_id)  # pareto_rank / pareto_front tags, front plot, CSV, hypervolume
     (plan.out / "best_trials.md").write_text(summary["markdown"])
     client.log_artifact(parent_id, str(plan.out / "best_trials.md"))
     for key in ("trials_finished", "trials_failed", "trials_stopped_early", "wall_time_s", "trials_per_hour"):
