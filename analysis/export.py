@@ -18,8 +18,8 @@ from typing import Any
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.pareto import finished_trials, knee_point, objectives_of, open_experiment, pareto_ranks, search_parents, signed
-from derd.config import RunConfig, apply_overrides, from_dict, preset, save_yaml, to_flat
+from analysis.pareto import knee_point, open_experiment, pareto_ranks, search_trials, signed
+from derd.config import RunConfig, apply_overrides, preset, save_yaml, to_flat
 from derd.errors import UserError, cli_errors
 
 BUDGET_KEYS = ("stage1.epochs", "stage1.iters_per_epoch", "stage1.batch_size", "stage2.epochs",
@@ -57,11 +57,7 @@ def select_runs(client, experiment_id: str, selection: str) -> list:
         except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
             raise UserError(f"--select {selection!r} is neither one of {', '.join(SELECTIONS)} nor a run id") from None
     chosen = []
-    for parent in search_parents(client, experiment_id):
-        objectives = objectives_of(parent)
-        trials = finished_trials(client, experiment_id, parent.info.run_id, objectives)
-        if not trials:
-            continue
+    for _, objectives, trials in search_trials(client, experiment_id):
         if selection == "best-robust":
             metric = next((m for m, _ in objectives if m != "val/clean_acc"), "val/aa_acc")
             chosen.append(max(trials, key=lambda r: r.data.metrics.get(metric, float("-inf"))))

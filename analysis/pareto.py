@@ -25,6 +25,8 @@ from typing import Any, Sequence
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from derd.errors import UserError, cli_errors
+
 Point = Sequence[float]
 
 
@@ -115,6 +117,15 @@ def finished_trials(client, experiment_id: str, parent_id: str, objectives: list
     return [r for r in runs if all(m in r.data.metrics for m, _ in objectives)]
 
 
+def search_trials(client, experiment_id: str):
+    """Yield (parent run, objectives, finished trial runs) for every search in the experiment."""
+    for parent in search_parents(client, experiment_id):
+        objectives = objectives_of(parent)
+        trials = finished_trials(client, experiment_id, parent.info.run_id, objectives)
+        if trials:
+            yield parent, objectives, trials
+
+
 def signed(run, objectives: list[tuple[str, str]]) -> list[float]:
     return [run.data.metrics[m] if mode == "max" else -run.data.metrics[m] for m, mode in objectives]
 
@@ -124,11 +135,7 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
     from mlflow.entities import RunTag
 
     summaries = []
-    for parent in search_parents(client, experiment_id):
-        objectives = objectives_of(parent)
-        trials = finished_trials(client, experiment_id, parent.info.run_id, objectives)
-        if not trials:
-            continue
+    for parent, objectives, trials in search_trials(client, experiment_id):
         points = [signed(r, objectives) for r in trials]
         ranks = pareto_ranks(points)
         for run, rank in zip(trials, ranks):
@@ -183,28 +190,21 @@ def front_figure(trials: list, ranks: list[int], objectives: list[tuple[str, str
     return fig
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> None:
-    from derd.errors import UserError, cli_errors
-
-    @cli_errors
-    def run() -> None:
-        p = argparse.ArgumentParser(prog="python analysis/pareto.py", description="Tag the Pareto front of a search in MLflow.")
-        p.add_argument("--experiment", required=True, help="MLflow experiment (the search's --name)")
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/<experiment>/mlflow.db)")
-        args = p.parse_args(argv)
-        client, exp = open_experiment(args.experiment, args.tracking_uri)
-        for s in tag_fronts(client, exp.experiment_id):
-            print(f"search run {s['parent']}: {s['trials']} finished trials, front of {len(s['front'])}, "
-                  f"hypervolume {s['hypervolume']:.1f}")
-
-    run()
+    p = argparse.ArgumentParser(prog="python analysis/pareto.py", description="Tag the Pareto front of a search in MLflow.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the search's --name)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/<experiment>/mlflow.db)")
+    args = p.parse_args(argv)
+    client, exp = open_experiment(args.experiment, args.tracking_uri)
+    for s in tag_fronts(client, exp.experiment_id):
+        print(f"search run {s['parent']}: {s['trials']} finished trials, front of {len(s['front'])}, "
+              f"hypervolume {s['hypervolume']:.1f}")
 
 
 def open_experiment(name: str, tracking_uri: str | None):
     """(client, experiment) for a search's experiment; one clear error if it does not exist."""
     from mlflow.tracking import MlflowClient
-
-    from derd.errors import UserError
 
     uri = tracking_uri or f"sqlite:///{(Path('runs') / name / 'mlflow.db').resolve()}"
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

@@ -235,8 +235,9 @@ def load_yaml(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    dataset = (data.get("data") or {}).get("dataset", "digits") if isinstance(data.get("data"), (dict, type(None))) else "digits"
-    base = to_dict(preset(dataset)) if dataset in PAPER_WEIGHTS else {}
+    data_section = data.get("data")
+    dataset = data_section.get("dataset", "digits") if isinstance(data_section, dict) else "digits"
+    base = to_dict(preset(dataset)) if dataset in PAPER_WEIGHTS else {}  # an unknown dataset fails in from_dict
     return from_dict(_merge(base, data))
 
 

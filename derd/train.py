@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = apply_overrides(cfg, parse_sets(args.set))
     out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.variant}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.time()
-    result = train(cfg, out, test_protocol=args.protocol)
+    train(cfg, out, test_protocol=args.protocol)
     print(f"{cfg.variant} on {cfg.data.dataset}, test split, {time.time() - start:.0f} s; artefacts in {out}")
     print((out / "table.md").read_text())
 

@@ -1,11 +1,15 @@
 """Shared fixtures: small digits models trained in seconds, temporary caches."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from derd.data import dataset_info, load_split, make_loader
 from derd.models import create_model
+from derd.teachers import save_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +48,33 @@ def train_quick(arch: str = "digits_cnn_small", epochs: int = 8, seed: int = 0) 
 @pytest.fixture(scope="session")
 def natural_model():
     return train_quick()
+
+
+TINY_BASE = {
+    "stage1.epochs": 2, "stage1.iters_per_epoch": 2, "stage1.batch_size": 16,
+    "stage2.epochs": 2, "stage2.iters_per_epoch": 2, "stage2.batch_size": 16, "stage2.pgd_steps": 2,
+    "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16, "data.val_batch_size": 64,
+}
+
+
+def write_space(path: Path, **extra) -> Path:
+    space = {
+        "dataset": "digits",
+        "base": dict(TINY_BASE),
+        "space": {"stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+                  "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
+        "presets": ["paper"],
+        "search": {"num_trials": 3, "max_concurrent": 2, "scheduler": "none"},
+    }
+    for key, value in extra.items():
+        space[key] = value
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_args(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teachers")
+    for kind, seed in (("natural", 1), ("robust", 2)):
+        save_checkpoint(folder / f"{kind}.pt", train_quick(seed=seed, epochs=2), {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+    return ["--teacher-natural", str(folder / "natural.pt"), "--teacher-robust", str(folder / "robust.pt")]

@@ -15,14 +15,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import hypervolume, pareto_ranks, tag_fronts
-from test_search import TINY_BASE, teacher_args, write_space  # noqa: F401  (fixture reused)
+from conftest import TINY_BASE, write_space
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, teacher_args):  # noqa: F811
+def store(tmp_path_factory, teacher_args):
     """A finished tiny search (4 trials) on a local Ray instance."""
     import ray
 

@@ -1,7 +1,6 @@
 """The search with real Ray, Optuna and MLflow in temporary folders (tiny models, tiny budgets)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,45 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from derd.teachers import save_checkpoint
 from fakedata import write_cifar
 
-from conftest import train_quick
+from conftest import write_space
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BASE = {
-    "stage1.epochs": 2, "stage1.iters_per_epoch": 2, "stage1.batch_size": 16,
-    "stage2.epochs": 2, "stage2.iters_per_epoch": 2, "stage2.batch_size": 16, "stage2.pgd_steps": 2,
-    "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16, "data.val_batch_size": 64,
-}
-
-
-def write_space(path: Path, **extra) -> Path:
-    space = {
-        "dataset": "digits",
-        "base": dict(TINY_BASE),
-        "space": {"stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
-                  "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
-        "presets": ["paper"],
-        "search": {"num_trials": 3, "max_concurrent": 2, "scheduler": "none"},
-    }
-    for key, value in extra.items():
-        space[key] = value
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-@pytest.fixture(scope="module")
-def teacher_args(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teachers")
-    for kind, seed in (("natural", 1), ("robust", 2)):
-        save_checkpoint(folder / f"{kind}.pt", train_quick(seed=seed, epochs=2), {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
-    return ["--teacher-natural", str(folder / "natural.pt"), "--teacher-robust", str(folder / "robust.pt")]
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """Two one-CPU Ray nodes on this machine; the head also has one logical GPU."""

@@ -1,5 +1,5 @@
 """Model registry, classifiers and the generator."""
-from derd.models import classifiers as _classifiers  # noqa: F401  (registers the architectures)
+from derd.models import classifiers  # noqa: F401  (importing it registers the architectures)
 from derd.models.generator import Generator
 from derd.models.registry import NormalizedClassifier, available_models, create_model, register
 
