@@ -241,6 +241,15 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool) -> Dataset:
     return _Transformed(base, teacher_idx, aug if augment else plain)
 
 
+def download(name: str, root: str | os.PathLike | None) -> None:
+    """Fetch CIFAR-10/100 into ``root`` with torchvision (only ever on the user's request)."""
+    if name not in ("cifar10", "cifar100"):
+        raise UserError(f"--download fetches cifar10 and cifar100 only; {name} must already be on disk")
+    if root is None:
+        raise UserError(f"dataset {name} needs a data root: pass --data-root DIR")
+    load_split(name, "test", root, download=True)
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, workers: int = 0
 ) -> DataLoader:

@@ -153,7 +153,7 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    from derd.data import dataset_info, load_split, make_loader
+    from derd.data import dataset_info, download, load_split, make_loader
     from derd.teachers import load_checkpoint
 
     p = argparse.ArgumentParser(prog="python -m derd.evaluate", description="Print the robustness table of a checkpoint.")
@@ -163,12 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="full")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--data-root")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root first (torchvision)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     info = dataset_info(args.dataset, args.image_size)
+    if args.download:
+        download(info.name, args.data_root)
     model, meta = load_checkpoint(args.checkpoint, info, arch=args.arch)
     model.to(args.device)
     data = load_split(args.dataset, args.split, args.data_root, image_size=args.image_size)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from derd.attacks import eval_mode, pgd
-from derd.data import DatasetInfo, dataset_info, load_split, make_loader
+from derd.data import DatasetInfo, dataset_info, download, load_split, make_loader
 from derd.errors import UserError, cli_errors
 from derd.evaluate import evaluate, markdown_table
 from derd.models import NormalizedClassifier, create_model
@@ -228,12 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", choices=("pgd_at", "trades"), default="pgd_at", help="adversarial training for --kind robust")
     p.add_argument("--epochs", type=int)
     p.add_argument("--data-root")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root first (torchvision)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--out", help="checkpoint path (default: the teacher cache)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     info = dataset_info(args.dataset, args.image_size)
+    if args.download:
+        download(info.name, args.data_root)
     arch = args.arch or DEFAULT_ARCH[info.name]
     out = Path(args.out) if args.out else teacher_path(info, args.kind, arch)
     _, meta = train_and_save(info, args.kind, arch, out, epochs=args.epochs or DEFAULT_EPOCHS[info.name],

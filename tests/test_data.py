@@ -98,3 +98,12 @@ def test_unknown_dataset_and_missing_root():
         load_split("mnist", "val")
     with pytest.raises(UserError, match="--data-root"):
         load_split("cifar10", "val")
+
+
+def test_download_is_only_for_cifar_and_needs_a_root(tmp_path):
+    from derd.data import download
+
+    with pytest.raises(UserError, match="fetches cifar10 and cifar100 only"):
+        download("imagenet100", tmp_path)
+    with pytest.raises(UserError, match="--data-root"):
+        download("cifar10", None)

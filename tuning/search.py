@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(s3://, gs://) for clusters (default: <out>)")
     p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: SQLite in <out>/mlflow.db")
     p.add_argument("--data-root", help="dataset root (CIFAR, ImageNet-100)")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root before the search (torchvision)")
     p.add_argument("--teacher-natural", help="natural teacher checkpoint (digits: trained on first use)")
     p.add_argument("--teacher-robust", help="robust teacher checkpoint (digits: trained on first use)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker failure (from its checkpoint)")
@@ -101,7 +102,10 @@ def plan_search(args: argparse.Namespace) -> Plan:
         validate_settings(space, "command line")
     base_cfg = space.base_config()
     if base_cfg.data.dataset != "digits":
-        from derd.data import load_split
+        from derd.data import download, load_split
+
+        if args.download:
+            download(base_cfg.data.dataset, base_cfg.data.root)
 
         load_split(base_cfg.data.dataset, "val", base_cfg.data.root, image_size=base_cfg.data.image_size)
         missing = [k for k in ("natural", "robust") if getattr(base_cfg.teachers, k) is None]
