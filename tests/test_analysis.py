@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -70,7 +71,12 @@ def test_export_then_train_reproduces_the_trial(store, tmp_path, capsys):
     assert cfg["eval"]["final_protocol"] == "full" and cfg["stage2"]["epochs"] == TINY_BASE["stage2.epochs"]
     full = export_main(["--experiment", "derd-digits", "--select", "knee", "--out", str(tmp_path / "full"), "--tracking-uri", store["uri"]])
     assert yaml.safe_load(full[0].read_text())["stage2"]["epochs"] == 20  # the preset's full-length budget
-    train_main(["--config", str(paths[0]), "--out", str(tmp_path / "train"), "--protocol", "search"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran (cpus_per_trial 1): same arithmetic
+    try:
+        train_main(["--config", str(paths[0]), "--out", str(tmp_path / "train"), "--protocol", "search"])
+    finally:
+        torch.set_num_threads(threads)
     history = yaml.safe_load((tmp_path / "train" / "table.json").read_text())["history"]
     for key, value in cfg["origin"]["val"].items():
         assert history[-1][key] == pytest.approx(value, abs=3.0), key  # same seed and budget: within noise
