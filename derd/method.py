@@ -73,8 +73,9 @@ def load_experts(cfg: RunConfig, progress: bool = True) -> Experts:
     else:
         if t.robust is None or (need_natural and t.natural is None):
             raise UserError(
-                f"{info.name} needs teacher checkpoints: set teachers.natural and teachers.robust "
-                f"(train them with python -m derd.teachers --dataset {info.name} --kind natural|robust)"
+                f"{info.name} needs teacher checkpoints: pass --teacher-natural and --teacher-robust to the search "
+                f"(teachers.natural / teachers.robust in a run config); train them with "
+                f"python -m derd.teachers --dataset {info.name} --kind natural|robust"
             )
         natural = load_checkpoint(t.natural, info, arch=t.natural_arch)[0] if need_natural else None
         robust = load_checkpoint(t.robust, info, arch=t.robust_arch)[0]

@@ -41,6 +41,7 @@ class Plan:
     resume: bool
     max_failures: int
     address: str | None
+    experts: Any  # derd.method.Experts, loaded once and shipped to the trials through Ray's object store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_search(args: argparse.Namespace) -> Plan:
-    """Validate every input (space, data, teachers, addresses, folders); write nothing."""
+    """Validate every input (space, data, addresses, folders, teachers); write nothing to the search's folder."""
     name = args.name or f"derd-{args.dataset}"
     out = Path(args.out or Path("runs") / name).resolve()
     if not (args.name or args.out or args.resume):  # the default name: take the first free one
@@ -108,21 +109,14 @@ def plan_search(args: argparse.Namespace) -> Plan:
             download(base_cfg.data.dataset, base_cfg.data.root)
 
         load_split(base_cfg.data.dataset, "val", base_cfg.data.root, image_size=base_cfg.data.image_size)
-        missing = [k for k in ("natural", "robust") if getattr(base_cfg.teachers, k) is None]
-        if missing:
-            raise UserError(f"{base_cfg.data.dataset} needs teacher checkpoints: pass --teacher-{missing[0]} PATH "
-                            f"(train one with python -m derd.teachers --dataset {base_cfg.data.dataset} --kind {missing[0]})")
-        from derd.data import dataset_info
-        from derd.teachers import load_checkpoint
-
-        info = dataset_info(base_cfg.data.dataset, base_cfg.data.image_size)
-        for kind in ("natural", "robust"):
-            load_checkpoint(getattr(base_cfg.teachers, kind), info, arch=getattr(base_cfg.teachers, f"{kind}_arch"))
     check_mlflow_uri(args.mlflow_uri)
     check_ray_address(args.address)
+    from derd.method import load_experts
+
+    experts = load_experts(base_cfg)  # checks the checkpoints; digits: trains the pair on first use
     tracking_uri = args.mlflow_uri or f"sqlite:///{out / 'mlflow.db'}"
     return Plan(space, to_dict(base_cfg), out, name, tracking_uri, args.storage_path or str(out), args.resume,
-                args.max_failures, args.address)
+                args.max_failures, args.address, experts)
 
 
 def _sampler(space: SearchSpace):
@@ -171,6 +165,8 @@ def _init_ray(plan: Plan) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # short epochs (digits) force frequent experiment snapshots: wanted for --resume, so no warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if plan.address:
         ray.init(address=plan.address, **kwargs)  # "local" forces a new local instance
@@ -189,16 +185,13 @@ def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     started = _init_ray(plan)
     try:
         check_cluster_resources(plan.space.cpus_per_trial, plan.space.gpus_per_trial)
-        from derd.method import load_experts
-
-        experts = load_experts(from_dict(plan.base_config))  # digits: trains the pair on first use
-        return _fit(plan, experts)
+        return _fit(plan)
     finally:
         if started:
             ray.shutdown()
 
 
-def _fit(plan: Plan, experts) -> dict[str, Any]:
+def _fit(plan: Plan) -> dict[str, Any]:
     import optuna
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -219,7 +212,7 @@ def _fit(plan: Plan, experts) -> dict[str, Any]:
     base_cfg = from_dict(plan.base_config)
     total_epochs = (0 if base_cfg.variant == "derd_inv" else base_cfg.stage1.epochs) + base_cfg.stage2.epochs
     trainable = tune.with_resources(
-        tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=experts, cache_dir=str(cache_dir),
+        tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=plan.experts, cache_dir=str(cache_dir),
                              objectives=space.objectives, cpus_per_trial=space.cpus_per_trial),
         {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
     )
