@@ -10,6 +10,7 @@ All images are float tensors in [0, 1]; models normalise inside themselves.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ class DatasetInfo:
     eps: float  # L-inf radius of the robustness evaluation, in [0, 1] pixel units
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    needs_root: bool
 
 
 # digits: 8x8 images with 17 grey levels. At eps = 0.2 (about 3 grey levels; the digits stay
@@ -45,15 +45,15 @@ class DatasetInfo:
 # the same clean accuracy; at 0.1 even the natural CNN keeps 40%, at 0.3 adversarial
 # training no longer converges on this little data. README shows both teachers' tables.
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,), False),
+    "digits": DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)),
     "cifar10": DatasetInfo(
-        "cifar10", 10, (3, 32, 32), 8 / 255, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True
+        "cifar10", 10, (3, 32, 32), 8 / 255, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
     ),
     "cifar100": DatasetInfo(
-        "cifar100", 100, (3, 32, 32), 8 / 255, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True
+        "cifar100", 100, (3, 32, 32), 8 / 255, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
     ),
     "imagenet100": DatasetInfo(
-        "imagenet100", 100, (3, 224, 224), 8 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True
+        "imagenet100", 100, (3, 224, 224), 8 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
     ),
 }
 
@@ -67,7 +67,7 @@ def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     info = DATASETS[name]
     if image_size is not None and name == "imagenet100":
-        info = DatasetInfo(**{**info.__dict__, "image_shape": (3, image_size, image_size)})
+        info = dataclasses.replace(info, image_shape=(3, image_size, image_size))
     return info
 
 

@@ -197,7 +197,7 @@ class DERDRun:
     def stage_of(self, epoch: int) -> int:
         return 1 if epoch < self.stage1_epochs else 2
 
-    def _prior_teacher(self, stage: int) -> nn.Module:
+    def _prior_teacher(self) -> nn.Module:
         """Teacher behind L_oh, L_ie, L_bn."""
         return self.experts.robust if self.cfg.variant == "derd_no_nat" else self.experts.natural
 
@@ -237,7 +237,7 @@ class DERDRun:
         """One step of G on L_oh + adv_weight*L_adv + lambda_ie*L_ie + lambda_bn*L_bn + lambda_d*L_d."""
         w = self.cfg.stage1
         sc = self.cfg.stage1 if stage == 1 else self.cfg.stage2
-        prior, nat = self._prior_teacher(stage), self._natural_expert(stage)
+        prior, nat = self._prior_teacher(), self._natural_expert(stage)
         bn = self._bn_stats(prior)
         z = self._noise(sc.batch_size)
         self.generator.train()

@@ -31,8 +31,6 @@ def digits_cnn_small(num_classes: int, in_channels: int = 1) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
