@@ -105,17 +105,16 @@ def autoattack(
     """
     from pyautoattack import AutoAttack
 
-    num_classes_minus_one = None
     with eval_mode(model), torch.no_grad():
-        num_classes_minus_one = model(x[:1]).shape[1] - 1
+        other_classes = model(x[:1]).shape[1] - 1
     if version == "standard":
         adversary = AutoAttack(model, eps=eps, seed=seed, device=x.device, version="standard")
     elif version == "fast":
         adversary = AutoAttack(model, eps=eps, seed=seed, device=x.device, version="custom", attacks=["apgd-ce", "apgd-t"])
     else:
         raise ValueError(f"unknown AutoAttack version {version!r}")
-    adversary.apgd_targeted.n_target_classes = min(9, num_classes_minus_one)
-    adversary.fab.n_target_classes = min(9, num_classes_minus_one)
+    adversary.apgd_targeted.n_target_classes = min(9, other_classes)
+    adversary.fab.n_target_classes = min(9, other_classes)
     with eval_mode(model):
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach()

@@ -16,6 +16,19 @@ def kl_divergence(target_logits: torch.Tensor, logits: torch.Tensor, tau: float 
     return F.kl_div(F.log_softmax(logits / tau, dim=1), target, reduction="batchmean") * tau**2
 
 
+def kl_attack_loss(tau: float = 1.0):
+    """An attack objective KL(target || model(x_adv)) summed over the batch, for ``attacks.pgd``.
+
+    Its target is the logits of a teacher on the clean input (stage II's sample-level
+    adversary, KL(T_rob(x) || S(x_adv))) or of the model itself (TRADES).
+    """
+
+    def loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+        return kl_divergence(target_logits, logits, tau) * logits.shape[0]
+
+    return loss
+
+
 def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     """L_oh = CE(T(x), argmax T(x)) (DAFL): pseudo images the teacher classifies confidently."""
     return F.cross_entropy(teacher_logits, teacher_logits.argmax(dim=1))

@@ -39,6 +39,7 @@ from derd.config import RunConfig, Stage1Config, from_dict, to_dict
 from derd.data import dataset_info, first_n, load_split, make_loader
 from derd.evaluate import PROTOCOLS, evaluate
 from derd.models import Generator, create_model
+from derd.teachers import atomic_save
 
 RUN_FORMAT = "derd-run/1"
 
@@ -105,15 +106,6 @@ def sga(
                 b = b - dot / (a.pow(2).sum() + 1e-20) * a
         out.append(a + b)
     return out, conflicts / max(1, len(out))
-
-
-def _kl_sum(tau: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The sample-level adversary's objective KL(T_rob(x) || S(x_adv)), summed over the batch."""
-
-    def loss(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-        return losses.kl_divergence(target_logits, logits, tau) * logits.shape[0]
-
-    return loss
 
 
 def module_fingerprint(model: nn.Module) -> str:
@@ -287,7 +279,7 @@ class DERDRun:
             t_nat, t_rob = nat(x), self.experts.robust(x)
         eps = self.info.eps
         x_adv = pgd(self.student, x, t_rob, eps=eps, steps=sc.pgd_steps, step_size=eps / 4,
-                    start="uniform", loss_fn=_kl_sum(sc.tau), generator=self.rng)
+                    start="uniform", loss_fn=losses.kl_attack_loss(sc.tau), generator=self.rng)
         self.student.train()
         s_clean, s_adv = self.student(x), self.student(x_adv)
         l_nat = losses.kl_divergence(t_nat, s_clean, sc.tau)
@@ -427,7 +419,7 @@ class DERDRun:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the whole state atomically (a crash never leaves half a checkpoint)."""
-        _atomic_save(self.state_dict(), Path(path))
+        atomic_save(self.state_dict(), Path(path))
 
     @classmethod
     def resume(cls, path: str | os.PathLike, experts: Experts, **kwargs: Any) -> "DERDRun":
@@ -447,23 +439,11 @@ class DERDRun:
         if path is not None and not path.exists():
             state = self.state_dict()
             state.update(optimizers={}, schedulers={}, opt_stage=0, config={})
-            _atomic_save(state, path)
+            atomic_save(state, path)
 
     def _load_stage1_cache(self) -> bool:
         path = self._cache_file()
         if path is None or not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.student.load_state_dict(state["student"])
-        self.generator.load_state_dict(state["generator"])
-        self.rng.set_state(state["rng"])
-        self.history = list(state["history"])
-        self.epoch = state["epoch"]
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return True
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from derd.attacks import eval_mode, pgd
+from derd.losses import kl_attack_loss
 from derd.data import DatasetInfo, dataset_info, download, load_split, make_loader
 from derd.errors import UserError, cli_errors
 from derd.evaluate import evaluate, markdown_table
@@ -88,10 +89,9 @@ def train_teacher(
             if kind == "robust":
                 if method == "trades":
                     with eval_mode(model), torch.no_grad():
-                        soft = F.softmax(model(x), 1)
-                    kl = lambda logits, t: F.kl_div(F.log_softmax(logits, 1), t, reduction="sum")  # noqa: E731
-                    x_adv = pgd(model, x, soft, eps=info.eps, steps=10, step_size=info.eps / 4,
-                                start="normal", start_scale=0.001 * info.eps / (8 / 255), loss_fn=kl, generator=gen)
+                        clean_logits = model(x)
+                    x_adv = pgd(model, x, clean_logits, eps=info.eps, steps=10, step_size=info.eps / 4, start="normal",
+                                start_scale=0.001 * info.eps / (8 / 255), loss_fn=kl_attack_loss(), generator=gen)
                     loss = trades_loss(model, x, y, x_adv, beta=6.0)
                     logits = model(x_adv)
                 else:
@@ -113,13 +113,18 @@ def train_teacher(
     return model
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``{"format", "state_dict", "meta"}`` atomically (no half-written file on failure)."""
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "meta": meta}, tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``{"format", "state_dict", "meta"}`` atomically."""
+    atomic_save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "meta": meta}, path)
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis.pareto import pareto_ranks
+from analysis.pareto import pareto_ranks, signed
 from tuning.space import SearchSpace
 
 SHOWN = ("val/clean_acc", "val/pgd_acc", "val/aa_acc")
@@ -29,7 +29,7 @@ def summarise(client, experiment_id: str, parent_run_id: str, space: SearchSpace
         rows.append({"trial": run.data.tags.get("derd.trial_id", run.info.run_id), "run_id": run.info.run_id,
                      "epochs": int(m.get("trial/epochs", 0)), "preset": run.data.tags.get("derd.preset") == "true",
                      "params": run.data.params, **{k: m.get(k, float("nan")) for k in SHOWN},
-                     "objectives": [m[k] if mode == "max" else -m[k] for k, mode in space.objectives]})
+                     "objectives": signed(run, space.objectives)})
     for row, rank in zip(rows, pareto_ranks([r["objectives"] for r in rows])):
         row["rank"] = rank
     rows.sort(key=lambda r: (r["rank"], -sum(r["objectives"])))
