@@ -3,10 +3,13 @@
     python analysis/export.py --experiment derd-digits --select knee --out exported/
 
 ``--select``: ``front`` (every trial on the Pareto front), ``knee`` (the front's balanced
-trade-off), ``best-robust`` (highest val AA), ``best-clean`` (highest val clean accuracy), or
-a run id. Each YAML takes the trial's config (its searched weights, data, teachers, seed)
-with the dataset preset's full-length budget (``--budget trial`` keeps the trial's own), the
-``full`` protocol on the test split, and an ``origin`` block: experiment, run id, val metrics.
+trade-off), ``best-robust`` (highest val value of the robust objective), ``best-clean``, or
+a run id. Only eligible trials are chosen (feasible and, unless ``--include-partial``, run
+at the full trial budget; ``analysis.trials``): a collapsed student is never exported.
+Each YAML takes the trial's config (its method, searched keys, data, teachers with their
+SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
+trial's own), the ``full`` protocol on the test split, and an ``origin`` block: experiment,
+run id, val metrics.
 """
 from __future__ import annotations
 
@@ -18,57 +21,70 @@ from typing import Any
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.pareto import knee_point, open_experiment, pareto_ranks, search_trials, signed
-from derd.config import RunConfig, apply_overrides, preset, save_yaml, to_flat
-from derd.errors import UserError, cli_errors
+from analysis.pareto import front_of, knee_point
+from analysis.store import open_experiment
+from analysis.trials import TrialRecord, search_trials
+from derd.config import BUDGET_KEYS, RunConfig, apply_overrides, preset, save_yaml, to_flat
+from derd.errors import UserError, check_output_folder, cli_errors
 
-BUDGET_KEYS = ("stage1.epochs", "stage1.iters_per_epoch", "stage1.batch_size", "stage2.epochs",
-               "stage2.iters_per_epoch", "stage2.batch_size", "eval.every")
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
 
 
-def config_of_run(run) -> RunConfig:
-    """Rebuild a trial's RunConfig from its MLflow params (the dotted keys)."""
-    base = to_flat(preset(run.data.params.get("data.dataset", "digits")))
-    values: dict[str, Any] = {}
+def config_of_run(params: dict[str, str]) -> RunConfig:
+    """Rebuild a trial's RunConfig from its MLflow params (the dotted keys its method reads)."""
     import yaml
 
-    for key, text in run.data.params.items():
+    dataset = params.get("data.dataset", "digits")
+    method = params.get("method", params.get("variant", "derd"))
+    base = to_flat(preset(dataset, method))
+    values: dict[str, Any] = {}
+    for key, text in params.items():
+        key = "method" if key == "variant" else key
         if key in base:
             values[key] = None if text == "None" else yaml.safe_load(text) if not isinstance(base[key], str) else text
-    return apply_overrides(preset(values.get("data.dataset", "digits")), values)
+    return apply_overrides(preset(dataset, method), values)
 
 
-def export_config(run, experiment: str, budget: str) -> RunConfig:
-    cfg = config_of_run(run)
+def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha256: dict[str, str]) -> RunConfig:
+    cfg = config_of_run(record.params)
     overrides: dict[str, Any] = {"eval.final_protocol": "full"}
     if budget == "full":
         full = to_flat(preset(cfg.data.dataset))
-        overrides.update({k: full[k] for k in BUDGET_KEYS})
-    origin = {"experiment": experiment, "run_id": run.info.run_id, "trial_id": run.data.tags.get("derd.trial_id", ""),
-              "budget": budget, "val": {k: v for k, v in run.data.metrics.items() if k.startswith("val/")}}
+        overrides.update({k: full[k] for k in (*BUDGET_KEYS, "eval.every")})
+    for kind, digest in teacher_sha256.items():
+        if getattr(cfg.teachers, kind) is not None:
+            overrides[f"teachers.{kind}_sha256"] = digest
+    origin = {"experiment": experiment, "run_id": record.run_id, "trial": record.name, "budget": budget,
+              "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}}
     return apply_overrides(cfg, {**overrides, "origin": origin})
 
 
-def select_runs(client, experiment_id: str, selection: str) -> list:
-    if selection not in SELECTIONS:
-        try:
-            return [client.get_run(selection)]
-        except Exception:  # noqa: BLE001 - MLflow raises its own exception types per store
-            raise UserError(f"--select {selection!r} is neither one of {', '.join(SELECTIONS)} nor a run id") from None
+def select_records(client, experiment_id: str, selection: str, include_partial: bool = False) -> list[tuple[Any, TrialRecord]]:
+    """(parent run, record) of each chosen trial."""
     chosen = []
-    for _, objectives, trials in search_trials(client, experiment_id):
+    for parent, objectives, records in search_trials(client, experiment_id):
+        if selection not in SELECTIONS:
+            chosen += [(parent, r) for r in records if r.run_id == selection]
+            continue
+        front, _ = front_of(records, include_partial)
+        pool = [r for r in records if r.feasible and (include_partial or r.full_budget)]
+        if not pool:
+            continue
         if selection == "best-robust":
             metric = next((m for m, _ in objectives if m != "val/clean_acc"), "val/aa_acc")
-            chosen.append(max(trials, key=lambda r: r.data.metrics.get(metric, float("-inf"))))
+            chosen.append((parent, max(pool, key=lambda r: (r.metrics.get(metric, float("-inf")), r.metrics["val/clean_acc"]))))
         elif selection == "best-clean":
-            chosen.append(max(trials, key=lambda r: r.data.metrics.get("val/clean_acc", float("-inf"))))
+            chosen.append((parent, max(pool, key=lambda r: r.metrics.get("val/clean_acc", float("-inf")))))
+        elif selection == "front":
+            chosen += [(parent, r) for r in front]
         else:
-            points = [signed(r, objectives) for r in trials]
-            front = [r for r, k in zip(trials, pareto_ranks(points)) if k == 0]
-            chosen += front if selection == "front" else [front[knee_point([signed(r, objectives) for r in front])]]
+            chosen.append((parent, front[knee_point([r.objectives for r in front])]))
     if not chosen:
-        raise UserError("the experiment has no finished trials to export yet")
+        if selection not in SELECTIONS:
+            raise UserError(f"--select {selection!r} is neither one of {', '.join(SELECTIONS)} nor the run id of a "
+                            f"finished trial of this experiment")
+        raise UserError("the experiment has no feasible trial that ran the full budget to export yet "
+                        "(--include-partial also considers early-stopped ones)")
     return chosen
 
 
@@ -79,20 +95,23 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--select", required=True, help=f"{', '.join(SELECTIONS)} or a run id")
     p.add_argument("--out", required=True, help="folder for the YAML configs")
     p.add_argument("--budget", choices=("full", "trial"), default="full", help="the preset's full-length budget or the trial's")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--include-partial", action="store_true", help="also consider trials the scheduler stopped early")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/<experiment>/mlflow.db")
     args = p.parse_args(argv)
+    out = check_output_folder(args.out)
     client, exp = open_experiment(args.experiment, args.tracking_uri)
-    runs = select_runs(client, exp.experiment_id, args.select)
-    out = Path(args.out)
+    chosen = select_records(client, exp.experiment_id, args.select, args.include_partial)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for run in runs:
-        cfg = export_config(run, args.experiment, args.budget)
-        path = out / f"{args.experiment}-{run.data.tags.get('derd.trial_id', run.info.run_id[:8])}.yaml"
+    for parent, record in chosen:
+        sha = {k: parent.data.params[f"teachers.{k}_sha256"] for k in ("natural", "robust")
+               if f"teachers.{k}_sha256" in parent.data.params}
+        cfg = export_config(record, args.experiment, args.budget, sha)
+        path = out / f"{args.experiment}-{record.name}.yaml"
         save_yaml(cfg, path)
         written.append(path)
-        val = ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in sorted(cfg.origin["val"].items()))
-        print(f"{path}  ({val})  train: python -m derd.train --config {path}")
+        val = ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in sorted(cfg.origin["val"].items()) if k != "val/n_images")
+        print(f"{path}  ({record.method}: {val})  train: python -m derd.train --config {path}")
     return written
 
 

@@ -3,10 +3,12 @@
     python analysis/pareto.py --experiment derd-digits [--tracking-uri URI]
 
 tags every finished trial run with ``pareto_rank`` (0 = front) and ``pareto_front`` =
-true|false, and logs on the search's parent run a plot of the objectives (all trials, the
-front joined, the paper's preset marked), the front as CSV and its hypervolume
-(``search/hypervolume``). Safe to run while a search runs (unfinished trials are left
-untagged until the next run) and idempotent (recomputing gives the same tags).
+true|false among the eligible trials (feasible, full budget: ``analysis.trials``; the
+others get ``pareto_excluded`` = infeasible|partial), and logs on the search's parent run
+the front as an interactive page (``pareto/front.html``, rendered by MLflow's artifact
+viewer), a plot (``pareto/front.png``), CSV, its hypervolume (``search/hypervolume``) and
+the best-trials table in the experiment's and the run's descriptions. Safe to run while a
+search runs and idempotent.
 
 Conventions: every objective is maximised (callers negate a "min" objective). The
 hypervolume's reference point is the origin by default, the natural worst case for
@@ -25,9 +27,12 @@ from typing import Any, Sequence
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from derd.errors import UserError, cli_errors
+from analysis.store import open_experiment
+from analysis.trials import TrialRecord, search_trials
+from derd.errors import cli_errors
 
 Point = Sequence[float]
+FRONT_FILTER = "tags.pareto_front = 'true'"
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -100,120 +105,83 @@ def knee_point(points: Sequence[Point]) -> int:
     return min(range(len(points)), key=lambda i: gap(points[i]))
 
 
+def front_of(records: list[TrialRecord], include_partial: bool = False) -> tuple[list[TrialRecord], dict[str, int]]:
+    """(front sorted by the first objective, descending; Pareto rank per run id) over the records
+    that may be chosen: feasible always, full budget unless ``include_partial``."""
+    pool = [r for r in records if r.feasible and (include_partial or r.full_budget)]
+    ranks = dict(zip((r.run_id for r in pool), pareto_ranks([r.objectives for r in pool])))
+    front = sorted((r for r in pool if ranks[r.run_id] == 0), key=lambda r: [-v for v in r.objectives])
+    return front, ranks
+
+
 # ---- MLflow ------------------------------------------------------------------------------
 
-def search_parents(client, experiment_id: str) -> list:
-    return client.search_runs([experiment_id], "tags.`derd.kind` = 'search'")
-
-
-def objectives_of(parent) -> list[tuple[str, str]]:
-    text = parent.data.tags.get("derd.objectives", "val/clean_acc:max,val/aa_acc:max")
-    return [tuple(item.rsplit(":", 1)) for item in text.split(",")]  # type: ignore[misc]
-
-
-def finished_trials(client, experiment_id: str, parent_id: str, objectives: list[tuple[str, str]]) -> list:
-    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'FINISHED'",
-                              max_results=50000)
-    return [r for r in runs if all(m in r.data.metrics for m, _ in objectives)]
-
-
-def search_trials(client, experiment_id: str):
-    """Yield (parent run, objectives, finished trial runs) for every search in the experiment."""
-    for parent in search_parents(client, experiment_id):
-        objectives = objectives_of(parent)
-        trials = finished_trials(client, experiment_id, parent.info.run_id, objectives)
-        if trials:
-            yield parent, objectives, trials
-
-
-def signed(run, objectives: list[tuple[str, str]]) -> list[float]:
-    return [run.data.metrics[m] if mode == "max" else -run.data.metrics[m] for m, mode in objectives]
-
-
 def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
-    """Tag every finished trial of every search in the experiment; log plot, CSV and hypervolume."""
+    """Tag every finished trial of every search in the experiment; log the front's page, plot, CSV,
+    hypervolume and descriptions."""
     from mlflow.entities import RunTag
 
+    from analysis.figures import front_figure, front_html
+    from analysis.trials import best_trials_markdown
+
     summaries = []
-    for parent, objectives, trials in search_trials(client, experiment_id):
-        points = [signed(r, objectives) for r in trials]
-        ranks = pareto_ranks(points)
-        for run, rank in zip(trials, ranks):
-            client.log_batch(run.info.run_id, tags=[RunTag("pareto_rank", str(rank)),
-                                                    RunTag("pareto_front", "true" if rank == 0 else "false")])
-        front = [r for r, k in zip(trials, ranks) if k == 0]
-        hv = hypervolume([signed(r, objectives) for r in front]) if all(m == "max" for _, m in objectives) else float("nan")
+    for parent, objectives, records in search_trials(client, experiment_id):
+        front, ranks = front_of(records)
+        on_front = {r.run_id for r in front}
+        for r in records:
+            tags = [RunTag("pareto_front", str(r.run_id in on_front).lower()),
+                    RunTag("pareto_rank", str(ranks[r.run_id]) if r.run_id in ranks else "-")]
+            if r.exclusion():
+                tags.append(RunTag("pareto_excluded", r.exclusion()))
+            client.log_batch(r.run_id, tags=tags)
+        knee = front[knee_point([r.objectives for r in front])] if front else None
+        hv = hypervolume([r.objectives for r in front]) if all(m == "max" for _, m in objectives) else float("nan")
         if not math.isnan(hv):
             client.log_metric(parent.info.run_id, "search/hypervolume", hv)
         client.log_metric(parent.info.run_id, "search/front_size", len(front))
         client.log_text(parent.info.run_id, front_csv(front, objectives), "pareto/front.csv")
-        client.log_figure(parent.info.run_id, front_figure(trials, ranks, objectives), "pareto/front.png")
-        summaries.append({"parent": parent.info.run_id, "trials": len(trials), "front": [r.info.run_id for r in front],
-                          "hypervolume": hv})
+        client.log_figure(parent.info.run_id, front_figure(records, front, knee, objectives), "pareto/front.png")
+        client.log_text(parent.info.run_id, front_html(records, front, knee, objectives, experiment_id), "pareto/front.html")
+        table = best_trials_markdown(records, front, objectives)
+        note = describe(table, experiment_id, parent.info.run_id, len(front), len(records))
+        client.set_tag(parent.info.run_id, "mlflow.note.content", note)
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", note)
+        summaries.append({"parent": parent.info.run_id, "trials": len(records), "front": [r.run_id for r in front],
+                          "knee": knee.run_id if knee else None, "hypervolume": hv})
     return summaries
 
 
-def front_csv(front: list, objectives: list[tuple[str, str]]) -> str:
-    params = sorted({k for r in front for k in r.data.tags.get("derd.searched_keys", "").split(",") if k})
+def describe(table: str, experiment_id: str, parent_id: str, front_size: int, n_trials: int) -> str:
+    """The Markdown description MLflow shows on the experiment and the search run."""
+    link = f"#/experiments/{experiment_id}/runs/{parent_id}/artifactPath/pareto/front.html"
+    return (f"**Pareto front: {front_size} of {n_trials} finished trials** (feasible, full trial budget). "
+            f"[Open the interactive front]({link}) (the search run's artifact `pareto/front.html`).\n\n"
+            f"To list the front in the runs table, type `{FRONT_FILTER}` in the search box and expand the "
+            f"search run.\n\n{table}")
+
+
+def front_csv(front: list[TrialRecord], objectives: list[tuple[str, str]]) -> str:
+    params = sorted({k for r in front for k in r.tags.get("derd.searched_keys", "").split(",") if k})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["run_id", "trial_id", *[m for m, _ in objectives], *params])
-    for r in sorted(front, key=lambda r: r.data.metrics[objectives[0][0]]):
-        writer.writerow([r.info.run_id, r.data.tags.get("derd.trial_id", ""), *[r.data.metrics[m] for m, _ in objectives],
-                         *[r.data.params.get(k, "") for k in params]])
+    writer.writerow(["run_id", "trial", "method", *[m for m, _ in objectives], "val/n_images", *params])
+    for r in front:
+        writer.writerow([r.run_id, r.name, r.method, *[r.metrics[m] for m, _ in objectives], r.n_images,
+                         *[r.params.get(k, "") for k in params]])
     return buf.getvalue()
-
-
-def front_figure(trials: list, ranks: list[int], objectives: list[tuple[str, str]]):
-    """Clean (x) vs robust (y) accuracy of every trial, the front joined, the paper's preset marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (mx, _), (my, _) = objectives[0], objectives[1]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    xs = [r.data.metrics[mx] for r in trials]
-    ys = [r.data.metrics[my] for r in trials]
-    ax.scatter(xs, ys, c="lightgrey", edgecolors="grey", label="trials", zorder=2)
-    front = sorted((x, y) for x, y, k in zip(xs, ys, ranks) if k == 0)
-    if front:
-        ax.plot(*zip(*front), "-o", color="tab:red", label="Pareto front", zorder=3)
-    presets = [(x, y) for x, y, r in zip(xs, ys, trials) if r.data.tags.get("derd.preset") == "true"]
-    if presets:
-        ax.scatter(*zip(*presets), marker="*", s=220, color="tab:blue", label="paper's preset", zorder=4)
-    ax.set_xlabel(mx.replace("val/", "val ").replace("_acc", " accuracy (%)"))
-    ax.set_ylabel(my.replace("val/", "val ").replace("_acc", " accuracy (%)"))
-    ax.set_title("Clean vs robust accuracy of the search's trials")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python analysis/pareto.py", description="Tag the Pareto front of a search in MLflow.")
     p.add_argument("--experiment", required=True, help="MLflow experiment (the search's --name)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/<experiment>/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///runs/<experiment>/mlflow.db)")
     args = p.parse_args(argv)
     client, exp = open_experiment(args.experiment, args.tracking_uri)
     for s in tag_fronts(client, exp.experiment_id):
         print(f"search run {s['parent']}: {s['trials']} finished trials, front of {len(s['front'])}, "
               f"hypervolume {s['hypervolume']:.1f}")
-
-
-def open_experiment(name: str, tracking_uri: str | None):
-    """(client, experiment) for a search's experiment; one clear error if it does not exist."""
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri or f"sqlite:///{(Path('runs') / name / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"no MLflow store at {uri}; pass --tracking-uri or run the search first")
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise UserError(f"no experiment {name!r} in {uri}")
-    return client, exp
 
 
 if __name__ == "__main__":

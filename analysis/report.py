@@ -1,12 +1,16 @@
-"""The paper's table (Clean, FGSM, PGD_S, PGD_T, CW, AA, Ave) from MLflow runs, as Markdown and CSV.
+"""Reports in the paper's columns (Clean, FGSM, PGD_S, PGD_T, CW, AA, Ave), as Markdown and CSV.
 
     python analysis/report.py --experiment derd-digits [--add-training runs/train-x ...] [--out reports/]
+    python analysis/report.py --paper-tables --dataset digits --seeds 0 1 2 [--out reports/paper-digits]
 
-``--add-training DIR`` records a ``derd.train`` output folder (its test table, config and
-figures) as an MLflow run of the experiment (once; again is a no-op). The report lists the
-paper's published rows for the dataset (where METHOD.md has them), every recorded final
-training (test split, ``full`` protocol) and the search's Pareto-front trials (val split,
-``search`` protocol: the columns it does not compute are left empty).
+Search report: ``--add-training DIR`` records a ``derd.train`` output folder (its test
+table, config and figures) as an MLflow run of the experiment (once; again is a no-op).
+Two tables, never mixed: final trainings (test split, full protocol: AA is standard
+AutoAttack) beside the paper's published rows for the dataset, and the search's Pareto
+front (val split, search protocol: AA is APGD-CE + APGD-T; ± one binomial standard
+error), sorted by clean accuracy.
+
+``--paper-tables``: the paper's Tables 1-3 for a dataset (``analysis.paper_tables``).
 """
 from __future__ import annotations
 
@@ -23,33 +27,38 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from analysis.paper_results import COLUMNS, PAPER_ROWS
-from analysis.pareto import open_experiment
-from derd.errors import UserError, cli_errors
-from derd.evaluate import markdown_table
+from analysis.pareto import front_of
+from analysis.store import open_experiment
+from analysis.trials import search_trials, with_se
+from derd.errors import UserError, check_output_folder, cli_errors
+from derd.train import add_teacher_flags, teacher_overrides
 
 TRAIN_TAG = "derd.train_dir"
+TEST_HEADERS = ("Clean", "FGSM", "PGD_S", "PGD_T", "CW", "AA (standard)", "Ave")
+VAL_HEADERS = ("Clean", "PGD_S", "AA (APGD-CE+T)")
 
 
 def add_training(client, experiment_id: str, folder: Path) -> str:
     """Record a derd.train output folder as an MLflow run (kind ``final``); returns its run id."""
     table_file = folder / "table.json"
     if not table_file.is_file():
-        raise UserError(f"{folder} is not a derd.train output folder (no table.json)")
+        raise UserError(f"{folder} is not a derd.train output folder (no table.json); pass the --out of python -m derd.train")
     key = str(folder.resolve())
     found = client.search_runs([experiment_id], f"tags.`{TRAIN_TAG}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
     from mlflow.entities import Metric, Param, RunTag
 
-    data = json.loads(table_file.read_text())
     from derd.config import from_dict, to_flat
+    from derd.methods import uses_key
 
+    data = json.loads(table_file.read_text())
     cfg = from_dict(data["config"])
     origin = cfg.origin.get("run_id", "")
-    run = client.create_run(experiment_id, run_name=f"final-{cfg.variant}-{folder.name}",
-                            tags={TRAIN_TAG: key, "derd.kind": "final", "derd.variant": cfg.variant,
+    run = client.create_run(experiment_id, run_name=f"final-{cfg.method}-{folder.name}",
+                            tags={TRAIN_TAG: key, "derd.kind": "final", "derd.method": cfg.method,
                                   "derd.origin_run_id": str(origin)})
-    params = [Param(k, str(v)) for k, v in to_flat(cfg).items() if k != "origin"]
+    params = [Param(k, str(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in data["test"].items()],
@@ -61,59 +70,103 @@ def add_training(client, experiment_id: str, folder: Path) -> str:
     return run.info.run_id
 
 
-def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, float]]]:
-    """(dataset, {row name: columns}) from the experiment's runs, the paper's rows first."""
+def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, float]], list[tuple[str, dict[str, str]]]]:
+    """(dataset, final-training rows with the paper's rows first, front rows as formatted cells)."""
     runs = client.search_runs([experiment_id], max_results=50000)
     datasets = {r.data.params.get("data.dataset") or r.data.params.get("dataset") for r in runs} - {None}
     dataset = sorted(datasets)[0] if datasets else "digits"
-    rows: dict[str, dict[str, float]] = dict(PAPER_ROWS.get(dataset, {}))
-    for r in sorted(runs, key=lambda r: r.info.start_time):
-        kind = r.data.tags.get("derd.kind")
-        if kind == "final":
-            rows[f"final: {r.data.tags.get('derd.variant')} {r.data.tags.get('derd.student', '')} (test, full)"] = {
-                k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}
-        elif kind == "trial" and r.data.tags.get("pareto_front") == "true":
-            rows[f"trial {r.data.tags.get('derd.trial_id')} (val, search)"] = {
-                k.removeprefix("val/"): v for k, v in r.data.metrics.items() if k.startswith("val/")}
-    return dataset, rows
+    finals: dict[str, dict[str, float]] = {name: row for _, name, row in PAPER_ROWS.get(dataset, [])}
+    ours = [r for r in runs if r.data.tags.get("derd.kind") == "final"]
+    for r in sorted(ours, key=lambda r: -r.data.metrics.get("test/clean_acc", 0.0)):
+        label = f"final: {r.data.tags.get('derd.method', r.data.tags.get('derd.variant'))} {r.data.tags.get('derd.student', '')}"
+        finals[label] = {k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}
+    front_rows = []
+    for _, _, records in search_trials(client, experiment_id):
+        front, _ = front_of(records)
+        for rec in sorted(front, key=lambda r: -r.metrics["val/clean_acc"]):
+            cells = {c: with_se(rec.metrics[f"val/{c}"], rec.n_images) if f"val/{c}" in rec.metrics else "-"
+                     for c in ("clean_acc", "pgd_acc", "aa_acc")}
+            front_rows.append((f"{rec.name} ({rec.method})", cells))
+    return dataset, finals, front_rows
 
 
 def to_csv(rows: dict[str, dict[str, float]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["row", "Clean", "FGSM", "PGD_S", "PGD_T", "CW", "AA", "Ave"])
+    writer.writerow(["row", *TEST_HEADERS])
     for name, m in rows.items():
         writer.writerow([name, *[f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "" for c in COLUMNS]])
     return buf.getvalue()
 
 
-def full_markdown(rows: dict[str, dict[str, float]]) -> str:
-    """markdown_table with all seven columns even when no row has some of them."""
-    padded = {name: {c: m.get(c, float("nan")) for c in COLUMNS} for name, m in rows.items()}
-    return markdown_table(padded)
+def _table(headers: tuple[str, ...], rows: list[tuple[str, list[str]]]) -> str:
+    lines = ["| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join(lines)
+
+
+def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows: list[tuple[str, dict[str, str]]]) -> str:
+    final_rows = [(name, [f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "-" for c in COLUMNS])
+                  for name, m in finals.items()]
+    text = (f"Final trainings on {dataset} (test split, full protocol; AA = standard AutoAttack), the paper's "
+            f"published rows first\n\n" + _table(TEST_HEADERS, final_rows) + "\n")
+    if front_rows:
+        text += ("\nThe search's Pareto front (val split, search protocol; AA = APGD-CE + APGD-T; ± one binomial "
+                 "standard error), by clean accuracy\n\n"
+                 + _table(VAL_HEADERS, [(n, [c["clean_acc"], c["pgd_acc"], c["aa_acc"]]) for n, c in front_rows]) + "\n")
+    return text
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", required=True)
+    p.add_argument("--experiment", help="the search's MLflow experiment (its --name)")
     p.add_argument("--add-training", nargs="*", default=[], metavar="DIR", help="derd.train output folders to record first")
-    p.add_argument("--out", help="folder for report.md and report.csv (default: print only)")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--paper-tables", action="store_true", help="run (or reuse) every method and print the paper's tables")
+    p.add_argument("--dataset", default="digits", help="--paper-tables: the dataset (default digits)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--paper-tables: seeds (default 0 1 2)")
+    p.add_argument("--data-root", help="--paper-tables: dataset root (CIFAR, ImageNet-100)")
+    add_teacher_flags(p)
+    p.add_argument("--out", help="folder for the report (default: print only; --paper-tables: runs/paper-<dataset>)")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/<experiment>/mlflow.db")
     args = p.parse_args(argv)
+    if args.paper_tables:
+        return _paper_tables(args)
+    if not args.experiment:
+        raise UserError("pass --experiment NAME (a search's --name), or --paper-tables")
+    out = check_output_folder(args.out) if args.out else None
+    folders = [Path(f) for f in args.add_training]
+    for folder in folders:
+        if not (folder / "table.json").is_file():
+            raise UserError(f"{folder} is not a derd.train output folder (no table.json); pass the --out of python -m derd.train")
     client, exp = open_experiment(args.experiment, args.tracking_uri)
-    for folder in args.add_training:
-        add_training(client, exp.experiment_id, Path(folder))
-    dataset, rows = report_rows(client, exp.experiment_id)
-    text = f"Robustness of {dataset} students (accuracy %, eps as the dataset declares)\n\n" + full_markdown(rows) + "\n"
+    for folder in folders:
+        add_training(client, exp.experiment_id, folder)
+    dataset, finals, front_rows = report_rows(client, exp.experiment_id)
+    text = search_report(dataset, finals, front_rows)
     print(text)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text)
-        (out / "report.csv").write_text(to_csv(rows))
+        (out / "report.csv").write_text(to_csv(finals))
         print(f"written: {out / 'report.md'}, {out / 'report.csv'}")
-    return {"dataset": dataset, "rows": rows}
+    return {"dataset": dataset, "rows": finals, "front": front_rows}
+
+
+def _paper_tables(args: argparse.Namespace) -> dict[str, Any]:
+    from analysis import paper_tables
+    from derd.config import PAPER_WEIGHTS
+
+    if args.dataset not in PAPER_WEIGHTS:
+        raise UserError(f"--dataset {args.dataset!r} is not one of {', '.join(PAPER_WEIGHTS)}")
+    out = check_output_folder(args.out or Path("runs") / f"paper-{args.dataset}")
+    overrides = {**teacher_overrides(args), **({"data.root": args.data_root} if args.data_root else {})}
+    results = paper_tables.collect(args.dataset, args.seeds, out, overrides)
+    text = paper_tables.markdown(args.dataset, args.seeds, results)
+    paper_tables.save(out, text, results)
+    print(text)
+    print(f"written: {out / 'paper_tables.md'}")
+    return {"dataset": args.dataset, "results": results, "markdown": text}
 
 
 if __name__ == "__main__":

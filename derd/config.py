@@ -1,9 +1,19 @@
-"""One typed dataclass tree for a DERD run; YAML in and out with the same dotted keys everywhere.
+"""One typed dataclass tree for a run; YAML in and out with the same dotted keys everywhere.
 
 A key such as ``stage1.lambda_adv`` is the same in this tree, the search-space YAML, the
 MLflow params and exported configs. ``from_dict`` rejects unknown keys, wrong types and
-out-of-range values with the key named. ``preset(dataset)`` gives the paper's weights
-(supplement, section 1) and this project's default budgets.
+out-of-range values with the key named. ``preset(dataset, method)`` gives the paper's
+weights (supplement, section 1) and this project's default budgets.
+
+``method`` selects the recipe (``derd.methods``: derd, derd_inv, derd_no_nat, nature, dafl,
+dfad, zskt, cmi, dfard). The old key ``variant`` is read as ``method``, so configs exported
+before the rename still load. The sections every method shares: ``data``, ``teachers``,
+``student``, ``train`` (precision and layout), ``eval``, and the budget keys
+``stage1.{epochs,iters_per_epoch,batch_size}`` / ``stage2.{...}``. DERD's family reads
+``stage1`` and ``stage2``; each baseline reads its own section (``dafl``, ``dfad``, ...) and
+``robust``, the robust distillation its student learns with. Which sections a method reads
+is declared by the method (``derd.methods.get_method(name).sections``): only those keys are
+searched or logged for it.
 """
 from __future__ import annotations
 
@@ -18,15 +28,22 @@ import yaml
 
 from derd.errors import UserError
 
-VARIANTS = ("derd", "derd_inv", "derd_no_nat", "nature")
+LEGACY_KEYS = {"variant": "method"}  # old name -> new name, read on input only
 
 
 class ConfigError(UserError):
     """A bad config value or key; the message names the dotted key."""
 
 
-def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple = (), doc: str = "") -> Any:
+def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: Any = (), doc: str = "") -> Any:
+    """A config field; ``choices`` is a tuple or a callable returning one (resolved when validating)."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+def _method_names() -> tuple[str, ...]:
+    from derd.methods import available_methods  # lazy: the methods package imports this module's users
+
+    return tuple(available_methods())
 
 
 @dataclass
@@ -43,6 +60,11 @@ class TeacherConfig:
     robust: typing.Optional[str] = _f(None, doc="robust teacher checkpoint")
     natural_arch: typing.Optional[str] = _f(None, doc="architecture, for plain state_dicts only")
     robust_arch: typing.Optional[str] = _f(None, doc="architecture, for plain state_dicts only")
+    normalize: str = _f("dataset", choices=("dataset", "none"),
+                        doc="plain state_dicts: 'dataset' if the network expects normalised inputs, 'none' if it "
+                            "takes raw [0, 1] images (normalises inside itself, as RobustBench models do)")
+    natural_sha256: typing.Optional[str] = _f(None, doc="if set, the natural teacher file must have this SHA-256")
+    robust_sha256: typing.Optional[str] = _f(None, doc="if set, the robust teacher file must have this SHA-256")
 
 
 @dataclass
@@ -53,8 +75,17 @@ class StudentConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How the run computes (derd/device.py); never changes what it computes beyond float rounding."""
+
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: str = _f("auto", choices=("auto", "on", "off"), doc="auto: on for CUDA")
+    compile: bool = _f(False, doc="torch.compile the student and the teachers")
+
+
+@dataclass
 class Stage1Config:
-    """Natural warm-up: generator vs student, the student follows T_nat."""
+    """DERD's natural warm-up: generator vs student, the student follows T_nat."""
 
     epochs: int = _f(10, lo=0)
     iters_per_epoch: int = _f(30, lo=1)
@@ -71,7 +102,7 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    """Robust distillation guided by both experts, with SGA."""
+    """DERD's robust distillation guided by both experts, with SGA (and the baselines' budget)."""
 
     epochs: int = _f(20, lo=0)
     iters_per_epoch: int = _f(30, lo=1)
@@ -88,6 +119,68 @@ class Stage2Config:
 
 
 @dataclass
+class RobustConfig:
+    """The baselines' student objective: RSLAD-style robust distillation from T_rob (derd/objectives.py)."""
+
+    pgd_steps: int = _f(10, lo=1, doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)")
+    natural_weight: float = _f(1 / 6, lo=0, hi=1, doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term")
+    tau: float = _f(1.0, lo=1e-3)
+    lr_s: float = _f(0.05, lo=1e-12, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
+
+
+@dataclass
+class DAFLConfig:
+    """DAFL's generator (derd/methods/dafl.py); defaults: the paper's MNIST weights."""
+
+    lambda_oh: float = _f(1.0, lo=0)
+    lambda_act: float = _f(0.1, lo=0)
+    lambda_ie: float = _f(5.0, lo=0)
+    lr_g: float = _f(1e-3, lo=1e-12)
+
+
+@dataclass
+class DFADConfig:
+    """DFAD's adversarial generator (derd/methods/dfad.py)."""
+
+    student_steps: int = _f(5, lo=1, doc="student iterations per generator step (DFAD's k)")
+    lr_g: float = _f(1e-3, lo=1e-12)
+
+
+@dataclass
+class ZSKTConfig:
+    """ZSKT's adversarial generator and attention transfer (derd/methods/zskt.py)."""
+
+    student_steps: int = _f(10, lo=1, doc="student iterations per generator step (ZSKT's n_S)")
+    lambda_at: float = _f(250.0, lo=0, doc="attention transfer weight (ZSKT's beta)")
+    lr_g: float = _f(1e-3, lo=1e-12)
+
+
+@dataclass
+class CMIConfig:
+    """CMI's contrastive model inversion (derd/methods/cmi.py); defaults: the CIFAR-10 script."""
+
+    lambda_bn: float = _f(1.0, lo=0)
+    lambda_oh: float = _f(1.0, lo=0)
+    lambda_adv: float = _f(0.5, lo=0)
+    lambda_cr: float = _f(0.8, lo=0)
+    cr_tau: float = _f(0.2, lo=1e-3, doc="temperature of the contrastive loss")
+    synthesis_steps: int = _f(200, lo=1, doc="optimisation steps per synthesis round (CMI's g_steps)")
+    synthesis_every: int = _f(10, lo=1, doc="student iterations between synthesis rounds")
+    bank_size: int = _f(8192, lo=2, doc="images kept for the student (oldest dropped)")
+    negatives: int = _f(4096, lo=1, doc="contrastive negatives drawn from the feature memory bank")
+    lr_g: float = _f(1e-3, lo=1e-12)
+
+
+@dataclass
+class DFARDConfig:
+    """DFARD's generator with adaptive balance and interactive temperature (derd/methods/dfard.py)."""
+
+    lr_g: float = _f(1e-3, lo=1e-12)
+    tau_min: float = _f(1.0, lo=1e-3, doc="ITA: the temperature when the student agrees with T_rob everywhere")
+    tau_max: float = _f(4.0, lo=1e-3, doc="ITA: the temperature when it agrees nowhere")
+
+
+@dataclass
 class EvalConfig:
     every: int = _f(5, lo=1, doc="score the search protocol on val every k epochs (and at the end)")
     protocol: str = _f("search", choices=("search", "full"))
@@ -96,16 +189,28 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    variant: str = _f("derd", choices=VARIANTS)
+    method: str = _f("derd", choices=_method_names, doc="the recipe: derd.methods (see available_methods())")
     seed: int = _f(0, lo=0)
     device: str = _f("auto", doc="auto, cpu, cuda, cuda:N")
     data: DataConfig = field(default_factory=DataConfig)
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    dafl: DAFLConfig = field(default_factory=DAFLConfig)
+    dfad: DFADConfig = field(default_factory=DFADConfig)
+    zskt: ZSKTConfig = field(default_factory=ZSKTConfig)
+    cmi: CMIConfig = field(default_factory=CMIConfig)
+    dfard: DFARDConfig = field(default_factory=DFARDConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     origin: dict = field(default_factory=dict, metadata={"doc": "where an exported config came from"})
+
+
+COMMON_SECTIONS = ("data", "teachers", "student", "train", "eval")
+BUDGET_KEYS = ("stage1.epochs", "stage1.iters_per_epoch", "stage1.batch_size",
+               "stage2.epochs", "stage2.iters_per_epoch", "stage2.batch_size")
 
 
 # The paper's chosen weights (METHOD.md). digits: CIFAR-10's weights (also 10 classes).
@@ -121,7 +226,7 @@ PAPER_WEIGHTS["digits"] = dict(PAPER_WEIGHTS["cifar10"])
 
 # This project's budgets (the paper's are not at hand): full-length final trainings.
 _BUDGETS: dict[str, dict[str, Any]] = {
-    "digits": {},
+    "digits": {"cmi.synthesis_steps": 50},  # CMI's 200 steps per round cost 20x DERD's generator on 8x8 images
     "cifar10": {"student.arch": "resnet18", "stage1.epochs": 40, "stage1.iters_per_epoch": 100, "stage1.batch_size": 256,
                 "stage2.epochs": 160, "stage2.iters_per_epoch": 100, "stage2.batch_size": 256, "student.latent_dim": 256},
     "imagenet100": {"student.arch": "tv_resnet18", "stage1.epochs": 40, "stage1.iters_per_epoch": 100,
@@ -131,11 +236,14 @@ _BUDGETS: dict[str, dict[str, Any]] = {
 _BUDGETS["cifar100"] = dict(_BUDGETS["cifar10"])
 
 
-def preset(dataset: str) -> RunConfig:
-    """The paper's weights with this project's default budget for ``dataset``."""
+def preset(dataset: str, method: str = "derd") -> RunConfig:
+    """The paper's weights with this project's default budget for ``dataset``, running ``method``.
+
+    Every method's own section starts at its published weights (the section's defaults).
+    """
     if dataset not in PAPER_WEIGHTS:
         raise ConfigError(f"data.dataset: unknown dataset {dataset!r}; choose one of {', '.join(PAPER_WEIGHTS)}")
-    return apply_overrides(RunConfig(), {"data.dataset": dataset, **_BUDGETS[dataset], **PAPER_WEIGHTS[dataset]})
+    return apply_overrides(RunConfig(), {"method": method, "data.dataset": dataset, **_BUDGETS[dataset], **PAPER_WEIGHTS[dataset]})
 
 
 def to_flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -174,8 +282,10 @@ def _check_value(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
     if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {base.__name__}, got {type(value).__name__} {value!r}")
     meta = f.metadata
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    choices = meta.get("choices")
+    choices = choices() if callable(choices) else choices
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     if meta.get("lo") is not None and value < meta["lo"]:
         raise ConfigError(f"{key}: {value!r} is below its minimum {meta['lo']}")
     if meta.get("hi") is not None and value > meta["hi"]:
@@ -188,6 +298,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is RunConfig:
+        data = _rename_legacy(data)
     for key in data:
         if key not in fields:
             raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {', '.join(fields)}")
@@ -203,6 +315,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _rename_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys under their old names (``variant``) read as the new ones (``method``)."""
+    out = dict(data)
+    for old, new in LEGACY_KEYS.items():
+        if old in out:
+            if new in out and out[new] != out[old]:
+                raise ConfigError(f"{old}: the old name of {new}; give only {new}")
+            out[new] = out.pop(old)
+    return out
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Validate a nested dict (as read from YAML) into a RunConfig."""
     return _build(RunConfig, data or {}, "")
@@ -211,7 +334,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 def apply_overrides(cfg: RunConfig, flat: dict[str, Any]) -> RunConfig:
     """A new config with dotted-key values replaced (validated like YAML input)."""
     nested = to_dict(cfg)
-    for key, value in flat.items():
+    for key, value in _rename_legacy(flat).items():
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -235,6 +358,7 @@ def load_yaml(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data = _rename_legacy(data)
     data_section = data.get("data")
     dataset = data_section.get("dataset", "digits") if isinstance(data_section, dict) else "digits"
     base = to_dict(preset(dataset)) if dataset in PAPER_WEIGHTS else {}  # an unknown dataset fails in from_dict

@@ -15,14 +15,17 @@ eps / (8/255), which leaves the CIFAR and ImageNet-100 protocol unchanged):
 * CW: 30 steps of 0.003 on the CW margin loss;
 * AA: AutoAttack, standard version; Ave: mean of the six columns, Clean included.
 
-``search``: what a search trial is scored with. Clean, PGD_S and AutoAttack's two APGD
-attacks (APGD-CE then APGD-T, no FAB-T or Square) on the first 1,000 validation images.
-Why it ranks models like ``full``: on models without gradient masking (the students here
-train by gradient-based distillation), APGD-CE + APGD-T find nearly every point that
-standard AA breaks (FAB-T and Square add little, in RobustBench's per-attack logs usually
-a few tenths of a percent), while costing about half of standard AA on robust models.
-PGD_S is kept as the cheap sanity column (it must stay above AA). A fixed prefix of the
-val split keeps scores comparable between trials.
+``search``: what a search trial is scored with. Clean, PGD_S and standard AutoAttack's
+first two attacks exactly (APGD-CE with one restart, then APGD-T over 9 target classes;
+no FAB-T or Square) on a fixed prefix of the val split (its first 1,000 images). Its AA is
+the robust accuracy standard AA reports after APGD-T, so it can only be higher than the
+full AA, by what FAB-T and Square add (on models without gradient masking, usually a few
+tenths of a percent in RobustBench's per-attack logs). ``benchmarks/bench_protocol.py``
+measures how well it ranks students like ``full`` and what it costs.
+
+Every column draws its random start from its own generator seeded from ``seed`` and the
+column's name, so a column's value does not depend on which other columns ran before it:
+PGD_S is the same under both protocols.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from derd import attacks
-from derd.errors import cli_errors
+from derd.device import no_autocast
+from derd.errors import UserError, cli_errors
 
 REFERENCE_EPS = 8 / 255
 
@@ -70,23 +74,30 @@ PROTOCOLS: dict[str, Protocol] = {
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def column_attacks(eps: float, seed: int, aa_version: str) -> dict[str, AttackFn]:
+def column_generator(column: str, seed: int, device: torch.device | str) -> torch.Generator:
+    """The random stream of one column: seeded by ``seed`` and the column's name, on ``device``."""
+    offset = list(COLUMNS).index(column)
+    return torch.Generator(device=device).manual_seed(seed * 1000 + offset)
+
+
+def column_attacks(eps: float, seed: int, aa_version: str, device: torch.device | str = "cpu") -> dict[str, AttackFn]:
     """The attack behind each column at radius eps (step sizes scaled from 8/255)."""
     scale = eps / REFERENCE_EPS
-    gen = torch.Generator().manual_seed(seed)
+    pgd_gen = column_generator("pgd_acc", seed, device)
+    pgd_t_gen = column_generator("pgd_t_acc", seed, device)
     return {
         "clean_acc": lambda m, x, y: x,
         "fgsm_acc": lambda m, x, y: attacks.fgsm(m, x, y, eps=eps),
         "pgd_acc": lambda m, x, y: attacks.pgd(
-            m, x, y, eps=eps, steps=20, step_size=2 / 255 * scale, start="uniform", generator=gen
+            m, x, y, eps=eps, steps=20, step_size=2 / 255 * scale, start="uniform", generator=pgd_gen
         ),
         "pgd_t_acc": lambda m, x, y: attacks.pgd(
-            m, x, y, eps=eps, steps=20, step_size=0.003 * scale, start="normal", start_scale=0.001 * scale, generator=gen
+            m, x, y, eps=eps, steps=20, step_size=0.003 * scale, start="normal", start_scale=0.001 * scale, generator=pgd_t_gen
         ),
         "cw_acc": lambda m, x, y: attacks.pgd(
             m, x, y, eps=eps, steps=30, step_size=0.003 * scale, start="none", loss_fn=attacks.cw_margin_loss
         ),
-        "aa_acc": lambda m, x, y: attacks.autoattack(m, x, y, eps=eps, version=aa_version, seed=seed),
+        "aa_acc": lambda m, x, y: attacks.autoattack(m, x, y, eps=eps, version=aa_version, seed=seed, batch_size=len(x)),
     }
 
 
@@ -107,11 +118,13 @@ def evaluate(
     of a training run does not change that run.
     """
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
-    correct = {col: 0 for col in proto.columns}
+    device = torch.device(device)
+    correct = {col: torch.zeros((), dtype=torch.long, device=device) for col in proto.columns}
     total = 0
-    with torch.random.fork_rng(), attacks.eval_mode(model):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), attacks.eval_mode(model), no_autocast(device):
         torch.manual_seed(seed)
-        fns = column_attacks(eps, seed, proto.aa_version)
+        fns = column_attacks(eps, seed, proto.aa_version, device)
         bar = _progress(loader, progress, f"eval[{proto.name}]")
         for x, y in bar:
             if proto.max_images is not None:
@@ -123,11 +136,12 @@ def evaluate(
             for col in proto.columns:
                 x_eval = fns[col](model, x, y)
                 with torch.no_grad():
-                    correct[col] += (model(x_eval).argmax(1) == y).sum().item()
+                    correct[col] += (model(x_eval).argmax(1) == y).sum()
             total += len(y)
     if total == 0:
         raise ValueError("evaluation loader is empty")
-    result = {col: 100.0 * correct[col] / total for col in proto.columns}
+    counts = torch.stack([correct[col] for col in proto.columns]).tolist()  # one host read
+    result = {col: 100.0 * n / total for col, n in zip(proto.columns, counts)}
     if set(proto.columns) == set(COLUMNS) - {"ave_acc"}:
         result["ave_acc"] = sum(result.values()) / len(result)
     return result
@@ -153,30 +167,36 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
+    from derd.checkpoints import NORMALIZE_CHOICES, load_checkpoint
     from derd.data import dataset_info, download, load_split, make_loader
-    from derd.teachers import load_checkpoint
+    from derd.device import check_device
 
     p = argparse.ArgumentParser(prog="python -m derd.evaluate", description="Print the robustness table of a checkpoint.")
     p.add_argument("--dataset", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--arch", help="architecture, for a plain state_dict without metadata")
+    p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="dataset",
+                   help="plain state_dicts: 'none' if the network takes raw [0, 1] images (normalises inside itself)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="full")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--data-root")
     p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root first (torchvision)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    device = check_device(args.device)
     info = dataset_info(args.dataset, args.image_size)
     if args.download:
         download(info.name, args.data_root)
-    model, meta = load_checkpoint(args.checkpoint, info, arch=args.arch)
-    model.to(args.device)
+    model, meta = load_checkpoint(args.checkpoint, info, arch=args.arch, normalize=args.normalize)
+    model.to(device)
     data = load_split(args.dataset, args.split, args.data_root, image_size=args.image_size)
     metrics = evaluate(
-        model, make_loader(data, args.batch_size), args.protocol, eps=info.eps, device=args.device, seed=args.seed, progress=True
+        model, make_loader(data, args.batch_size), args.protocol, eps=info.eps, device=device, seed=args.seed, progress=True
     )
     name = f"{meta.get('kind', 'model')} {meta.get('arch', args.arch)}"
     print(f"{args.dataset} {args.split} split, protocol {args.protocol}, eps {info.eps:.4f}")

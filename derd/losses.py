@@ -1,13 +1,20 @@
-"""Every loss term of METHOD.md as its own small function.
+"""Every loss term of METHOD.md and of the baselines as its own small function, and the hooks they read.
 
 Logit arguments are raw model outputs; KL terms use softmax at temperature ``tau`` and are
-scaled by tau^2 (Hinton et al.) so that their gradients keep their size across tau.
+scaled by tau^2 (Hinton et al.) so that their gradients keep their size across tau. Every
+term returns a 0-dim tensor and never reads a value on the host, so a training step that
+sums them runs without a device synchronisation.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from derd.models.registry import Normalize
 
 
 def kl_divergence(target_logits: torch.Tensor, logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -63,15 +70,77 @@ def consistency_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, tau: 
     return kl_divergence(clean_logits, adv_logits, tau)
 
 
-class BatchNormStatistics:
-    """Forward hooks on every BatchNorm layer of a model, for L_bn (DeepInversion).
+def l1_discrepancy(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """mean |T(x) - S(x)| over batch and classes (DFAD's model discrepancy on logits)."""
+    return (teacher_logits - student_logits).abs().mean()
 
-    Each hook records the distance between the batch statistics of the layer's input and the
-    layer's running statistics. Use as a context manager, or call ``remove()``.
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """L_a = -mean |f_T(x)| over batch and feature dimensions (DAFL): features a real image would excite."""
+    return -features.abs().mean()
+
+
+def attention_map(activation: torch.Tensor) -> torch.Tensor:
+    """ZSKT's spatial attention: channel mean of squared activations, flattened, L2-normalised per image."""
+    return F.normalize(activation.float().pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def attention_transfer_loss(student_acts: list[torch.Tensor], teacher_acts: list[torch.Tensor]) -> torch.Tensor:
+    """sum over matched layers of mean_{b,j} (a_S - a_T)^2 (ZSKT's attention transfer, beta outside)."""
+    total = student_acts[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student_acts, teacher_acts):
+        total = total + (attention_map(s) - attention_map(t)).pow(2).mean()
+    return total
+
+
+def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE instance discrimination (CMI): row i of ``anchors`` must pick row i of ``positives``.
+
+    Both are L2-normalised embeddings; every other row of ``positives`` (the current batch
+    and the memory bank's negatives) is a negative.
+    """
+    logits = anchors @ positives.t() / tau
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+
+
+class _Hooks:
+    """Forward hooks that record only inside ``recording()`` (other forwards of the model pay nothing)."""
+
+    def __init__(self) -> None:
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.active = False
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_Hooks"]:
+        self.clear()
+        self.active = True
+        try:
+            yield self
+        finally:
+            self.active = False
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class BatchNormStatistics(_Hooks):
+    """Hooks on every BatchNorm layer of a model, for L_bn (DeepInversion) and CMI's features.
+
+    While recording, each hook adds the distance between the batch statistics of the layer's
+    input and the layer's running statistics, and (``keep_features``) the per-image channel
+    means of that input.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, keep_features: bool = False) -> None:
+        super().__init__()
+        self.keep_features = keep_features
         self.terms: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []
         self.handles = [
             m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
@@ -79,32 +148,74 @@ class BatchNormStatistics:
             raise ValueError("L_bn needs a teacher with BatchNorm layers")
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        x = inputs[0]
+        if not self.active:
+            return
+        x = inputs[0].float()
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)
         self.terms.append(
             torch.linalg.vector_norm(mean - module.running_mean, 2) + torch.linalg.vector_norm(var - module.running_var, 2)
         )
+        if self.keep_features:
+            self.features.append(x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x)
 
     def clear(self) -> None:
-        self.terms = []
+        self.terms, self.features = [], []
 
     def loss(self) -> torch.Tensor:
-        """L_bn of the last forward pass(es) since ``clear()``; then clears."""
+        """L_bn = sum over layers of ||mu(x) - mu||_2 + ||var(x) - var||_2 of the recorded forward pass."""
         if not self.terms:
-            raise RuntimeError("no forward pass recorded since the last clear()")
-        total = torch.stack(self.terms).sum()
-        self.terms = []
-        return total
+            raise RuntimeError("no forward pass recorded")
+        return torch.stack(self.terms).sum()
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+    def feature_vector(self) -> torch.Tensor:
+        """The recorded per-image channel means of every BN input, concatenated (CMI's features)."""
+        return torch.cat(self.features, dim=1)
 
-    def __enter__(self) -> "BatchNormStatistics":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+class PenultimateFeatures(_Hooks):
+    """The input of a classifier's last linear layer (DAFL's f_T), recorded while recording."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("DAFL's activation loss needs a model that ends with a linear layer")
+        self.features: torch.Tensor | None = None
+        self.handles = [linears[-1].register_forward_hook(self._hook)]
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self.active:
+            self.features = inputs[0].flatten(1)
+
+    def clear(self) -> None:
+        self.features = None
+
+
+class ResolutionActivations(_Hooks):
+    """The last 4-D activation a model computes at each spatial size (ZSKT's attention layers).
+
+    Modules finish in forward order, so the last one to produce a given spatial size is the
+    output of that resolution's final block (a residual group, or the last conv-BN-ReLU of a
+    plain CNN). Works unchanged across the registry's architectures.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.by_size: dict[tuple[int, int], torch.Tensor] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                        if m is not model and not isinstance(m, Normalize)]
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self.active and isinstance(output, torch.Tensor) and output.dim() == 4:
+            self.by_size[tuple(output.shape[2:])] = output
+
+    def clear(self) -> None:
+        self.by_size = {}
+
+
+def matched_activations(student: ResolutionActivations, teacher: ResolutionActivations) -> tuple[list, list]:
+    """The two models' activations at the spatial sizes both produce, largest first."""
+    sizes = sorted(set(student.by_size) & set(teacher.by_size), reverse=True)
+    return [student.by_size[s] for s in sizes], [teacher.by_size[s] for s in sizes]

@@ -1,18 +1,15 @@
-"""Train and load the two experts: a natural teacher and an adversarially trained one.
+"""Train the two experts: a natural teacher and an adversarially trained one (also the
+real-data reference rows of the paper's tables, trained at the student's architecture).
 
-Checkpoints are plain dicts of tensors and primitives, ``{"format", "state_dict", "meta"}``
-with meta = arch, dataset, num_classes, kind and the teacher's val table. Loading always
-uses ``torch.load(weights_only=True)``: a file holding pickled code is refused, never run.
-Plain state_dicts as users bring them (RobustBench-style, optionally ``module.``-prefixed
-or without the normalisation layer) load too when the architecture is named.
+Checkpoints (``derd.checkpoints``) carry meta = arch, dataset, num_classes, kind and the
+val table. The digits pair is trained on first use and cached (``$DERD_CACHE``).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
+import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from derd.attacks import eval_mode, pgd
-from derd.losses import kl_attack_loss
+from derd.checkpoints import build_model, load_checkpoint, save_checkpoint
 from derd.data import DatasetInfo, dataset_info, download, load_split, make_loader
-from derd.errors import UserError, cli_errors
+from derd.device import Compute, check_device
+from derd.errors import UserError, check_output_file, cli_errors
 from derd.evaluate import evaluate, markdown_table
-from derd.models import NormalizedClassifier, create_model
+from derd.losses import kl_attack_loss
+from derd.models import NormalizedClassifier
 
 CHECKPOINT_FORMAT = "derd-model/1"
 KINDS = ("natural", "robust")
@@ -36,10 +35,6 @@ DEFAULT_EPOCHS = {"digits": 30, "cifar10": 100, "cifar100": 100, "imagenet100": 
 def cache_dir() -> Path:
     """Where trained digits teachers are kept: ``$DERD_CACHE`` or ``~/.cache/derd``."""
     return Path(os.environ.get("DERD_CACHE", Path.home() / ".cache" / "derd"))
-
-
-def build_model(arch: str, info: DatasetInfo) -> NormalizedClassifier:
-    return create_model(arch, info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std)
 
 
 def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, beta: float) -> torch.Tensor:
@@ -59,135 +54,68 @@ def train_teacher(
     batch_size: int = 128,
     lr: float = 0.05,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
     progress: bool = True,
 ) -> NormalizedClassifier:
     """Natural training, or adversarial training (PGD-AT, or TRADES with beta = 6), on the teacher split.
 
     SGD with momentum 0.9, weight decay 5e-4 and a cosine schedule; the training attack is
-    PGD with 10 steps of eps/4 from a uniform start.
+    PGD with 10 steps of eps/4 from a uniform start. ``precision`` as ``train.precision``
+    (bf16 autocast and channels_last on CUDA by default).
     """
     if kind not in KINDS:
         raise UserError(f"unknown teacher kind {kind!r}; choose natural or robust")
     if method not in ("pgd_at", "trades"):
         raise UserError(f"unknown adversarial training method {method!r}; choose pgd_at or trades")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: a teacher needs at least 1 epoch")
+    device = torch.device(device)
+    compute = Compute.from_config(device, precision)
     torch.manual_seed(seed)
-    model = build_model(arch, info).to(device)
+    model = compute.prepare(build_model(arch, info))
     data = load_split(info.name, "teacher", data_root, image_size=info.image_shape[1], augment=True)
     loader = make_loader(data, batch_size, shuffle=True, seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     from tqdm import tqdm
 
     bar = tqdm(range(epochs), desc=f"{kind} {arch} on {info.name}", disable=not progress)
     for _ in bar:
         model.train()
-        total, correct, loss_sum = 0, 0, 0.0
+        total, correct, loss_sum = 0, torch.zeros((), device=device), torch.zeros((), device=device)
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            if kind == "robust":
-                if method == "trades":
-                    with eval_mode(model), torch.no_grad():
-                        clean_logits = model(x)
-                    x_adv = pgd(model, x, clean_logits, eps=info.eps, steps=10, step_size=info.eps / 4, start="normal",
-                                start_scale=0.001 * info.eps / (8 / 255), loss_fn=kl_attack_loss(), generator=gen)
-                    loss = trades_loss(model, x, y, x_adv, beta=6.0)
-                    logits = model(x_adv)
-                else:
-                    x_adv = pgd(model, x, y, eps=info.eps, steps=10, step_size=info.eps / 4, generator=gen)
-                    logits = model(x_adv)
-                    loss = F.cross_entropy(logits, y)
-            else:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+            with compute.autocast():
+                logits, loss = _teacher_step_loss(model, x, y, kind, method, info, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
-        bar.set_postfix(loss=f"{loss_sum / total:.3f}", train_acc=f"{100 * correct / total:.1f}")
+            correct += (logits.argmax(1) == y).sum()
+            loss_sum += loss.detach().float() * len(y)
+        bar.set_postfix(loss=f"{loss_sum.item() / total:.3f}", train_acc=f"{100 * correct.item() / total:.1f}")
     model.eval()
     return model
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``{"format", "state_dict", "meta"}`` atomically."""
-    atomic_save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "meta": meta}, path)
-
-
-def read_checkpoint_file(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` with each failure turned into a clear one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; train one with python -m derd.teachers or fix the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln]
-        if not lines:
-            raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file") from None
-        raise UserError(
-            f"refusing {path}: it holds pickled code or objects, not just weights ({lines[0][:160]}); "
-            f"re-save it with torch.save(model.state_dict(), path)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({str(err).splitlines()[0][:160]})") from None
-
-
-def _extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj["state_dict"], dict(obj.get("meta", {}))
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):  # common wrappers
-            if isinstance(obj.get(key), dict):
-                return obj[key], {}
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj, {}
-    raise UserError("checkpoint holds neither a DERD checkpoint nor a state_dict of tensors")
-
-
-def load_checkpoint(
-    path: str | os.PathLike, info: DatasetInfo, *, arch: str | None = None
-) -> tuple[NormalizedClassifier, dict[str, Any]]:
-    """Load a classifier for dataset ``info``; returns (model in eval mode, metadata)."""
-    state, meta = _extract_state_dict(read_checkpoint_file(path))
-    if meta:
-        if meta.get("num_classes", info.num_classes) != info.num_classes:
-            raise UserError(
-                f"checkpoint {path} has {meta['num_classes']} classes but {info.name} has {info.num_classes}; "
-                f"use a teacher trained on {info.name}"
-            )
-        if arch is not None and arch != meta.get("arch"):
-            raise UserError(f"checkpoint {path} is a {meta.get('arch')}, not a {arch}; drop --arch or fix it")
-        arch = meta.get("arch")
-    if arch is None:
-        raise UserError(f"checkpoint {path} is a plain state_dict without metadata: pass its architecture with --arch")
-    model = build_model(arch, info)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    target: nn.Module = model if any(k.startswith("net.") for k in state) else model.net
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:240]
-        raise UserError(
-            f"checkpoint {path} does not fit a {arch} with {info.num_classes} classes ({detail}); "
-            f"pass the architecture it was trained with"
-        ) from None
-    meta.setdefault("arch", arch)
-    model.eval()
-    return model, meta
+def _teacher_step_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, method: str,
+                       info: DatasetInfo, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits the training accuracy is read from, loss) of one batch."""
+    if kind == "natural":
+        logits = model(x)
+        return logits, F.cross_entropy(logits, y)
+    if method == "trades":
+        with eval_mode(model), torch.no_grad():
+            clean_logits = model(x)
+        x_adv = pgd(model, x, clean_logits, eps=info.eps, steps=10, step_size=info.eps / 4, start="normal",
+                    start_scale=0.001 * info.eps / (8 / 255), loss_fn=kl_attack_loss(), generator=gen)
+        return model(x_adv), trades_loss(model, x, y, x_adv, beta=6.0)
+    x_adv = pgd(model, x, y, eps=info.eps, steps=10, step_size=info.eps / 4, generator=gen)
+    logits = model(x_adv)
+    return logits, F.cross_entropy(logits, y)
 
 
 def teacher_path(info: DatasetInfo, kind: str, arch: str) -> Path:
@@ -196,11 +124,12 @@ def teacher_path(info: DatasetInfo, kind: str, arch: str) -> Path:
 
 def train_and_save(
     info: DatasetInfo, kind: str, arch: str, out: Path, *, epochs: int, data_root: str | None = None,
-    method: str = "pgd_at", device: str = "cpu", seed: int = 0, progress: bool = True,
+    method: str = "pgd_at", device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
 ) -> tuple[NormalizedClassifier, dict[str, Any]]:
     """Train a teacher, score it with the full protocol on the val split, save it with its table."""
     start = time.time()
-    model = train_teacher(info, kind, arch, epochs=epochs, data_root=data_root, method=method, device=device, seed=seed, progress=progress)
+    model = train_teacher(info, kind, arch, epochs=epochs, data_root=data_root, method=method, device=device, seed=seed,
+                          progress=progress)
     val = load_split(info.name, "val", data_root, image_size=info.image_shape[1])
     table = evaluate(model, make_loader(val, 256), "full", eps=info.eps, device=device, progress=progress)
     meta = {"arch": arch, "dataset": info.name, "num_classes": info.num_classes, "kind": kind,
@@ -211,7 +140,7 @@ def train_and_save(
 
 
 def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifier, dict[str, Any]]]:
-    """The digits pair, trained on first use (a few minutes on 2 CPU cores) and cached."""
+    """The digits pair, trained on first use (about a minute each on 2 CPU cores) and cached."""
     info = dataset_info("digits")
     arch = DEFAULT_ARCH["digits"]
     out = {}
@@ -219,8 +148,12 @@ def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifi
         path = teacher_path(info, kind, arch)
         if path.is_file():
             out[kind] = load_checkpoint(path, info)
-        else:
-            out[kind] = train_and_save(info, kind, arch, path, epochs=DEFAULT_EPOCHS["digits"], progress=progress)
+            continue
+        print(f"training the digits {kind} teacher ({arch}) on first use; it is cached in {path} "
+              f"($DERD_CACHE moves the cache)", file=sys.stderr, flush=True)
+        out[kind] = train_and_save(info, kind, arch, path, epochs=DEFAULT_EPOCHS["digits"], progress=progress)
+        print(markdown_table({f"{kind} {arch} (val split, full protocol)": out[kind][1]["table"]}), file=sys.stderr,
+              flush=True)
     return out
 
 
@@ -236,16 +169,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root first (torchvision)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--out", help="checkpoint path (default: the teacher cache)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     info = dataset_info(args.dataset, args.image_size)
+    device = check_device(args.device)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[info.name]
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: a teacher needs at least 1 epoch")
+    arch = args.arch or DEFAULT_ARCH[info.name]
+    build_model(arch, info)  # an unknown architecture fails here, before any data is read
+    out = check_output_file(args.out) if args.out else teacher_path(info, args.kind, arch)
     if args.download:
         download(info.name, args.data_root)
-    arch = args.arch or DEFAULT_ARCH[info.name]
-    out = Path(args.out) if args.out else teacher_path(info, args.kind, arch)
-    _, meta = train_and_save(info, args.kind, arch, out, epochs=args.epochs or DEFAULT_EPOCHS[info.name],
-                             data_root=args.data_root, method=args.method, device=args.device, seed=args.seed)
+    load_split(info.name, "teacher", args.data_root, image_size=args.image_size)  # missing data fails before training
+    _, meta = train_and_save(info, args.kind, arch, out, epochs=epochs, data_root=args.data_root, method=args.method,
+                             device=device, seed=args.seed)
     print(f"saved {out} ({meta['train_seconds']:.0f} s)")
     print(markdown_table({f"{args.kind} {arch}": meta["table"]}))
 

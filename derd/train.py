@@ -1,44 +1,68 @@
 """Final training of a config: ``python -m derd.train --config X.yaml [--out DIR]``.
 
-Runs both stages with a progress bar, then the ``full`` protocol on the test split, and
-writes to DIR: student.pt, generator.pt, run.pt (resumable state), config.yaml,
-table.json, table.md, samples.png (Fig. 2) and accuracy.png (Fig. 1). An interrupted
-training continues from DIR/run.pt when started again with the same --out.
+Runs the config's method to the end with a progress bar, then the ``full`` protocol on the
+test split, and writes to DIR: student.pt, generator.pt (generator methods), run.pt
+(resumable state), config.yaml, table.json, table.md, samples.png (the paper's Fig. 2) and
+accuracy.png (its Fig. 1). An interrupted training continues from DIR/run.pt when started
+again with the same --out (Ctrl-C says so in one line).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from derd.checkpoints import NORMALIZE_CHOICES, save_checkpoint
 from derd.config import RunConfig, apply_overrides, load_yaml, preset, save_yaml, to_dict
 from derd.data import load_split, make_loader
-from derd.errors import UserError, cli_errors
+from derd.device import check_device
+from derd.errors import UserError, check_output_folder, cli_errors
 from derd.evaluate import evaluate, markdown_table
-from derd.method import DERDRun, load_experts
+from derd.experts import load_experts
 from derd.plots import save_accuracy_curve, save_sample_grid
-from derd.teachers import save_checkpoint
+from derd.run import DistillationRun
+
+TEACHER_FLAGS = {"teacher_natural": "teachers.natural", "teacher_robust": "teachers.robust",
+                 "teacher_natural_arch": "teachers.natural_arch", "teacher_robust_arch": "teachers.robust_arch",
+                 "teacher_normalize": "teachers.normalize"}
+
+
+def add_teacher_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that name the teachers, shared by derd.train and tuning/search.py."""
+    p.add_argument("--teacher-natural", help="natural teacher checkpoint (digits: trained on first use)")
+    p.add_argument("--teacher-robust", help="robust teacher checkpoint (digits: trained on first use)")
+    p.add_argument("--teacher-natural-arch", help="architecture of a plain state_dict natural teacher (e.g. wrn_34_10)")
+    p.add_argument("--teacher-robust-arch", help="architecture of a plain state_dict robust teacher")
+    p.add_argument("--teacher-normalize", choices=NORMALIZE_CHOICES,
+                   help="plain state_dicts: 'none' if the networks take raw [0, 1] images (normalise inside "
+                        "themselves, as RobustBench models do); default 'dataset'")
+
+
+def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, flag) for flag, key in TEACHER_FLAGS.items() if getattr(args, flag, None) is not None}
 
 
 def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: str | None = None) -> dict[str, Any]:
     """Train, test and write the artefacts; returns {"test": table, "history": [...]}."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    experts = load_experts(cfg, progress=progress)
+    experts = load_experts(cfg, progress=progress)  # bad teachers fail before anything is written
+    test = load_split(cfg.data.dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
     state = out / "run.pt"
     if state.is_file():
-        run = DERDRun.resume(state, experts)
+        run = DistillationRun.resume(state, experts)
         if to_dict(run.cfg) != to_dict(cfg):
             raise UserError(f"{state} belongs to another config; use a fresh --out or delete it")
     else:
-        run = DERDRun(cfg, experts)
+        run = DistillationRun(cfg, experts)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
     from tqdm import tqdm
 
-    bar = tqdm(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.variant} on {cfg.data.dataset}", disable=not progress)
+    bar = tqdm(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.method} on {cfg.data.dataset}", disable=not progress)
     for result in run.epochs():
         run.save(state)
         shown = {k.split("/")[-1]: f"{v:.2f}" for k, v in result.items() if k.startswith("val/")}
@@ -47,28 +71,27 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     bar.close()
     run.close()
     info = run.info
-    meta = {"arch": cfg.student.arch, "dataset": info.name, "num_classes": info.num_classes, "kind": f"student-{cfg.variant}"}
-    test = load_split(info.name, "test", cfg.data.root, image_size=cfg.data.image_size)
+    meta = {"arch": cfg.student.arch, "dataset": info.name, "num_classes": info.num_classes, "kind": f"student-{cfg.method}"}
     protocol = test_protocol or cfg.eval.final_protocol
     table = evaluate(run.student, make_loader(test, cfg.data.val_batch_size), protocol, eps=info.eps,
                      device=run.device, seed=cfg.seed, progress=progress)
     table = {f"test/{k}": v for k, v in table.items()}
     save_checkpoint(out / "student.pt", run.student, {**meta, "table": table})
-    if run.generator is not None:
-        torch.save(run.generator.state_dict(), out / "generator.pt")
-        with torch.no_grad():
-            run.generator.eval()
-            samples = run.generator(torch.randn(64, cfg.student.latent_dim, generator=torch.Generator().manual_seed(0)).to(run.device))
+    generator = run.method.modules.get("generator")
+    if generator is not None:
+        torch.save(generator.state_dict(), out / "generator.pt")
+    samples = run.sample(64)
+    if samples is not None:
         save_sample_grid(samples, out / "samples.png")
-    save_accuracy_curve(run.history, out / "accuracy.png", title=f"{cfg.variant} student on {info.name}")
+    save_accuracy_curve(run.history, out / "accuracy.png", title=f"{cfg.method} student on {info.name}")
     (out / "table.json").write_text(json.dumps({"config": to_dict(cfg), "test": table, "history": run.history}, indent=1))
     row = {k.removeprefix("test/"): v for k, v in table.items()}
-    (out / "table.md").write_text(markdown_table({f"{cfg.variant} ({cfg.student.arch})": row}) + "\n")
+    (out / "table.md").write_text(markdown_table({f"{cfg.method} ({cfg.student.arch})": row}) + "\n")
     return {"test": table, "history": run.history}
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["variant=nature", "stage2.epochs=5"]`` to ``{"variant": "nature", "stage2.epochs": 5}``."""
+    """``["method=nature", "stage2.epochs=5"]`` to ``{"method": "nature", "stage2.epochs": 5}``."""
     import yaml
 
     out = {}
@@ -82,21 +105,33 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m derd.train", description="Train a DERD student from a config and report its test table.")
+    p = argparse.ArgumentParser(prog="python -m derd.train", description="Train a student from a config and report its test table.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="run config YAML (as exported by analysis/export.py)")
     src.add_argument("--preset", help="start from a dataset's preset (the paper's weights): digits, cifar10, ...")
+    p.add_argument("--method", help="the method to train (default: the config's; derd for a preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key, e.g. --set variant=nature (YAML value syntax)")
-    p.add_argument("--out", help="output folder (default: runs/train-<variant>-<dataset>-<time>)")
+                   help="override a dotted config key, e.g. --set stage2.lambda_nat=1.0 (YAML value syntax)")
+    add_teacher_flags(p)
+    p.add_argument("--data-root", help="dataset root (CIFAR, ImageNet-100)")
+    p.add_argument("--out", help="output folder (default: runs/train-<method>-<dataset>-<time>)")
     p.add_argument("--protocol", choices=("full", "search"), help="test protocol (default: the config's eval.final_protocol)")
     args = p.parse_args(argv)
     cfg = load_yaml(args.config) if args.config else preset(args.preset)
-    cfg = apply_overrides(cfg, parse_sets(args.set))
-    out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.variant}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    flags = {**teacher_overrides(args), **({"method": args.method} if args.method else {}),
+             **({"data.root": args.data_root} if args.data_root else {})}
+    cfg = apply_overrides(cfg, {**flags, **parse_sets(args.set)})
+    check_device(cfg.device)
+    out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_folder(out)
     start = time.time()
-    train(cfg, out, test_protocol=args.protocol)
-    print(f"{cfg.variant} on {cfg.data.dataset}, test split, {time.time() - start:.0f} s; artefacts in {out}")
+    try:
+        train(cfg, out, test_protocol=args.protocol)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again (same --out {out}) to resume from {out / 'run.pt'}",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"{cfg.method} on {cfg.data.dataset}, test split, {time.time() - start:.0f} s; artefacts in {out}")
     print((out / "table.md").read_text())
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from derd.data import dataset_info, load_split, make_loader
 from derd.models import create_model
-from derd.teachers import save_checkpoint
+from derd.checkpoints import save_checkpoint
 
 
 @pytest.fixture(autouse=True)

@@ -82,3 +82,27 @@ def test_search_protocol_scores_a_fixed_prefix(natural_model, digits_val_batch):
 def test_markdown_table_orders_columns_like_the_paper():
     table = markdown_table({"m": {"aa_acc": 1.0, "clean_acc": 2.0}})
     assert table.splitlines()[0] == "| model | Clean | AA |"
+
+
+def test_search_protocol_aa_is_standard_aa_after_its_first_two_attacks(natural_model, digits_val_batch, caplog):
+    """pyautoattack's standard run logs its robust accuracy after each attack; the search
+    protocol's AA must equal the figure after APGD-T (APGD-CE with 1 restart, then APGD-T)."""
+    import logging
+    import re
+
+    x, y = digits_val_batch
+    x, y = x[:24], y[:24]
+    with caplog.at_level(logging.DEBUG, logger="auto-attack"):
+        attacks.autoattack(natural_model, x, y, eps=0.05, version="standard")
+    after_t = [float(m) for m in re.findall(r"robust accuracy after APGD-T: ([\d.]+)%", caplog.text)]
+    assert len(after_t) == 1
+    fast = attacks.autoattack(natural_model, x, y, eps=0.05, version="fast")
+    assert _acc(natural_model, fast, y) * 100 == pytest.approx(after_t[0], abs=0.006)  # the log rounds to 0.01
+
+
+def test_a_columns_value_does_not_depend_on_which_columns_ran_before(natural_model, digits_val_batch):
+    x, y = digits_val_batch
+    loader = make_loader(torch.utils.data.TensorDataset(x[:32], y[:32]), 16)
+    only_pgd = type(PROTOCOLS["search"])("pgd", ("pgd_acc",), None, "fast")
+    with_others = type(PROTOCOLS["search"])("all", ("clean_acc", "pgd_t_acc", "fgsm_acc", "pgd_acc"), None, "fast")
+    assert evaluate(natural_model, loader, only_pgd, eps=0.1)["pgd_acc"] == evaluate(natural_model, loader, with_others, eps=0.1)["pgd_acc"]

@@ -1,23 +1,30 @@
-"""DERD runs: tiny budgets on digits; resume, the stage-I cache, variants, divergence, configs."""
+"""Runs of every registered method: tiny budgets on digits; resume, cache, divergence, configs, host syncs."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch.profiler import ProfilerActivity, profile
 
 from derd.config import ConfigError, PAPER_WEIGHTS, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_flat
 from derd.data import load_split
-from derd.method import DERDRun, Experts, TrainingDiverged
-from derd.teachers import save_checkpoint
+from derd.experts import Experts
+from derd.methods import available_methods, get_method, uses_key
+from derd.run import DistillationRun, TrainingDiverged
 
 from conftest import train_quick
 
 TINY = {
     "stage1.epochs": 2, "stage1.iters_per_epoch": 2, "stage1.batch_size": 16,
     "stage2.epochs": 2, "stage2.iters_per_epoch": 2, "stage2.batch_size": 16, "stage2.pgd_steps": 2,
-    "stage2.inversion_steps": 2, "eval.every": 1, "student.latent_dim": 16, "student.generator_width": 16,
+    "stage2.inversion_steps": 2, "robust.pgd_steps": 2, "cmi.synthesis_steps": 2, "cmi.synthesis_every": 2,
+    "cmi.negatives": 8, "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16,
     "data.val_batch_size": 32,
 }
+GOLDEN = json.loads((Path(__file__).parent / "golden_step.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +34,7 @@ def experts():
 
 @pytest.fixture(scope="module")
 def val_data():
-    return torch.utils.data.Subset(load_split("digits", "val"), range(32))
+    return torch.utils.data.Subset(load_split("digits", "val"), range(16))
 
 
 def tiny(**overrides):
@@ -35,59 +42,154 @@ def tiny(**overrides):
 
 
 def _same(a: dict, b: dict) -> bool:
-    keys = [k for k in a if k.startswith(("loss/", "val/", "sga/"))]
-    return keys == [k for k in b if k.startswith(("loss/", "val/", "sga/"))] and all(a[k] == b[k] for k in keys)
+    keys = [k for k in a if k.startswith(("loss/", "val/", "sga/", "kd/", "dfard/"))]
+    return keys == [k for k in b if k.startswith(("loss/", "val/", "sga/", "kd/", "dfard/"))] and all(a[k] == b[k] for k in keys)
 
 
-@pytest.mark.parametrize("stop_after", [1, 3])
-def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, experts, val_data, stop_after):
-    full = DERDRun(tiny(), experts, val_data=val_data).run()
-    first = DERDRun(tiny(), experts, val_data=val_data)
+@pytest.mark.parametrize("method", available_methods())
+def test_every_method_runs_checkpoints_and_resumes_bit_exact(tmp_path, experts, val_data, method):
+    full_run = DistillationRun(tiny(method=method), experts, val_data=val_data)
+    full = full_run.run()
+    assert len(full) == full_run.total_epochs >= 2
+    assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc"} <= set(full[-1])
+    first = DistillationRun(tiny(method=method), experts, val_data=val_data)
     for result in first.epochs():
-        if result["epoch"] == stop_after:
+        if result["epoch"] == 1:
             first.save(tmp_path / "run.pt")
             break
-    resumed = DERDRun.resume(tmp_path / "run.pt", experts, val_data=val_data)
-    assert resumed.epoch == stop_after
+    resumed = DistillationRun.resume(tmp_path / "run.pt", experts, val_data=val_data)
     rest = list(resumed.epochs())
-    assert rest[0]["epoch"] == stop_after + 1
-    assert _same(rest[0], full[stop_after]) and _same(rest[-1], full[-1])
+    assert rest[0]["epoch"] == 2
+    assert _same(rest[-1], full[-1])
+    for a, b in zip(resumed.student.state_dict().values(), full_run.student.state_dict().values()):
+        assert torch.equal(a, b)
+    for run in (full_run, first, resumed):
+        run.close()
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_method_diverges_with_the_term_named(experts, val_data, method):
+    run = DistillationRun(tiny(method=method), experts, val_data=val_data)
+    params = [p for m in [run.student, *run.method.modules.values()] for p in m.parameters()]
+    with torch.no_grad():  # poison the weights: the first loss of the first epoch is not finite
+        params[0].fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"loss term \w+ became nan in stage [12], epoch 1$"):
+        run.run()
+    run.close()
+
+
+def test_a_diverging_weight_names_the_weighted_total(experts, val_data):
+    run = DistillationRun(tiny(**{"stage1.lambda_bn": 1e38}), experts, val_data=val_data)
+    with pytest.raises(TrainingDiverged, match="loss term G became inf in stage 1, epoch 1"):
+        run.run()
+
+
+@pytest.mark.parametrize("method", ["derd", "derd_no_nat", "derd_inv", "nature"])
+def test_reworked_step_reproduces_the_previous_implementation(method):
+    """Losses and weights of the pre-harness DERDRun (recorded at commit cfd6a73, one thread, teachers
+    from ``train_quick(seed=1|2, epochs=3)``) within float tolerance."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _reproduce(method)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reproduce(method: str) -> None:
+    experts = Experts(train_quick(seed=1, epochs=3), train_quick(seed=2, epochs=3))
+    cfg = apply_overrides(preset("digits"), {
+        "stage1.epochs": 1, "stage1.iters_per_epoch": 3, "stage1.batch_size": 16, "stage2.epochs": 1,
+        "stage2.iters_per_epoch": 3, "stage2.batch_size": 16, "stage2.pgd_steps": 2, "stage2.inversion_steps": 2,
+        "eval.every": 100, "student.latent_dim": 16, "student.generator_width": 16, "method": method})
+    ex = Experts(None, experts.robust) if method == "derd_no_nat" else experts
+    val = torch.utils.data.Subset(load_split("digits", "val"), range(8))
+    run = DistillationRun(cfg, ex, val_data=val)
+    history = run.run()
+    gold = GOLDEN[method]
+    for got, want in zip(history, gold["history"]):
+        assert {k for k in got if k.startswith(("loss/", "sga/"))} == set(want)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    state = run.student.state_dict()
+    for k, v in gold["param_sums"].items():
+        assert state[k].double().sum().item() == pytest.approx(v, rel=1e-4, abs=1e-5), k
+
+
+def _host_reads(fn) -> int:
+    """aten::_local_scalar_dense events (tensor values read on the host) outside the optimisers'
+    step, whose counters are CPU tensors by design (on CUDA the generator's Adam runs fused)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+
+    def in_optimizer(event) -> bool:
+        while event is not None:
+            if event.name.startswith("Optimizer.step"):
+                return True
+            event = event.cpu_parent
+        return False
+
+    return sum(1 for e in prof.events() if e.name == "aten::_local_scalar_dense" and not in_optimizer(e))
+
+
+@pytest.mark.parametrize("method", ["derd", "derd_no_nat", "dafl", "cmi", "dfard"])
+def test_a_stage_two_iteration_reads_nothing_on_the_host(experts, val_data, method):
+    run = DistillationRun(tiny(method=method), experts, val_data=val_data)
+    index = len(run.phases) - 1
+    run._enter_phase(index)
+    phase = run.phases[index]
+    run.method.start_epoch(phase)
+    run.method.iteration(phase, 0)  # warm-up (first CMI round, lazy hooks)
+    assert _host_reads(lambda: [run.method.iteration(phase, step) for step in (1, 2)]) == 0  # with and without G steps
+    run.close()
+
+
+def test_an_epoch_reads_the_host_once(experts, val_data):
+    run = DistillationRun(tiny(**{"eval.every": 100, "stage1.epochs": 0}), experts, val_data=val_data)
+    assert _host_reads(run._run_epoch) <= 1
+
+
+def test_bf16_autocast_runs_a_tiny_digits_run_on_cpu(experts, val_data):
+    run = DistillationRun(tiny(**{"train.precision": "bf16"}), experts, val_data=val_data)
+    assert run.compute.bf16 and not run.compute.channels_last
+    history = run.run()
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in history[-1].items() if k.startswith("loss/"))
+    assert history[-1]["val/clean_acc"] >= 0
 
 
 def test_cached_stage1_is_skipped_and_matches(tmp_path, experts, val_data):
     cache = tmp_path / "cache"
-    first = DERDRun(tiny(), experts, val_data=val_data, stage1_cache=cache)
+    first = DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache)
     fresh = first.run()
     assert len(list(cache.glob("stage1-*.pt"))) == 1
-    other = tiny(**{"stage2.lambda_nat": 2.0})  # stage-II weights do not change the key
-    again = DERDRun(tiny(), experts, val_data=val_data, stage1_cache=cache)
+    again = DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache)
     results = list(again.epochs())
     assert [r["cached"] for r in results] == [True, True, False, False]
     assert _same(results[-1], fresh[-1])
     for a, b in zip(again.student.state_dict().values(), first.student.state_dict().values()):
         assert torch.equal(a, b)
-    assert list(DERDRun(other, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
-    changed = tiny(**{"stage1.lambda_ie": 1.0})
-    assert not list(DERDRun(changed, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
+    for shares in (tiny(**{"stage2.lambda_nat": 2.0}), tiny(method="nature")):  # same stage I
+        assert list(DistillationRun(shares, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
+    for differs in (tiny(**{"stage1.lambda_ie": 1.0}), tiny(method="derd_no_nat"), tiny(**{"train.precision": "bf16"})):
+        assert not list(DistillationRun(differs, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
 
 
-@pytest.mark.parametrize("variant", ["derd", "derd_inv", "derd_no_nat", "nature"])
-def test_every_variant_runs_a_tiny_budget(experts, val_data, variant):
-    ex = Experts(None, experts.robust) if variant == "derd_no_nat" else experts
-    run = DERDRun(tiny(variant=variant), ex, val_data=val_data)
-    history = run.run()
-    assert len(history) == (2 if variant == "derd_inv" else 4)
-    last = history[-1]
-    assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc"} <= set(last)
-    robust_terms = {"loss/rob", "loss/cons", "sga/conflict_frac"}
-    assert robust_terms.isdisjoint(last) if variant == "nature" else robust_terms <= set(last)
-    run.close()
+def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
+    derd = DistillationRun(tiny(), experts, val_data=val_data)
+    for method in ("dafl", "dfad", "zskt", "cmi", "dfard"):
+        run = DistillationRun(tiny(method=method), experts, val_data=val_data)
+        assert sum(p.epochs * p.iters_per_epoch for p in run.phases) == sum(p.epochs * p.iters_per_epoch for p in derd.phases)
+        assert run.phases[0].stage == 2 and run.warmup_epochs == 0
+        run.close()
 
 
-def test_a_diverging_loss_stops_the_run_with_the_term_named(experts, val_data):
-    run = DERDRun(tiny(**{"stage1.lambda_bn": 1e38}), experts, val_data=val_data)
-    with pytest.raises(TrainingDiverged, match="loss term .* became (inf|nan) in stage 1, epoch 1"):
-        run.run()
+def test_methods_declare_what_they_read():
+    assert get_method("dafl").sections == ("dafl", "robust") and get_method("derd").sections == ("stage1", "stage2")
+    assert uses_key("dafl", "dafl.lambda_act") and not uses_key("dafl", "stage2.lambda_nat")
+    assert uses_key("dafl", "stage2.epochs") and uses_key("dafl", "student.arch") and uses_key("derd", "stage1.lambda_ie")
+    assert not uses_key("derd", "cmi.lambda_cr")
+    needs_natural = {m for m in available_methods() if "natural" in get_method(m).teachers}
+    assert needs_natural == {"derd", "derd_inv", "nature"}
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -97,8 +199,10 @@ def test_config_errors_name_the_key(tmp_path):
         from_dict({"stage2": {"epochs": "many"}})
     with pytest.raises(ConfigError, match=r"^stage2\.lambda_sga: -1.0 is below its minimum"):
         from_dict({"stage2": {"lambda_sga": -1}})
-    with pytest.raises(ConfigError, match=r"^variant: 'gan' is not one of"):
-        from_dict({"variant": "gan"})
+    with pytest.raises(ConfigError, match=r"^method: 'gan' is not one of derd, "):
+        from_dict({"method": "gan"})
+    with pytest.raises(ConfigError, match=r"^variant: the old name of method"):
+        from_dict({"method": "derd", "variant": "nature"})
     (tmp_path / "bad.yaml").write_text("stage1: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(tmp_path / "bad.yaml")
@@ -108,22 +212,26 @@ def test_presets_carry_the_paper_weights_and_yaml_round_trips(tmp_path):
     for dataset, weights in PAPER_WEIGHTS.items():
         flat = to_flat(preset(dataset))
         assert all(flat[k] == pytest.approx(v) for k, v in weights.items())
-    cfg = tiny(seed=3)
+    cfg = tiny(seed=3, method="zskt")
     save_yaml(cfg, tmp_path / "c.yaml")
     assert load_yaml(tmp_path / "c.yaml") == cfg
     (tmp_path / "partial.yaml").write_text(yaml.safe_dump({"data": {"dataset": "cifar100"}, "stage1": {"lambda_adv": 1e-3}}))
     partial = to_flat(load_yaml(tmp_path / "partial.yaml"))
     assert partial["stage1.lambda_adv"] == 1e-3 and partial["stage1.lambda_ie"] == 20
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"variant": "derd_no_nat"}))  # exported before the rename
+    assert load_yaml(tmp_path / "old.yaml").method == "derd_no_nat"
 
 
-def test_train_cli_writes_the_table_and_figures(tmp_path, experts, digits_info):
+def test_train_cli_writes_the_table_and_figures(tmp_path, experts):
+    from derd.checkpoints import save_checkpoint
     from derd.train import main
 
     for kind, model in (("natural", experts.natural), ("robust", experts.robust)):
         save_checkpoint(tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
-    cfg = tiny(**{"teachers.natural": str(tmp_path / "natural.pt"), "teachers.robust": str(tmp_path / "robust.pt"), "eval.every": 2})
+    cfg = tiny(**{"eval.every": 2, "data.val_batch_size": 128})
     save_yaml(cfg, tmp_path / "c.yaml")
-    main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--protocol", "search"])
+    main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--protocol", "search",
+          "--teacher-natural", str(tmp_path / "natural.pt"), "--teacher-robust", str(tmp_path / "robust.pt")])
     out = tmp_path / "out"
     for name in ("student.pt", "generator.pt", "run.pt", "table.json", "table.md", "samples.png", "accuracy.png", "config.yaml"):
         assert (out / name).is_file(), name

@@ -1,6 +1,7 @@
 """The search with real Ray, Optuna and MLflow in temporary folders (tiny models, tiny budgets)."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,11 +12,11 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fakedata import write_cifar
-
 from conftest import write_space
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Two one-CPU Ray nodes on this machine; the head also has one logical GPU."""
@@ -37,26 +38,46 @@ def _runs(out: Path, name: str = "derd-digits"):
     return client, [r for r in runs if r.data.tags.get("derd.kind") == "trial"], [r for r in runs if r.data.tags.get("derd.kind") == "search"]
 
 
-def test_tiny_search_logs_one_mlflow_run_per_trial(tmp_path, cluster, teacher_args):
+def _study(out: Path, name: str = "derd-digits"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def test_tiny_search_over_methods_logs_one_run_per_trial(tmp_path, cluster, teacher_args):
+    """The method dimension samples both methods, each with only the keys it reads."""
     from tuning.search import run_search
 
+    space = write_space(tmp_path / "space.yaml", space={
+        "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
+        "stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+    }, search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none", "sampler": "random", "seed": 1})
     out = tmp_path / "s"
-    summary = run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), *teacher_args])
+    summary = run_search(["--space", str(space), "--out", str(out), *teacher_args])
     client, trials, parents = _runs(out)
-    assert len(trials) == 3 and len(parents) == 1 and summary["trials_finished"] == 3
+    assert len(trials) == 4 and len(parents) == 1 and summary["trials_finished"] == 4
+    assert parents[0].info.status == "FINISHED"
+    by_method = {}
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc", "trial/wall_time_s", "trial/device_hours"} <= set(run.data.metrics)
-        assert "stage1.lambda_adv" in run.data.params and run.data.params["stage1.epochs"] == "2"
+        assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc", "val/n_images", "trial/wall_time_s"} <= set(run.data.metrics)
+        by_method.setdefault(run.data.params["method"], []).append(run)
         history = client.get_metric_history(run.info.run_id, "loss/G")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4]  # per-epoch metrics
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]  # per-epoch metrics, each epoch once
+    assert set(by_method) == {"derd", "dafl"}
+    assert all("stage1.lambda_adv" in r.data.params and "dafl.lambda_act" not in r.data.params for r in by_method["derd"])
+    assert all("dafl.lambda_act" in r.data.params and "stage1.lambda_adv" not in r.data.params for r in by_method["dafl"])
     presets = [r for r in trials if r.data.tags["derd.preset"] == "true"]
-    assert len(presets) == 1 and float(presets[0].data.params["stage1.lambda_adv"]) == 0.05
-    study = optuna.load_study(study_name="derd-digits", storage=f"sqlite:///{out / 'optuna.db'}")
-    assert len(study.trials) == 3 and study.trials[0].params == {"stage1.lambda_adv": 0.05, "stage2.lambda_nat": 0.5}
-    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
-    assert (out / "best_trials.md").read_text().count("| yes |") >= 1
+    assert {r.data.params["method"] for r in presets} == {"derd", "dafl"}  # 'paper': one preset per method
+    study = _study(out)
+    assert len(study.trials) == 4 and study.metric_names == ["val/clean_acc", "val/aa_acc"]
+    assert study.trials[0].params["stage1.lambda_adv"] == 0.05 and study.trials[1].params["dafl.lambda_act"] == 0.1
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
+        run = client.get_run(t.user_attrs["mlflow_run_id"])  # Optuna -> MLflow and back
+        assert run.data.tags["optuna.trial_number"] == str(t.number)
+        assert set(t.user_attrs["scores"]) == {"1", "2", "3", "4"} and "constraint" in t.user_attrs
+    assert (out / "best_trials.md").read_text().startswith("Best trials (4 finished")
 
 
 def test_a_diverging_trial_fails_with_its_reason_while_the_search_goes_on(tmp_path, cluster, teacher_args):
@@ -71,10 +92,9 @@ def test_a_diverging_trial_fails_with_its_reason_while_the_search_goes_on(tmp_pa
     _, trials, _ = _runs(out)
     by_status = {r.info.status: r for r in trials}
     assert set(by_status) == {"FAILED", "FINISHED"}
-    assert "became inf" in by_status["FAILED"].data.tags["derd.error"]
+    assert "loss term G became inf in stage 1, epoch 1" in by_status["FAILED"].data.tags["derd.error"]
     assert float(by_status["FAILED"].data.params["stage1.lambda_bn"]) == 1e38
-    study = optuna.load_study(study_name="derd-digits", storage=f"sqlite:///{out / 'optuna.db'}")
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    assert sorted(t.state.name for t in _study(out).trials) == ["COMPLETE", "FAIL"]
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, cluster, teacher_args):
@@ -100,70 +120,111 @@ def test_fractional_gpus_let_two_trials_share_one_gpu(tmp_path, cluster, teacher
     assert {r.data.tags["derd.device"] for r in trials} == {"cpu"}  # logical GPUs: no CUDA here
 
 
-def test_interrupted_search_resumes_without_starting_over(tmp_path, teacher_args):
+def _start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def _finished_trials(out: Path, name: str = "derd-digits") -> int:
+    try:
+        return sum(t.state.is_finished() for t in _study(out, name).trials)
+    except Exception:  # noqa: BLE001 - the study may not exist yet
+        return 0
+
+
+def _assert_complete_and_unique(out: Path, n: int, name: str = "derd-digits") -> None:
+    """n trials: one MLflow child run and one finished Optuna trial each, every epoch logged once."""
+    client, trials, parents = _runs(out, name)
+    assert len(trials) == n and all(r.info.status == "FINISHED" for r in trials)
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in trials) == list(range(n))
+    for run in trials:
+        for key in ("loss/G", "time/epoch_s", "trial/wall_time_s"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (key, steps)  # no step logged twice
+    study = _study(out, name)
+    assert len(study.trials) == n and all(t.state.is_finished() for t in study.trials)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_args):
     space = write_space(tmp_path / "space.yaml", search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"})
     out = tmp_path / "s"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--address", "local", *teacher_args]
-    proc = subprocess.Popen([*cmd, "--space", str(space)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list((out / "tune").glob("derd_trainable_*"))) < 2:
-        time.sleep(0.5)
+    proc = _start([*cmd, "--space", str(space)])
+    _wait_for(lambda: _finished_trials(out) >= 1)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) in (0, 1)
+    assert proc.wait(timeout=120) == 130  # interrupted: not success
     _, before, _ = _runs(out)
     finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
-    study = optuna.load_study(study_name="derd-digits", storage=f"sqlite:///{out / 'optuna.db'}")
-    first_params = study.trials[0].params
-
-    subprocess.run([*cmd, "--resume"], check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client, after, _ = _runs(out)
-    assert len(after) == 3 and all(r.info.status == "FINISHED" for r in after)
+    first_params = _study(out).trials[0].params
+    subprocess.run([sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume", "--address", "local"],
+                   check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _assert_complete_and_unique(out, 3)
+    _, after, _ = _runs(out)
     for run in after:
         if run.info.run_id in finished_before:
             assert run.info.end_time == finished_before[run.info.run_id]  # not run again
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/G")]
-        assert sorted(steps) == [1, 2, 3, 4]  # resumed from its checkpoint, no epoch twice
-    study = optuna.load_study(study_name="derd-digits", storage=f"sqlite:///{out / 'optuna.db'}")
-    assert len(study.trials) == 3 and study.trials[0].params == first_params
+    assert _study(out).trials[0].params == first_params
 
 
-def _expect_exit_2(capsys, argv: list[str], message: str, out: Path) -> None:
-    from tuning.search import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--out", str(out)])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
-    assert not out.exists()  # nothing written
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("space", {"stage1.lambda_adv": {"distribution": "loguniform", "low": 1, "high": 2}, "stage9.x": {"distribution": "uniform", "low": 0, "high": 1}}, "space.stage9.x: unknown config key"),
-    ("space", {"stage1.lambda_adv": {"distribution": "loguniform", "low": 2, "high": 1}}, "low (2.0) must be below high (1.0)"),
-    ("space", {"stage1.lambda_adv": {"distribution": "loguniform", "low": 0, "high": 1}}, "a log range needs low > 0"),
-    ("sampler", "tpe", "unknown key 'sampler'"),
-])
-def test_bad_search_space_is_rejected_before_anything_starts(tmp_path, capsys, field, value, message):
-    space = write_space(tmp_path / "space.yaml", **{field: value})
-    _expect_exit_2(capsys, ["--space", str(space)], message, tmp_path / "out")
+def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args):
+    """Failure cases 1 and 2: a driver killed with SIGKILL; --resume with --out only (no --name)."""
+    space = write_space(tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"})
+    out = tmp_path / "s"
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--address", "local"]
+    proc = _start([*cmd, "--space", str(space), "--name", "killed", *teacher_args])
+    _wait_for(lambda: _finished_trials(out, "killed") >= 1)
+    proc.kill()  # SIGKILL to the driver alone, as `kill -9 PID` does
+    proc.wait(timeout=30)
+    record = json.loads((out / "search.json").read_text())
+    subprocess.run([*cmd, "--resume"], check=True, timeout=400, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "killed"]  # the name came from the folder
+    _assert_complete_and_unique(out, 4, "killed")
+    leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+                 if record["ray_session_dir"].encode() in _read(p)]
+    assert not leftovers  # the killed driver's Ray processes were ended by the resume
 
 
-def test_bad_command_lines_give_one_line_and_exit_2(tmp_path, capsys, teacher_args):
-    out = tmp_path / "out"
-    _expect_exit_2(capsys, ["--dataset", "svhn"], "unknown dataset 'svhn'", out)
-    _expect_exit_2(capsys, ["--dataset", "cifar10"], "needs a data root: pass --data-root", out)
-    _expect_exit_2(capsys, ["--dataset", "cifar10", "--data-root", str(tmp_path / "nothing")], "cifar10 not found", out)
-    write_cifar(tmp_path / "c10", "cifar10")
-    _expect_exit_2(capsys, ["--dataset", "cifar10", "--data-root", str(tmp_path / "c10")], "needs teacher checkpoints", out)
-    _expect_exit_2(capsys, ["--dataset", "cifar10", "--data-root", str(tmp_path / "c10"), "--teacher-natural", "nat.pt",
-                            "--teacher-robust", "rob.pt"], "does not exist", out)
-    _expect_exit_2(capsys, ["--address", "127.0.0.1:1", *teacher_args], "no Ray cluster answers at 127.0.0.1:1", out)
-    _expect_exit_2(capsys, ["--mlflow-uri", "http://127.0.0.1:1", *teacher_args], "unreachable", out)
-    _expect_exit_2(capsys, ["--resume"], "nothing to resume", out)
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+    assert len(json.loads((out / "search.json").read_text())["sessions"]) == len(record["sessions"]) + 1
+
+
+def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path, cluster, teacher_args):
+    from tuning.search import run_search
+
+    out = tmp_path / "s"
+    run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
+                *teacher_args])
+    client, _, parents = _runs(out)
+    before = parents[0].data.metrics
+    again = run_search(["--out", str(out), "--resume"])
+    assert not again["interrupted"] and again["trials_finished"] == 2
+    _, trials, parents = _runs(out)
+    assert len(trials) == 2
+    after = parents[0].data.metrics
+    assert after["search/wall_time_s"] == pytest.approx(before["search/wall_time_s"])
+    assert after["search/trials_per_hour"] == pytest.approx(before["search/trials_per_hour"])
 
 
 def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, capsys, cluster, teacher_args):
-    _expect_exit_2(capsys, ["--space", str(write_space(tmp_path / "space.yaml")), "--gpus-per-trial", "4", *teacher_args],
-                   "more than any node has (1 GPUs)", tmp_path / "out")
+    from tuning.search import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["--space", str(write_space(tmp_path / "space.yaml")), "--gpus-per-trial", "4", "--out", str(out), *teacher_args])
+    assert exc.value.code == 2
+    assert "more than any node has (1 GPUs)" in capsys.readouterr().err

@@ -10,7 +10,8 @@ import torch
 
 from derd.errors import UserError
 from derd.models import create_model
-from derd.teachers import load_checkpoint, save_checkpoint, train_teacher
+from derd.checkpoints import load_checkpoint, save_checkpoint
+from derd.teachers import train_teacher
 
 
 class Payload:
@@ -36,7 +37,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, digits_info)
 def test_plain_state_dicts_load_with_arch_and_prefixes(tmp_path, digits_info):
     model = _model(digits_info).eval()
     torch.save({f"module.{k}": v for k, v in model.net.state_dict().items()}, tmp_path / "plain.pt")
-    with pytest.raises(UserError, match="pass its architecture with --arch"):
+    with pytest.raises(UserError, match="plain state_dict without metadata: name its architecture"):
         load_checkpoint(tmp_path / "plain.pt", digits_info)
     loaded, _ = load_checkpoint(tmp_path / "plain.pt", digits_info, arch="digits_cnn_small")
     x = torch.rand(2, 1, 8, 8)

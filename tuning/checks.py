@@ -1,24 +1,14 @@
 """Preflight checks: everything a user can get wrong is caught before anything is written."""
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
-import urllib.error
-import urllib.request
-from urllib.parse import urlparse
+from pathlib import Path
+from typing import Any
 
 from derd.errors import UserError
-
-
-def check_mlflow_uri(uri: str | None, timeout: float = 5.0) -> None:
-    """An http(s) tracking server must answer its /health endpoint."""
-    if uri is None or urlparse(uri).scheme not in ("http", "https"):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status >= 400:
-                raise OSError(f"HTTP {resp.status}")
-    except (OSError, urllib.error.URLError, ValueError) as err:
-        raise UserError(f"MLflow tracking server {uri} is unreachable ({err}); start it or drop --mlflow-uri to use the local SQLite store") from None
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -50,3 +40,84 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
         )
     if cpus_per_trial > max_cpus:
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} is more than any node has ({max_cpus:g} CPUs); lower it")
+
+
+def check_search_folder(out: Path, record_name: str) -> dict[str, Any]:
+    """The record of a search to resume; one clear error when the folder holds none or was moved."""
+    record_file = out / record_name
+    if not record_file.is_file():
+        if out.is_dir() and (out / "space.yaml").is_file():
+            raise UserError(f"{out} holds a search from before search records ({record_name} is missing); "
+                            f"start a new search in another --out")
+        raise UserError(f"nothing to resume in {out}: no {record_name} (the search never started there); "
+                        f"start it without --resume")
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{record_file} is unreadable ({err}); start a new search in another --out") from None
+    if Path(record.get("out", out)).resolve() != out.resolve():
+        raise UserError(f"{out} was moved from {record['out']}; its MLflow store still points there: run "
+                        f"python analysis/relocate.py --out {out} first")
+    return record
+
+
+def driver_alive(pid: int | None) -> bool:
+    """Whether a search driver with this pid still runs (Linux /proc; elsewhere assume not)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        return b"search.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_stale_ray_processes(session_dir: str | None, driver_pid: int | None) -> int:
+    """Before a resume: refuse if the folder's driver still runs; else end the processes its
+    own local Ray instance left behind when it was killed (only that session's: their command
+    lines name its session folder; Linux /proc, elsewhere a no-op). Returns how many."""
+    if driver_alive(driver_pid):
+        raise UserError(f"a search driver (pid {driver_pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
+                        f"then resume")
+    if not session_dir or not Path("/proc").is_dir():
+        return 0
+    ended = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if session_dir in cmdline:
+                os.kill(int(entry.name), signal.SIGTERM)
+                ended += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return ended
+
+
+def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, float]], float]:
+    """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images, printed before
+    any GPU-hour is spent, and the feasibility threshold: ``min_clean_fraction`` of the natural
+    teacher's clean accuracy (of the robust teacher's when the search uses no natural one)."""
+    from derd.config import from_dict
+    from derd.data import dataset_info, first_n, load_split, make_loader
+    from derd.device import resolve_device
+    from derd.evaluate import Protocol, evaluate, markdown_table
+
+    cfg = from_dict(plan.base_config)
+    info = dataset_info(cfg.data.dataset, cfg.data.image_size)
+    device = resolve_device(cfg.device)
+    val = first_n(load_split(info.name, "val", cfg.data.root, image_size=cfg.data.image_size), n_images)
+    loader = make_loader(val, cfg.data.val_batch_size)
+    protocol = Protocol("preflight", ("clean_acc", "pgd_acc"), n_images, "fast")
+    tables = {}
+    for kind in ("natural", "robust"):
+        model = getattr(plan.experts, kind)
+        if model is not None:
+            tables[kind] = evaluate(model.to(device), loader, protocol, eps=info.eps, device=device, seed=cfg.seed)
+    print(f"teachers on the first {len(val)} val images (eps {info.eps:.4f}):\n"
+          + markdown_table({f"{kind} teacher": t for kind, t in tables.items()}), flush=True)
+    reference = tables.get("natural", tables.get("robust"))
+    threshold = plan.space.min_clean_fraction * reference["clean_acc"]
+    print(f"feasible trials: val clean accuracy >= {threshold:.2f} ({plan.space.min_clean_fraction:g} x the "
+          f"{'natural' if 'natural' in tables else 'robust'} teacher's {reference['clean_acc']:.2f})", flush=True)
+    return tables, threshold

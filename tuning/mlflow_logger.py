@@ -1,34 +1,45 @@
 """MLflow records written from the Ray driver: one parent run per search, one child per trial.
 
 Only the driver talks to the tracking store, so concurrent trials never contend for it
-(SQLite included). Child runs carry the trial's full config under the dotted keys as
-params, per-epoch metrics (``loss/*``, ``sga/*``, and ``val/*`` when evaluated), the final
-``val/*`` columns, wall time and device-hours, and end FINISHED or FAILED (with the reason).
+(SQLite included). A child run is named by the trial's Optuna number (``trial-0007``,
+tag ``optuna.trial_number``; the Optuna trial holds the run id as user attribute
+``mlflow_run_id``), so a resumed search finds it again. It carries the trial's config under
+the dotted keys its method reads as params, per-epoch metrics (``loss/*``, ``sga/*``,
+``kd/*``, ``time/*``, and ``val/*`` when evaluated, each epoch once even across a
+resume), the final ``val/*`` columns with the number of val images scored (``val/n_images``), compute time and
+device-hours, and ends FINISHED or FAILED (with the reason). Tags: ``derd.method``,
+``derd.preset``, ``derd.stopped_early``, ``derd.feasible``, ``derd.budget`` (full|partial).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from derd.config import to_flat
+from derd.config import apply_overrides, from_dict, to_flat
+from tuning.searcher import TRIAL_NUMBER
 
-TRIAL_TAG = "derd.trial_id"
+NUMBER_TAG = "optuna.trial_number"
 PARENT_TAG = "mlflow.parentRunId"
-LOGGED_PREFIXES = ("loss/", "sga/", "time/")
+LOGGED_PREFIXES = ("loss/", "sga/", "time/", "kd/", "dfard/")
 
 
 def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def trial_run_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
 class MLflowSearchLogger(Callback):
     """A Tune callback that mirrors trials into MLflow child runs of the search's parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
-                 presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float) -> None:
+                 presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, searcher=None, stopped_early: set[int] | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -36,14 +47,14 @@ class MLflowSearchLogger(Callback):
         self.presets = presets
         self.cpus_per_trial = cpus_per_trial
         self.gpus_per_trial = gpus_per_trial
+        self.searcher = searcher
+        self.stopped_early = stopped_early if stopped_early is not None else set()
         self._client = None
-        self._runs: dict[str, str] = {}
+        self._runs: dict[int, str] = {}
+        self._logged_epoch: dict[int, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        state = dict(self.__dict__)
-        state["_client"] = None
-        state["_runs"] = {}
-        return state
+        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "searcher": None}
 
     @property
     def client(self):
@@ -53,79 +64,138 @@ class MLflowSearchLogger(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'", max_results=1)
+    def _run_id(self, number: int, config: dict[str, Any] | None = None, ray_trial_id: str = "") -> str:
+        """The trial's run: found by its number (created from ``config`` on first sight)."""
+        if number in self._runs:
+            return self._runs[number]
+        found = self.client.search_runs([self.experiment_id], f"tags.`{NUMBER_TAG}` = '{number}' and "
+                                        f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=1)
         if found:
             run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "time/epoch_s")
+            self._logged_epoch[number] = max((m.step for m in history), default=0)
         else:
-            run_id = self._create_run(trial)
-        self._runs[trial.trial_id] = run_id
+            run_id = self._create_run(number, config or {}, ray_trial_id)
+            self._logged_epoch[number] = 0
+        self._runs[number] = run_id
         return run_id
 
-    def _create_run(self, trial) -> str:
+    def _create_run(self, number: int, config: dict[str, Any], ray_trial_id: str) -> str:
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.trial_id}",
-                                     tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "derd.kind": "trial"})
-        flat = to_flat(self._trial_config(trial.config))
-        params = [Param(k, _param_value(v)) for k, v in flat.items() if k != "origin"]
-        searched = ",".join(sorted(trial.config))
+        from derd.methods import uses_key
+
+        sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+        cfg = apply_overrides(from_dict(self.base_config), sampled)
+        run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
+                                     tags={PARENT_TAG: self.parent_run_id, NUMBER_TAG: str(number),
+                                           "derd.trial_id": trial_run_name(number), "derd.kind": "trial",
+                                           "derd.method": cfg.method, "derd.ray_trial_id": ray_trial_id})
+        params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
-        self.client.log_batch(run.info.run_id, tags=[RunTag("derd.searched_keys", searched),
-                                                      RunTag("derd.preset", str(trial.config in self.presets).lower())])
+        self.client.log_batch(run.info.run_id, tags=[RunTag("derd.searched_keys", ",".join(sorted(sampled))),
+                                                      RunTag("derd.preset", str(sampled in self.presets).lower())])
+        if self.searcher is not None:
+            self.searcher.set_user_attr(number, "mlflow_run_id", run.info.run_id)
         return run.info.run_id
 
-    def _trial_config(self, sampled: dict[str, Any]):
-        from derd.config import apply_overrides, from_dict
-
-        return apply_overrides(from_dict(self.base_config), sampled)
-
+    # ---- what Tune reports ---------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._run_id(trial)
+        self._run_id(trial.config[TRIAL_NUMBER], trial.config, trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+        self.log_epoch(trial.config[TRIAL_NUMBER], result, trial.config)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        number = trial.config[TRIAL_NUMBER]
+        stopped_early = int(result.get("epoch", 0)) < int(result.get("total_epochs", 0))
+        if stopped_early and number not in self.stopped_early:
+            return  # interrupted with the driver: the resumed search finishes it
+        self.finish(number, result, trial.config)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.fail(trial.config[TRIAL_NUMBER], _error_line(trial), trial.last_result or {}, trial.config)
+
+    # ---- the records ------------------------------------------------------------------------
+    def log_epoch(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+        """One epoch's metrics, once: epochs logged before a resume are skipped."""
         from mlflow.entities import Metric
 
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        run_id = self._run_id(number, config)
+        step = int(result.get("epoch", 0))
+        if step <= self._logged_epoch[number]:
+            return
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float))]
-        if result.get("val_evaluated"):
+        if result.get("val_evaluated", any(k.startswith("val/") for k in result)):  # history entries: val/* iff evaluated
             metrics += [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
         if metrics:
-            self.client.log_batch(self._run_id(trial), metrics=metrics)
+            self.client.log_batch(run_id, metrics=metrics)
+        self._logged_epoch[number] = step
 
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+    def finish(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+        """Close the trial's run FINISHED with its totals and tags (once)."""
         from mlflow.entities import Metric, RunTag
 
-        result = trial.last_result or {}
-        run_id = self._run_id(trial)
-        now = int(time.time() * 1000)
+        run_id = self._run_id(number, config)
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return  # recorded by an earlier session
         step = int(result.get("epoch", 0))
-        wall = float(result.get("time_total_s", 0.0))
+        total = int(result.get("total_epochs", step))
+        stopped_early = step < total
+        now = int(time.time() * 1000)
+        compute = float(result.get("trial/compute_s", 0.0))
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
-        metrics = [Metric("trial/wall_time_s", wall, now, step), Metric("trial/device_hours", wall / 3600 * units, now, step),
-                    Metric("trial/epochs", float(step), now, step)]
-        stopped_early = step < int(result.get("total_epochs", step))
+        metrics = [Metric("trial/wall_time_s", compute, now, step), Metric("trial/device_hours", compute / 3600 * units, now, step),
+                   Metric("trial/epochs", float(step), now, step)]
         tags = [RunTag("derd.stopped_early", str(stopped_early).lower()),
+                RunTag("derd.budget", "partial" if stopped_early else "full"),
+                RunTag("derd.feasible", str(bool(result.get("search/feasible", False))).lower()),
                 RunTag("derd.device", str(result.get("device", ""))),
                 RunTag("derd.node_id", str(result.get("node_id", ""))),
                 RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
                 RunTag("derd.device_unit", "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
+        if stopped_early:
+            print(f"{trial_run_name(number)}: stopped early by ASHA at epoch {step} of {total} "
+                  f"(score {result.get('search/score', float('nan')):.2f})", file=sys.stderr, flush=True)
 
-    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        reason = _error_line(trial)
+    def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+        run_id = self._run_id(number, config)
         self.client.set_tag(run_id, "derd.error", reason[:5000])
-        result = trial.last_result or {}
-        if "time_total_s" in result:
-            self.client.log_metric(run_id, "trial/wall_time_s", float(result["time_total_s"]))
+        if "trial/compute_s" in result:
+            self.client.log_metric(run_id, "trial/wall_time_s", float(result["trial/compute_s"]))
         self.client.set_terminated(run_id, "FAILED")
+
+    def reconcile(self, study, objectives: list[tuple[str, str]], clean_threshold: float, out: Path) -> int:
+        """Close runs a killed driver left open although Optuna recorded their end (the driver
+        died between telling Optuna and writing MLflow): epochs from the trial's checkpoint,
+        totals, state. Returns how many runs were closed."""
+        from optuna.trial import TrialState
+
+        from tuning.trainable import history_result, trial_checkpoint
+
+        closed = 0
+        for t in study.trials:
+            if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
+                continue
+            found = self.client.search_runs([self.experiment_id], f"tags.`{NUMBER_TAG}` = '{t.number}' and "
+                                            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=1)
+            if not found or found[0].info.status != "RUNNING":
+                continue
+            if t.state == TrialState.FAIL:
+                self.fail(t.number, "trial failed (recorded by Optuna; the driver stopped before MLflow)", {})
+            else:
+                results = history_result(trial_checkpoint(out, t.number), objectives, clean_threshold)
+                for result in results:
+                    self.log_epoch(t.number, result)
+                self.finish(t.number, results[-1])
+            closed += 1
+        return closed
 
 
 def _error_line(trial) -> str:

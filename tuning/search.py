@@ -1,19 +1,27 @@
-"""DERD hyperparameter search: ``python tuning/search.py --dataset digits``.
+"""Search: ``python tuning/search.py --dataset digits``.
 
-Ray Tune schedules the trials (one trial = one DERD run, both stages), Optuna proposes the
-loss weights (multi-objective, the paper's preset first), ASHA stops poor trials early,
-and MLflow records every trial from the driver. Everything lands in ``--out``
-(default ``runs/<name>``): ``mlflow.db`` and ``mlartifacts/`` (MLflow), ``optuna.db`` (the
-Optuna study), ``tune/`` (Ray's experiment: trial checkpoints, resumable), ``stage1_cache/``
-(shared stage-I states) and ``space.yaml`` (the search space used).
+Ray Tune schedules the trials (one trial = one run of a method), Optuna proposes the
+method, structure and loss weights (multi-objective, feasibility-constrained, the paper's
+presets first), ASHA stops poor trials early, and MLflow records every trial from the
+driver. Everything lands in ``--out`` (default ``runs/<name>``): ``search.json`` (the
+search's record: name, dataset, sessions), ``space.yaml`` (the space used), ``optuna.db``
+(the study: every trial's parameters, state and per-epoch scores), ``mlflow.db`` and
+``mlartifacts/``, ``trials/<number>/run.pt`` (each trial's resumable state),
+``stage1_cache/`` (shared stage-I states) and ``tune/`` (Ray's session folders).
+
+``--resume`` continues the search in ``--out`` from the study alone: finished trials stay,
+trials that were running continue from their checkpoints under their own number,
+ASHA's rungs are rebuilt from the stored scores, and the search takes its name, dataset
+and space from the folder. A driver killed with ``kill -9`` resumes the same way.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +29,16 @@ if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: imp
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from derd.config import from_dict, to_dict
-from derd.errors import UserError, cli_errors
-from tuning.checks import check_cluster_resources, check_mlflow_uri, check_ray_address
+from derd.errors import UserError, check_output_folder, cli_errors
+from derd.train import add_teacher_flags, teacher_overrides
+from analysis.store import check_mlflow_uri
+from tuning.checks import (check_cluster_resources, check_ray_address, check_search_folder, stop_stale_ray_processes,
+                           teacher_preflight)
 from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path, load_space, validate_settings
 
 SEARCH_DIR_TAG = "derd.search_dir"
+RECORD = "search.json"
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -41,17 +54,19 @@ class Plan:
     resume: bool
     max_failures: int
     address: str | None
-    experts: Any  # derd.method.Experts, loaded once and shipped to the trials through Ray's object store
+    experts: Any  # derd.experts.Experts, loaded once and shipped to the trials through Ray's object store
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", help="digits (embedded, default), cifar10, cifar100, imagenet100")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/<dataset>.yaml)")
+    p.add_argument("--method", help="search one method only (drops the space's method dimension)")
     p.add_argument("--name", help="search name: MLflow experiment, Optuna study, output folder "
                                   "(default: the first free of derd-<dataset>, derd-<dataset>-2, ...)")
     p.add_argument("--out", help="output folder (default: runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out (or runs/<--name>)")
     p.add_argument("--num-trials", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe: multivariate TPE with constant liar)")
@@ -62,34 +77,51 @@ def build_parser() -> argparse.ArgumentParser:
                                      "instance; default: Ray's own choice (a running local cluster, else a new one)")
     p.add_argument("--storage-path", help="Ray's storage for trial checkpoints: a shared path or an object-store URI "
                                           "(s3://, gs://) for clusters (default: <out>)")
-    p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: SQLite in <out>/mlflow.db")
+    p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: $MLFLOW_TRACKING_URI, "
+                                        "else SQLite in <out>/mlflow.db")
     p.add_argument("--data-root", help="dataset root (CIFAR, ImageNet-100)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root before the search (torchvision)")
-    p.add_argument("--teacher-natural", help="natural teacher checkpoint (digits: trained on first use)")
-    p.add_argument("--teacher-robust", help="robust teacher checkpoint (digits: trained on first use)")
+    add_teacher_flags(p)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker failure (from its checkpoint)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial's run")
     return p
 
 
-def plan_search(args: argparse.Namespace) -> Plan:
-    """Validate every input (space, data, addresses, folders, teachers); write nothing to the search's folder."""
+def _fresh_name(args: argparse.Namespace) -> tuple[str, Path]:
     name = args.name or f"derd-{args.dataset}"
     out = Path(args.out or Path("runs") / name).resolve()
-    if not (args.name or args.out or args.resume):  # the default name: take the first free one
+    if not (args.name or args.out):  # the default name: take the first free one
         n = 1
         while out.exists() and any(out.iterdir()):
             n += 1
             name = f"derd-{args.dataset}-{n}"
             out = (Path("runs") / name).resolve()
+    return name, out
+
+
+def plan_search(args: argparse.Namespace) -> Plan:
+    """Validate every input (space, data, addresses, folders, teachers); write nothing."""
+    for flag in ("num_trials", "max_concurrent", "max_failures"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_failures" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} {value}: must be at least {0 if flag == 'max_failures' else 1}")
     if args.resume:
-        if not (out / "space.yaml").is_file():
-            raise UserError(f"nothing to resume in {out}: no space.yaml; start the search without --resume")
+        if not (args.out or args.name):
+            raise UserError("--resume needs the search's folder: pass --out DIR (or --name NAME for runs/NAME)")
+        out = Path(args.out or Path("runs") / args.name).resolve()
+        record = check_search_folder(out, RECORD)
+        if args.name and args.name != record["name"]:
+            raise UserError(f"{out} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
+        name = record["name"]
         space = load_space(out / "space.yaml")
     else:
-        if out.exists() and any(out.iterdir()):
+        name, out = _fresh_name(args)
+        check_output_folder(out)
+        if (out / RECORD).is_file():
             raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
-        space = load_space(args.space or default_space_path(args.dataset))
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
+        space = load_space(args.space or default_space_path(args.dataset), method=args.method)
         if space.dataset != args.dataset and args.space is None:
             raise UserError(f"search space {space.source} is for {space.dataset}, not {args.dataset}")
         for attr, value in (("num_trials", args.num_trials), ("max_concurrent", args.max_concurrent), ("sampler", args.sampler),
@@ -97,39 +129,31 @@ def plan_search(args: argparse.Namespace) -> Plan:
                             ("cpus_per_trial", args.cpus_per_trial), ("seed", args.seed)):
             if value is not None:
                 setattr(space, attr, value)
-        overrides = {"data.root": args.data_root, "teachers.natural": args.teacher_natural, "teachers.robust": args.teacher_robust,
-                     "seed": args.seed}
+        overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
         space.base.update({k: v for k, v in overrides.items() if v is not None})
         validate_settings(space, "command line")
+        record = {}
     base_cfg = space.base_config()
     if base_cfg.data.dataset != "digits":
         from derd.data import download, load_split
 
         if args.download:
             download(base_cfg.data.dataset, base_cfg.data.root)
-
         load_split(base_cfg.data.dataset, "val", base_cfg.data.root, image_size=base_cfg.data.image_size)
-    check_mlflow_uri(args.mlflow_uri)
+    tracking_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri") \
+        or f"sqlite:///{out / 'mlflow.db'}"
+    check_mlflow_uri(tracking_uri)
     check_ray_address(args.address)
-    from derd.method import load_experts
+    if args.storage_path is None:
+        check_output_folder(out)
+    from derd.experts import load_experts
 
-    experts = load_experts(base_cfg)  # checks the checkpoints; digits: trains the pair on first use
-    tracking_uri = args.mlflow_uri or f"sqlite:///{out / 'mlflow.db'}"
+    experts = load_experts(base_cfg, methods=space.methods)  # checks the checkpoints; digits: trains the pair on first use
     return Plan(space, to_dict(base_cfg), out, name, tracking_uri, args.storage_path or str(out), args.resume,
-                args.max_failures, args.address, experts)
+                args.max_failures, args.address, experts, record)
 
 
-def _sampler(space: SearchSpace):
-    import optuna
-
-    if space.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True)
-    if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, space.max_concurrent * 2))
-    return optuna.samplers.RandomSampler(seed=space.seed)
-
-
-def _mlflow_parent(plan: Plan) -> tuple[str, str]:
+def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> tuple[str, str]:
     """(experiment id, parent run id): created on a fresh search, found again on --resume."""
     from mlflow.tracking import MlflowClient
 
@@ -149,11 +173,24 @@ def _mlflow_parent(plan: Plan) -> tuple[str, str]:
     space = plan.space
     run = client.create_run(exp_id, run_name=f"search-{plan.name}", tags={
         SEARCH_DIR_TAG: str(plan.out), "derd.kind": "search", "derd.dataset": space.dataset,
-        "derd.objectives": ",".join(f"{m}:{mode}" for m, mode in space.objectives)})
-    for key, value in {"dataset": space.dataset, "num_trials": space.num_trials, "max_concurrent": space.max_concurrent,
-                       "sampler": space.sampler, "scheduler": space.scheduler, "cpus_per_trial": space.cpus_per_trial,
-                       "gpus_per_trial": space.gpus_per_trial, "space": ",".join(p.key for p in space.params)}.items():
+        "derd.objectives": ",".join(f"{m}:{mode}" for m, mode in space.objectives),
+        "derd.methods": ",".join(space.methods)})
+    params = {"dataset": space.dataset, "num_trials": space.num_trials, "max_concurrent": space.max_concurrent,
+              "sampler": space.sampler, "scheduler": space.scheduler, "cpus_per_trial": space.cpus_per_trial,
+              "gpus_per_trial": space.gpus_per_trial, "space": ",".join(p.key for p in space.params),
+              "min_clean_fraction": space.min_clean_fraction}
+    for kind in ("natural", "robust"):
+        path = plan.base_config["teachers"][kind]
+        if path:
+            from derd.checkpoints import file_sha256
+
+            params[f"teachers.{kind}_sha256"] = file_sha256(path)
+    for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
+    client.log_metric(run.info.run_id, "search/clean_threshold", threshold)
+    for kind, table in teachers.items():
+        for k, v in table.items():
+            client.log_metric(run.info.run_id, f"teacher/{kind}_{k}", v)
     client.log_artifact(run.info.run_id, str(plan.out / "space.yaml"))
     return exp_id, run.info.run_id
 
@@ -164,10 +201,10 @@ def _init_ray(plan: Plan) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    # short epochs (digits) force frequent experiment snapshots: wanted for --resume, so no warning each time
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter takes our metric columns
+    # short epochs (digits) force frequent experiment snapshots: no warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
     if plan.address:
         ray.init(address=plan.address, **kwargs)  # "local" forces a new local instance
     else:
@@ -175,89 +212,132 @@ def _init_ray(plan: Plan) -> bool:
     return True
 
 
+def _owned_ray_session() -> str | None:
+    """The session folder of the local Ray instance this driver started (None when it joined one):
+    what a later ``--resume`` may clean up if this driver is killed."""
+    try:
+        import ray
+
+        node = ray._private.worker._global_node
+        return node.get_session_dir_path() if node is not None and node.all_processes else None
+    except Exception:  # noqa: BLE001 - private API: without it, nothing is cleaned up later
+        return None
+
+
+def _write_record(plan: Plan, record: dict[str, Any]) -> None:
+    tmp = plan.out / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, plan.out / RECORD)
+
+
 def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     """Plan, then run (or resume) the search; returns a summary dict. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     plan = plan_search(args)
     print(f"search {plan.name}: results in {plan.out}", flush=True)
+    if plan.resume:
+        stop_stale_ray_processes(plan.record.get("ray_session_dir"), plan.record.get("driver_pid"))
+    teachers, threshold = teacher_preflight(plan)
     import ray
 
     started = _init_ray(plan)
     try:
         check_cluster_resources(plan.space.cpus_per_trial, plan.space.gpus_per_trial)
-        return _fit(plan)
+        return _fit(plan, teachers, threshold)
     finally:
         if started:
             ray.shutdown()
 
 
-def _fit(plan: Plan) -> dict[str, Any]:
-    import optuna
+def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.schedulers import FIFOScheduler
 
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.summary import summarise
+    from tuning.scheduler import ResumableASHA
+    from tuning.searcher import StudySearcher, open_study
+    from tuning.summary import finish_search
     from tuning.trainable import derd_trainable
 
     space = plan.space
     plan.out.mkdir(parents=True, exist_ok=True)
+    record = dict(plan.record) or {"name": plan.name, "dataset": space.dataset, "out": str(plan.out),
+                                   "tracking_uri": plan.tracking_uri, "created": time.time(), "sessions": []}
     if not plan.resume:
         _write_effective_space(plan)
-    cache_dir = plan.out / "stage1_cache"
-    cache_dir.mkdir(exist_ok=True)
-    exp_id, parent_id = _mlflow_parent(plan)
-    base_cfg = from_dict(plan.base_config)
-    total_epochs = (0 if base_cfg.variant == "derd_inv" else base_cfg.stage1.epochs) + base_cfg.stage2.epochs
-    trainable = tune.with_resources(
-        tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=plan.experts, cache_dir=str(cache_dir),
-                             objectives=space.objectives, cpus_per_trial=space.cpus_per_trial),
-        {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
-    )
+    record.update(clean_threshold=threshold, teachers=teachers)
+    _write_record(plan, record)
+    (plan.out / "stage1_cache").mkdir(exist_ok=True)
+    exp_id, parent_id = _mlflow_parent(plan, teachers, threshold)
+    study = open_study(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name)
+    if not study.trials:
+        for point in space.presets:
+            study.enqueue_trial(point, user_attrs={"preset": True})
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    remaining = space.num_trials - len(done)
+    session_start = time.time()
+    client = MlflowClient(plan.tracking_uri)
     logger = MLflowSearchLogger(plan.tracking_uri, exp_id, parent_id, plan.base_config, space.presets,
                                 space.cpus_per_trial, space.gpus_per_trial)
-    start = time.time()
-    status = "KILLED"  # until the fit returns with every trial ended
-    try:
-        if plan.resume:
-            tuner = tune.Tuner.restore(str(Path(plan.storage_path) / "tune"), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            storage = optuna.storages.RDBStorage(f"sqlite:///{plan.out / 'optuna.db'}")
-            searcher = OptunaSearch(space=space.optuna_distributions(), metric=[m for m, _ in space.objectives],
-                                    mode=[mode for _, mode in space.objectives], points_to_evaluate=space.presets or None,
-                                    sampler=_sampler(space), study_name=plan.name, storage=storage)
-            scheduler = None
-            if space.scheduler == "asha":
-                grace = space.grace_period or min(total_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
-                scheduler = ASHAScheduler(time_attr="training_iteration", metric="search/score", mode="max",
-                                          max_t=total_epochs, grace_period=max(1, min(grace, total_epochs)),
-                                          reduction_factor=space.reduction_factor)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_trials,
-                                            max_concurrent_trials=space.max_concurrent),
-                run_config=tune.RunConfig(name="tune", storage_path=plan.storage_path, callbacks=[logger],
-                                          failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
-            )
-        tuner.fit()
-        client = MlflowClient(plan.tracking_uri)
-        summary = summarise(client, exp_id, parent_id, space, time.time() - start)
-        status = "FINISHED" if summary["unfinished"] == 0 else "KILLED"
-    finally:
-        MlflowClient(plan.tracking_uri).set_terminated(parent_id, status)
-    from analysis.pareto import tag_fronts
+    if plan.resume:
+        logger.reconcile(study, space.objectives, threshold, plan.out)
+    if remaining <= 0:
+        print(f"search {plan.name} already finished ({len(done)} trials); nothing to run", flush=True)
+        return finish_search(client, exp_id, parent_id, plan, record, interrupted=False)
 
-    tag_fronts(client, exp_id)  # pareto_rank / pareto_front tags, front plot, CSV, hypervolume
-    (plan.out / "best_trials.md").write_text(summary["markdown"])
-    client.log_artifact(parent_id, str(plan.out / "best_trials.md"))
-    for key in ("trials_finished", "trials_failed", "trials_stopped_early", "wall_time_s", "trials_per_hour"):
-        client.log_metric(parent_id, f"search/{key}", float(summary[key]))
-    summary.update(out=str(plan.out), tracking_uri=plan.tracking_uri, experiment_id=exp_id, parent_run_id=parent_id)
-    return summary
+    stopped: set[int] = set()
+    scheduler: Any = FIFOScheduler()
+    max_epochs = max(space.total_epochs().values())
+    if space.scheduler == "asha":
+        history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
+        base_cfg = from_dict(plan.base_config)
+        grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
+        scheduler = ResumableASHA(history=history, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
+                                  reduction_factor=space.reduction_factor)
+        stopped = scheduler.stopped_early
+    searcher = StudySearcher(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name, threshold, stopped)
+    logger.searcher, logger.stopped_early = searcher, stopped
+    trainable = tune.with_resources(
+        tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=plan.experts, out=str(plan.out),
+                             objectives=space.objectives, clean_threshold=threshold, cpus_per_trial=space.cpus_per_trial),
+        {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
+    )
+    session = len(record["sessions"]) + 1
+    record.update(ray_session_dir=_owned_ray_session(), driver_pid=os.getpid())
+    _write_record(plan, record)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                    max_concurrent_trials=space.max_concurrent),
+        run_config=tune.RunConfig(name=f"session-{session}", storage_path=str(Path(plan.storage_path) / "tune"),
+                                  callbacks=[logger], progress_reporter=_reporter(space),
+                                  failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
+    )
+    try:
+        tuner.fit()
+    finally:
+        record["sessions"].append({"start": session_start, "wall_s": time.time() - session_start})
+        _write_record(plan, record)
+    study = open_study(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name)
+    unfinished = [t for t in study.trials if t.state == TrialState.RUNNING]
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
+    return finish_search(client, exp_id, parent_id, plan, record, interrupted=bool(unfinished) or finished < space.num_trials)
+
+
+def _reporter(space: SearchSpace):
+    """Ray's trial table with the objectives, the score, the stage and the epoch."""
+    from ray.tune import CLIReporter
+
+    from tuning.searcher import TRIAL_NUMBER
+
+    metrics = {"epoch": "epoch", "stage": "stage", **{m: m.removeprefix("val/") for m in space.objective_names()},
+               "search/score": "score"}
+    params = {TRIAL_NUMBER: "trial", **({"method": "method"} if any(p.key == "method" for p in space.params) else {})}
+    return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=30,
+                       print_intermediate_tables=True)
 
 
 def _write_effective_space(plan: Plan) -> None:
@@ -266,9 +346,13 @@ def _write_effective_space(plan: Plan) -> None:
 
     raw = dict(plan.space.raw)
     raw["base"] = dict(plan.space.base)
+    raw["space"] = {p.key: ({"distribution": p.distribution, "choices": list(p.choices)} if p.distribution == "categorical"
+                            else {"distribution": p.distribution, "low": p.low, "high": p.high}) for p in plan.space.params}
+    raw["presets"] = plan.space.presets
     raw["search"] = {k: getattr(plan.space, k) for k in ("num_trials", "max_concurrent", "sampler", "scheduler",
                                                         "grace_period", "reduction_factor", "seed") if getattr(plan.space, k) is not None}
     raw["resources"] = {"cpus_per_trial": plan.space.cpus_per_trial, "gpus_per_trial": plan.space.gpus_per_trial}
+    raw["constraints"] = {"min_clean_fraction": plan.space.min_clean_fraction}
     (plan.out / "space.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -280,8 +364,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Results in {summary['out']}")
     if summary["tracking_uri"].startswith("sqlite"):
         print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 --port 5000")
+        print(f"  then open the experiment {summary['name']}: its description holds the best trials and a link to "
+              f"the interactive front (pareto/front.html of the search run)")
     else:
         print(f"MLflow: {summary['tracking_uri']} (experiment id {summary['experiment_id']})")
+    if summary["interrupted"]:
+        print(f"search interrupted; continue it with: python tuning/search.py --out {summary['out']} --resume",
+              file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

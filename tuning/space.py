@@ -5,13 +5,24 @@ Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``):
     dataset: digits
     base: {stage1.epochs: 4, ...}          # run-config overrides: the per-trial budget
     space:                                 # searched config keys and their distributions
+      method: {distribution: categorical, choices: [derd, derd_no_nat]}
       stage1.lambda_adv: {distribution: loguniform, low: 0.0005, high: 5}
-    presets: [paper]                       # evaluated first: 'paper' or {key: value, ...}
+      stage2.pgd_steps: {distribution: int, low: 3, high: 10}
+    presets: [paper]                       # evaluated first: 'paper' (one point per searched method)
+                                           # or {key: value, ...}
     objectives:                            # what the search maximises / minimises
       - {metric: val/clean_acc, mode: max}
       - {metric: val/aa_acc, mode: max}
+    constraints: {min_clean_fraction: 0.5} # feasible: val clean >= 0.5 x the natural teacher's
     search: {num_trials: 10, max_concurrent: 2, sampler: tpe, scheduler: asha, grace_period: 8, reduction_factor: 2}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+
+Conditional keys: a searched key is sampled only for the methods that read it
+(``derd.methods.uses_key``: a method's own config sections, plus the sections no method
+owns). ``stage1.lambda_adv`` is sampled for derd and derd_no_nat, ``dafl.lambda_act`` only
+for dafl. The paper preset is one point per searched method: the paper's DERD weights for
+DERD's family, each baseline's published weights (its section's defaults) for the others,
+and the base config's value of every other searched key.
 """
 from __future__ import annotations
 
@@ -25,13 +36,16 @@ import yaml
 
 from derd.config import PAPER_WEIGHTS, RunConfig, apply_overrides, preset, to_flat
 from derd.errors import UserError
+from derd.evaluate import PROTOCOLS
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "none")
-TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "search", "resources", "description"}
+TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "constraints", "search", "resources", "description"}
 SEARCH_KEYS = {"num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed"}
 RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial"}
+CONSTRAINT_KEYS = {"min_clean_fraction"}
+DEFAULT_MIN_CLEAN_FRACTION = 0.5
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -50,7 +64,15 @@ class Param:
     def contains(self, value: Any) -> bool:
         if self.distribution == "categorical":
             return value in self.choices
-        return self.low <= value <= self.high
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def suggest(self, trial) -> Any:
+        """Sample this key on an Optuna trial (define-by-run)."""
+        if self.distribution == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.distribution == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.distribution == "loguniform")
 
 
 @dataclass
@@ -60,6 +82,7 @@ class SearchSpace:
     params: list[Param]
     presets: list[dict[str, Any]]
     objectives: list[tuple[str, str]]  # (metric, "max"|"min")
+    min_clean_fraction: float = DEFAULT_MIN_CLEAN_FRACTION
     num_trials: int = 10
     max_concurrent: int = 2
     sampler: str = "tpe"
@@ -79,20 +102,35 @@ class SearchSpace:
     def trial_config(self, sampled: dict[str, Any]) -> RunConfig:
         return apply_overrides(self.base_config(), sampled)
 
-    def optuna_distributions(self) -> dict[str, Any]:
-        import optuna.distributions as d
+    @property
+    def methods(self) -> list[str]:
+        """The methods the search may sample (the ``method`` dimension, else the base config's)."""
+        dim = next((p for p in self.params if p.key == "method"), None)
+        return list(dim.choices) if dim is not None else [self.base_config().method]
 
-        out = {}
+    def sample(self, trial) -> dict[str, Any]:
+        """Define-by-run: the method first, then every searched key that method reads."""
+        from derd.methods import uses_key
+
+        out: dict[str, Any] = {}
+        method = self.base_config().method
         for p in self.params:
-            if p.distribution == "loguniform":
-                out[p.key] = d.FloatDistribution(p.low, p.high, log=True)
-            elif p.distribution == "uniform":
-                out[p.key] = d.FloatDistribution(p.low, p.high)
-            elif p.distribution == "int":
-                out[p.key] = d.IntDistribution(int(p.low), int(p.high))
-            else:
-                out[p.key] = d.CategoricalDistribution(list(p.choices))
+            if p.key == "method":
+                method = out["method"] = p.suggest(trial)
+        for p in self.params:
+            if p.key != "method" and uses_key(method, p.key):
+                out[p.key] = p.suggest(trial)
         return out
+
+    def objective_names(self) -> list[str]:
+        return [m for m, _ in self.objectives]
+
+    def total_epochs(self) -> dict[str, int]:
+        """Full trial budget per searched method (epochs a trial runs if not stopped)."""
+        from derd.methods import get_method
+
+        base = self.base_config()
+        return {m: sum(p.epochs for p in get_method(m).phases(apply_overrides(base, {"method": m}))) for m in self.methods}
 
 
 def default_space_path(dataset: str) -> Path:
@@ -108,9 +146,7 @@ def _require(cond: bool, where: str, msg: str) -> None:
         raise SpaceError(f"{where}: {msg}")
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Read and fully validate a search-space YAML (``yaml.safe_load``)."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpaceError(f"search space {path} does not exist")
     try:
@@ -118,12 +154,28 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
     _require(isinstance(raw, dict), str(path), "expected a mapping at the top level")
+    return raw
+
+
+def load_space(path: str | os.PathLike, method: str | None = None) -> SearchSpace:
+    """Read and fully validate a search-space YAML (``yaml.safe_load``).
+
+    ``method`` restricts the search to one method (``--method``): the method dimension is
+    dropped, keys that method does not read are dropped, and so are other methods' presets.
+    """
+    from derd.methods import available_methods, uses_key
+
+    path = Path(path)
+    raw = _read_yaml(path)
     unknown = set(raw) - TOP_KEYS
     _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
     dataset = raw.get("dataset")
     _require(dataset in PAPER_WEIGHTS, f"{path}: dataset", f"{dataset!r} is not one of {', '.join(PAPER_WEIGHTS)}")
-    base = raw.get("base") or {}
+    base = dict(raw.get("base") or {})
     _require(isinstance(base, dict), f"{path}: base", "expected a mapping of config keys to values")
+    if method is not None:
+        _require(method in available_methods(), "--method", f"{method!r} is not one of {', '.join(available_methods())}")
+        base["method"] = method
     try:
         base_cfg = apply_overrides(preset(dataset), base)
     except UserError as err:
@@ -135,6 +187,7 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     _require(isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys")
     for key, spec in space.items():
         where = f"{path}: space.{key}"
+        key = "method" if key == "variant" else key  # the old name of the method dimension
         _require(key in known_keys, where, "unknown config key (use dotted keys such as stage1.lambda_adv)")
         _require(isinstance(spec, dict), where, "expected {distribution: ..., low: ..., high: ...}")
         extra = set(spec) - {"distribution", "low", "high", "choices"}
@@ -144,52 +197,100 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
         if dist == "categorical":
             choices = spec.get("choices")
             _require(isinstance(choices, list) and choices, where, "categorical needs a non-empty list 'choices'")
+            if key == "method":
+                bad = [c for c in choices if c not in available_methods()]
+                _require(not bad, where, f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}")
             params.append(Param(key, dist, choices=tuple(choices)))
             continue
+        _require(key != "method", where, "the method dimension is categorical")
         low, high = _number(spec.get("low"), where + ".low"), _number(spec.get("high"), where + ".high")
         _require(low < high, where, f"low ({low}) must be below high ({high})")
         if dist == "loguniform":
             _require(low > 0, where, f"a log range needs low > 0 (got {low})")
         params.append(Param(key, dist, low, high))
-    keys = [p.key for p in params]
-
-    presets = []
-    for i, item in enumerate(raw.get("presets") or []):
-        where = f"{path}: presets[{i}]"
-        if item == "paper":
-            point = {k: v for k, v in PAPER_WEIGHTS[dataset].items() if k in keys}
-        else:
-            _require(isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
-            point = dict(item)
-        for p in params:
-            point.setdefault(p.key, to_flat(base_cfg)[p.key])
-        for key, value in point.items():
-            _require(key in keys, where, f"{key} is not a searched key")
-            param = next(p for p in params if p.key == key)
-            _require(param.contains(value), where, f"{key}={value} lies outside its range")
-        presets.append(point)
-
-    objectives = []
-    for i, obj in enumerate(raw.get("objectives") or [{"metric": "val/clean_acc", "mode": "max"}, {"metric": "val/aa_acc", "mode": "max"}]):
-        where = f"{path}: objectives[{i}]"
-        _require(isinstance(obj, dict) and set(obj) == {"metric", "mode"}, where, "expected {metric: ..., mode: max|min}")
-        _require(str(obj["metric"]).startswith("val/"), where, "objectives score the val split: use a val/ metric")
-        _require(obj["mode"] in ("max", "min"), where, "mode must be max or min")
-        objectives.append((obj["metric"], obj["mode"]))
-
+    if method is not None:
+        params = [p for p in params if p.key != "method"]
+    out = SearchSpace(dataset, {k: v for k, v in base.items()}, params, [], [], source=str(path), raw=raw)
+    # entries for methods this search does not sample (a space lists every method's keys) are set aside
+    out.params = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in out.methods)]
+    _require(any(p.key != "method" for p in out.params) or len(out.methods) > 1, f"{path}: space",
+             f"no searched key is read by {', '.join(out.methods)}")
+    out.presets = _presets(raw, path, out, method)
+    out.objectives = _objectives(raw, path, base_cfg)
+    constraints = raw.get("constraints") or {}
+    _require(isinstance(constraints, dict) and not set(constraints) - CONSTRAINT_KEYS, f"{path}: constraints",
+             f"unknown key; known keys: {', '.join(sorted(CONSTRAINT_KEYS))}")
+    if "min_clean_fraction" in constraints:
+        fraction = _number(constraints["min_clean_fraction"], f"{path}: constraints.min_clean_fraction")
+        _require(0 <= fraction < 1, f"{path}: constraints.min_clean_fraction", "must be in [0, 1)")
+        out.min_clean_fraction = fraction
     search = raw.get("search") or {}
     _require(isinstance(search, dict) and not set(search) - SEARCH_KEYS, f"{path}: search",
              f"unknown key; known keys: {', '.join(sorted(SEARCH_KEYS))}")
     res = raw.get("resources") or {}
     _require(isinstance(res, dict) and not set(res) - RESOURCE_KEYS, f"{path}: resources",
              f"unknown key; known keys: {', '.join(sorted(RESOURCE_KEYS))}")
-    out = SearchSpace(dataset, base, params, presets, objectives, source=str(path), raw=raw)
-    for key, value in search.items():
-        setattr(out, key, value)
-    for key, value in res.items():
+    for key, value in {**search, **res}.items():
         setattr(out, key, value)
     validate_settings(out, str(path))
     return out
+
+
+def _presets(raw: dict[str, Any], path: Path, space: SearchSpace, method: str | None) -> list[dict[str, Any]]:
+    """Points evaluated first: 'paper' expands to one point per searched method."""
+    from derd.methods import uses_key
+
+    points = []
+    for i, item in enumerate(raw.get("presets") or []):
+        where = f"{path}: presets[{i}]"
+        if item == "paper":
+            candidates = [{"method": m} for m in space.methods]
+        else:
+            _require(isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
+            candidates = [dict(item)]
+        for point in candidates:
+            point = {("method" if k == "variant" else k): v for k, v in point.items()}
+            chosen = point.get("method", space.base_config().method)
+            if method is not None and chosen != method:
+                continue
+            cfg = apply_overrides(space.base_config(), {"method": chosen})
+            defaults = to_flat(cfg)
+            if item == "paper":
+                defaults.update(PAPER_WEIGHTS[space.dataset])
+            full = {} if all(p.key != "method" for p in space.params) else {"method": chosen}
+            for p in space.params:
+                if p.key != "method" and uses_key(chosen, p.key):
+                    full[p.key] = point.get(p.key, defaults[p.key])
+            for key, value in point.items():
+                _require(key in full or (key == "method" and not any(p.key == "method" for p in space.params)
+                                         and value == space.base_config().method),
+                         where, f"{key} is not a searched key of method {chosen}")
+            for p in space.params:
+                if p.key in full:
+                    _require(p.contains(full[p.key]), where, f"{p.key}={full[p.key]} lies outside its range")
+            if full not in points:
+                points.append(full)
+    return points
+
+
+def _objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> list[tuple[str, str]]:
+    """Objectives must be val metrics that the trial protocol computes (a typo would optimise a constant)."""
+    computed = [f"val/{c}" for c in PROTOCOLS[base_cfg.eval.protocol].columns]
+    if base_cfg.eval.protocol == "full":
+        computed.append("val/ave_acc")
+    objectives = []
+    default = [{"metric": "val/clean_acc", "mode": "max"}, {"metric": "val/aa_acc", "mode": "max"}]
+    for i, obj in enumerate(raw.get("objectives") or default):
+        where = f"{path}: objectives[{i}]"
+        _require(isinstance(obj, dict) and set(obj) == {"metric", "mode"}, where, "expected {metric: ..., mode: max|min}")
+        _require(obj["metric"] in computed, where,
+                 f"{obj['metric']!r} is not computed by the {base_cfg.eval.protocol!r} protocol on val; "
+                 f"choose from {', '.join(computed)}")
+        _require(obj["mode"] in ("max", "min"), where, "mode must be max or min")
+        objectives.append((obj["metric"], obj["mode"]))
+    _require("val/clean_acc" in [m for m, _ in objectives], f"{path}: objectives",
+             "val/clean_acc must be an objective (the front and the feasibility constraint read it)")
+    return objectives
 
 
 def _number(value: Any, where: str) -> float:
@@ -209,8 +310,11 @@ def validate_settings(space: SearchSpace, where: str = "settings") -> None:
     _require(isinstance(space.max_concurrent, int) and space.max_concurrent >= 1, f"{where}: search.max_concurrent", "must be an integer >= 1")
     _require(space.sampler in SAMPLERS, f"{where}: search.sampler", f"{space.sampler!r} is not one of {', '.join(SAMPLERS)}")
     _require(space.scheduler in SCHEDULERS, f"{where}: search.scheduler", f"{space.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    _require(space.reduction_factor >= 2, f"{where}: search.reduction_factor", "must be >= 2")
-    _require(space.cpus_per_trial > 0, f"{where}: resources.cpus_per_trial", "must be > 0")
-    _require(space.gpus_per_trial >= 0, f"{where}: resources.gpus_per_trial", "must be >= 0")
+    _require(isinstance(space.reduction_factor, (int, float)) and space.reduction_factor >= 2,
+             f"{where}: search.reduction_factor", "must be >= 2")
+    _require(space.grace_period is None or (isinstance(space.grace_period, int) and space.grace_period >= 1),
+             f"{where}: search.grace_period", "must be an integer >= 1")
+    _require(isinstance(space.cpus_per_trial, (int, float)) and space.cpus_per_trial > 0, f"{where}: resources.cpus_per_trial", "must be > 0")
+    _require(isinstance(space.gpus_per_trial, (int, float)) and space.gpus_per_trial >= 0, f"{where}: resources.gpus_per_trial", "must be >= 0")
     _require(space.gpus_per_trial <= 1 or float(space.gpus_per_trial).is_integer(), f"{where}: resources.gpus_per_trial",
              "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs")

@@ -1,12 +1,15 @@
-"""The Ray Tune trainable: one trial is one DERD run (both stages), reported every epoch.
+"""The Ray Tune trainable: one trial is one run of the sampled method, reported every epoch.
 
 The teachers arrive through Ray's object store (``tune.with_parameters``), once for all
-trials. Each epoch the whole run state is checkpointed through Tune, so a trial survives a
-worker failure (``FailureConfig``) and a resumed search continues its trials where they
-stopped. The stage-I cache lives in the search's folder, shared by all trials.
+trials. Each epoch the whole run state is written to ``<out>/trials/<number>/run.pt``
+(the trial's identity is its Optuna trial number, ``tuning.searcher.TRIAL_NUMBER``) and
+reported to Tune as a checkpoint, so a trial survives a worker failure (``FailureConfig``,
+from Tune's checkpoint) and a driver restart (``--resume``, from its own file). The
+stage-I cache lives in the search's folder, shared by all trials.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -15,18 +18,24 @@ from typing import Any
 import torch
 
 from derd.config import apply_overrides, from_dict
-from derd.method import DERDRun, Experts
+from derd.experts import Experts
+from derd.run import DistillationRun
+from tuning.searcher import TRIAL_NUMBER
 
 PLACEHOLDER = 0.0  # val/* before a trial's first evaluation (flagged by val_evaluated = False)
+INFEASIBLE_PENALTY = 100.0
 
 
-def scalarise(metrics: dict[str, float], objectives: list[tuple[str, str]]) -> float:
-    """ASHA's single score: the mean of the objectives, each signed so that larger is better.
+def search_score(metrics: dict[str, float], objectives: list[tuple[str, str]], clean_threshold: float) -> float:
+    """ASHA's single score: the mean of the objectives, each signed so that larger is better,
+    minus 100 while val clean accuracy is below the feasibility threshold.
 
-    With the default objectives (val clean and val AA accuracy) this is their average: a trial
-    survives a rung if it is good at the trade-off, not at one end of it.
+    With the default objectives (val clean and AA accuracy) a trial survives a rung by its
+    trade-off, not by one end of it, and an infeasible (collapsed) student ranks below
+    every feasible one.
     """
-    return sum(metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives) / len(objectives)
+    mean = sum(metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives) / len(objectives)
+    return mean - (INFEASIBLE_PENALTY if metrics["val/clean_acc"] < clean_threshold else 0.0)
 
 
 def trial_device() -> torch.device:
@@ -38,39 +47,96 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+def trial_checkpoint(out: str | Path, number: int) -> Path:
+    return Path(out) / "trials" / f"{number:04d}" / "run.pt"
+
+
+def _open_run(config: dict[str, Any], base_config: dict[str, Any], experts: Experts, out: str,
+              device: torch.device) -> DistillationRun:
+    """Continue from Tune's checkpoint (worker retry), else from the trial's own file (driver
+    restart), else start the sampled config."""
+    from ray import tune
+
+    cache = Path(out) / "stage1_cache"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            return DistillationRun.resume(Path(folder) / "run.pt", experts, device=device, stage1_cache=cache)
+    own = trial_checkpoint(out, config[TRIAL_NUMBER])
+    if own.is_file():
+        return DistillationRun.resume(own, experts, device=device, stage1_cache=cache)
+    sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+    return DistillationRun(apply_overrides(from_dict(base_config), sampled), experts, device=device, stage1_cache=cache)
+
+
 def derd_trainable(
     config: dict[str, Any],
     *,
     base_config: dict[str, Any],
     experts: Experts,
-    cache_dir: str,
+    out: str,
     objectives: list[tuple[str, str]],
+    clean_threshold: float,
     cpus_per_trial: float,
 ) -> None:
-    """Run DERD with the sampled weights in ``config`` (dotted keys) on top of ``base_config``."""
+    """Run the method with the sampled keys in ``config`` (dotted keys) on top of ``base_config``."""
     import ray
     from ray import tune
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" line per epoch
     torch.set_num_threads(max(1, int(cpus_per_trial)))
     device = trial_device()
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run = DERDRun.resume(Path(folder) / "run.pt", experts, device=device, stage1_cache=cache_dir)
-    else:
-        cfg = apply_overrides(from_dict(base_config), config)
-        run = DERDRun(cfg, experts, device=device, stage1_cache=cache_dir)
-    latest = {m: PLACEHOLDER for m, _ in objectives}
-    for past in run.history:
-        latest.update({k: v for k, v in past.items() if k.startswith("val/")})
+    run = _open_run(config, base_config, experts, out, device)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
              "device": str(device)}
-    for result in run.epochs():
-        evaluated = {k: v for k, v in result.items() if k.startswith("val/")}
-        latest.update(evaluated)
-        metrics = {**result, **latest, **where, "val_evaluated": bool(evaluated), "search/score": scalarise(latest, objectives),
-                   "total_epochs": run.total_epochs, "wall_clock": time.time()}
+    own = trial_checkpoint(out, config[TRIAL_NUMBER])
+    reports = Reports(objectives, clean_threshold, run.total_epochs, run.history)
+    if run.epoch >= run.total_epochs and run.history:  # finished before the driver recorded it: report the end again
+        results = [run.history[-1]]
+    else:
+        results = run.epochs()
+    for result in results:
+        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time()}
         with tempfile.TemporaryDirectory() as folder:
             run.save(Path(folder) / "run.pt")
+            own.parent.mkdir(parents=True, exist_ok=True)
+            run.save(own)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     run.close()
+
+
+class Reports:
+    """Turns a run's epoch results into what a trial reports: the objectives (the latest val
+    values held between evaluations), the ASHA score, feasibility and compute time."""
+
+    def __init__(self, objectives: list[tuple[str, str]], clean_threshold: float, total_epochs: int,
+                 past: list[dict[str, Any]] = ()) -> None:
+        self.objectives, self.clean_threshold, self.total_epochs = objectives, clean_threshold, total_epochs
+        self.latest = {m: PLACEHOLDER for m, _ in objectives}
+        self.latest["val/clean_acc"] = PLACEHOLDER
+        for entry in past:
+            self.latest.update({k: v for k, v in entry.items() if k.startswith("val/")})
+
+    def next(self, result: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        evaluated = {k: v for k, v in result.items() if k.startswith("val/")}
+        self.latest.update(evaluated)
+        done = [h for h in history if h["epoch"] <= result["epoch"]]
+        return {
+            # the console's trial table shows these first
+            "val/clean_acc": self.latest["val/clean_acc"], **{m: self.latest[m] for m, _ in self.objectives},
+            "search/score": search_score(self.latest, self.objectives, self.clean_threshold), "stage": result["stage"],
+            "epoch": result["epoch"], **result, **self.latest, "val_evaluated": bool(evaluated),
+            "search/feasible": self.latest["val/clean_acc"] >= self.clean_threshold, "total_epochs": self.total_epochs,
+            "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done),
+        }
+
+
+def history_result(path: Path, objectives: list[tuple[str, str]], clean_threshold: float) -> list[dict[str, Any]]:
+    """The reports a trial made, rebuilt from its checkpoint (for runs a killed driver left open)."""
+    from derd.methods import get_method
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = from_dict(state["config"])
+    total = sum(p.epochs for p in get_method(cfg.method).phases(cfg))
+    reports = Reports(objectives, clean_threshold, total)
+    return [reports.next(entry, state["history"]) for entry in state["history"]]

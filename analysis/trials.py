@@ -1,0 +1,183 @@
+"""A search's trials as read from MLflow, with the rules for which may reach the front.
+
+A trial is *eligible* for the Pareto front, the knee, export and the report when it is
+FINISHED with its objectives, **feasible** (val clean accuracy at least the search's
+threshold: a collapsed student that predicts one class is "robust" on a tenth of the
+images and must never be chosen) and ran the **full trial budget** (an early-stopped
+trial's scores are at a lower fidelity than the others'). Partial trials may be shown,
+marked, never chosen.
+
+Uncertainty: a val accuracy p over n images has the binomial standard error
+sqrt(p (1 - p) / n); on digits' 359 val images one image is 0.28 points.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# metric -> column header naming its protocol (search protocol on val; full protocol on test)
+VAL_HEADERS = {"val/clean_acc": "Clean (val)", "val/pgd_acc": "PGD_S (val)", "val/aa_acc": "AA (APGD-CE+T, val)",
+               "val/fgsm_acc": "FGSM (val)", "val/pgd_t_acc": "PGD_T (val)", "val/cw_acc": "CW (val)",
+               "val/ave_acc": "Ave (val)"}
+
+
+@dataclass
+class TrialRecord:
+    """One trial run of a search, as the analysis needs it."""
+
+    run_id: str
+    name: str
+    method: str
+    metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+    objectives: list[float] = field(default_factory=list)  # signed: larger is better
+
+    @property
+    def feasible(self) -> bool:
+        return self.tags.get("derd.feasible", "true") == "true"
+
+    @property
+    def full_budget(self) -> bool:
+        return self.tags.get("derd.budget", "full") == "full"
+
+    @property
+    def eligible(self) -> bool:
+        return self.feasible and self.full_budget
+
+    @property
+    def preset(self) -> bool:
+        return self.tags.get("derd.preset") == "true"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.metrics.get("trial/epochs", 0))
+
+    @property
+    def n_images(self) -> int:
+        return int(self.metrics.get("val/n_images", 0))
+
+    def exclusion(self) -> str:
+        """Why the trial cannot be chosen ('' if it can)."""
+        return "infeasible" if not self.feasible else "partial" if not self.full_budget else ""
+
+
+def objectives_of(parent) -> list[tuple[str, str]]:
+    text = parent.data.tags.get("derd.objectives", "val/clean_acc:max,val/aa_acc:max")
+    return [tuple(item.rsplit(":", 1)) for item in text.split(",")]  # type: ignore[misc]
+
+
+def signed(metrics: dict[str, float], objectives: list[tuple[str, str]]) -> list[float]:
+    return [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives]
+
+
+def search_parents(client, experiment_id: str) -> list:
+    return client.search_runs([experiment_id], "tags.`derd.kind` = 'search'")
+
+
+def trial_records(client, experiment_id: str, parent) -> list[TrialRecord]:
+    """The FINISHED trials of one search that carry every objective, in trial order."""
+    objectives = objectives_of(parent)
+    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+                              f"attributes.status = 'FINISHED'", max_results=50000)
+    records = []
+    for r in runs:
+        if all(m in r.data.metrics for m, _ in objectives):
+            records.append(TrialRecord(r.info.run_id, r.data.tags.get("derd.trial_id", r.info.run_id[:8]),
+                                       r.data.tags.get("derd.method", r.data.params.get("method", "derd")),
+                                       dict(r.data.metrics), dict(r.data.params), dict(r.data.tags),
+                                       signed(r.data.metrics, objectives)))
+    return sorted(records, key=lambda rec: rec.name)
+
+
+def search_trials(client, experiment_id: str):
+    """Yield (parent run, objectives, finished trial records) for every search in the experiment."""
+    for parent in search_parents(client, experiment_id):
+        records = trial_records(client, experiment_id, parent)
+        if records:
+            yield parent, objectives_of(parent), records
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error (percentage points) of an accuracy in percent measured on n images."""
+    if n <= 0:
+        return float("nan")
+    p = min(max(accuracy / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
+
+
+def with_se(accuracy: float, n: int) -> str:
+    """'54.32 ± 2.63' (± one binomial standard error), or the bare value when n is unknown."""
+    if n <= 0 or math.isnan(accuracy):
+        return f"{accuracy:.2f}"
+    return f"{accuracy:.2f} ± {binomial_se(accuracy, n):.2f}"
+
+
+def key_weights(record: TrialRecord, limit: int = 4) -> dict[str, Any]:
+    """The first few searched keys of a trial (for hover text and labels)."""
+    keys = [k for k in record.tags.get("derd.searched_keys", "").split(",") if k and k != "method"]
+    return {k: record.params.get(k, "") for k in keys[:limit]}
+
+
+def ordered(records: list[TrialRecord], front: list[TrialRecord]) -> list[TrialRecord]:
+    """The front first (staircase order: first objective descending), then the other chosen-able
+    trials by summed objectives, then partial, then infeasible ones."""
+    on_front = {r.run_id for r in front}
+    rest = sorted((r for r in records if r.run_id not in on_front),
+                  key=lambda r: (not r.feasible, not r.full_budget, -sum(r.objectives)))
+    return list(front) + rest
+
+
+def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], objectives: list[tuple[str, str]],
+                         top: int | None = 12) -> str:
+    """The best-trials table (front first), scores with one binomial standard error."""
+    shown = ordered(records, front)[:top] if top else ordered(records, front)
+    metrics = [m for m in ("val/clean_acc", "val/pgd_acc", "val/aa_acc") if any(m in r.metrics for r in shown)]
+    metrics += [m for m, _ in objectives if m not in metrics]
+    keys: list[str] = []
+    for r in shown:
+        keys += [k for k in r.tags.get("derd.searched_keys", "").split(",") if k and k != "method" and k not in keys]
+    on_front = {r.run_id for r in front}
+    head = ["trial", "method", "front", *(VAL_HEADERS.get(m, m) for m in metrics), "epochs", "note", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in shown:
+        note = ", ".join(n for n, on in (("paper preset", r.preset), ("stopped early", not r.full_budget),
+                                         ("infeasible", not r.feasible)) if on)
+        cells = [r.name, r.method, "yes" if r.run_id in on_front else "",
+                 *(with_se(r.metrics[m], r.n_images) if m in r.metrics else "-" for m in metrics), str(r.epochs), note,
+                 *(_short(r.params[k]) if k in r.params else "-" for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = max((r.n_images for r in records), default=0)
+    head_line = (f"Showing {len(shown)} of {len(records)} finished trials, the Pareto front ({len(front)}: feasible, "
+                 f"full budget) first. Val split: {n} images (one image = {100 / n:.2f} points); ± is one binomial "
+                 f"standard error." if n else f"Showing {len(shown)} of {len(records)} finished trials.")
+    return head_line + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _short(text: str) -> str:
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
+def best_versus_preset(records: list[TrialRecord], metric: str = "val/aa_acc") -> str:
+    """One line: the best feasible full-budget trial on ``metric`` against the paper's DERD preset."""
+    eligible = [r for r in records if r.eligible and metric in r.metrics]
+    if not eligible:
+        return f"No feasible full-budget trial yet; nothing to compare with the paper's preset."
+    best = max(eligible, key=lambda r: (r.metrics[metric], r.metrics["val/clean_acc"]))
+    presets = [r for r in records if r.preset]
+    preset = next((r for r in presets if r.method == "derd"), presets[0] if presets else None)
+    name = VAL_HEADERS.get(metric, metric)
+    line = (f"Best feasible {name}: {best.name} ({best.method}) {with_se(best.metrics[metric], best.n_images)} at "
+            f"{best.metrics['val/clean_acc']:.2f} clean")
+    if preset is None or metric not in preset.metrics:
+        return line + "; the paper's preset did not finish."
+    d_rob = best.metrics[metric] - preset.metrics[metric]
+    d_clean = best.metrics["val/clean_acc"] - preset.metrics["val/clean_acc"]
+    verdict = ("beats" if d_rob > 0 and d_clean >= -5 else "does not beat")
+    return (line + f"; it {verdict} the paper's preset ({preset.name}, {preset.method}: {preset.metrics[metric]:.2f} at "
+            f"{preset.metrics['val/clean_acc']:.2f} clean) by {d_rob:+.2f} {name.split(' ')[0]} at {d_clean:+.2f} clean"
+            f"{'' if preset.full_budget and preset.feasible else ' (the preset was ' + preset.exclusion() + ')'}.")

@@ -1,0 +1,102 @@
+"""What every method shares: its phases, its hooks into the run loop, its checkpointable state.
+
+A method (one file in this package) is a recipe of parts: a synthesizer that makes pseudo
+images (``derd.synthesis``), a student objective (``derd.objectives``) and the teacher
+roles (who plays the natural and the robust expert). ``DistillationRun`` (``derd.run``)
+owns the loop: for each phase it sets up the student's optimiser and calls
+``start_phase``; each epoch ``start_epoch``, ``iteration`` ``iters_per_epoch`` times, then
+``end_epoch``. Methods never read a tensor on the host inside ``iteration``: they return
+0-dim tensors, which the run reads once per epoch.
+"""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from derd.context import Context, Phase, Terms
+
+if TYPE_CHECKING:
+    from derd.config import RunConfig
+
+
+class Method:
+    """Base of every registered method; subclasses set the class attributes and ``iteration``.
+
+    Class attributes:
+    * ``name``: the registry key (``method`` in a run config);
+    * ``sections``: the config sections it reads (what a search may vary for it);
+    * ``teachers``: the experts it needs (``natural`` and/or ``robust``);
+    * ``table``: where the paper's tables put it (1: real-data references, 2: data-free
+      methods, 3: DERD's variants).
+    """
+
+    name: ClassVar[str] = ""
+    sections: ClassVar[tuple[str, ...]] = ()
+    teachers: ClassVar[tuple[str, ...]] = ("robust",)
+    table: ClassVar[int] = 2
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # ---- schedule ---------------------------------------------------------------------
+    @classmethod
+    def phases(cls, cfg: "RunConfig") -> list[Phase]:
+        """Default: one main phase as long as DERD's two stages together (the same number of
+        student updates and pseudo images as DERD), with the stage-II iteration settings."""
+        s1, s2 = cfg.stage1, cfg.stage2
+        return [Phase(2, s1.epochs + s2.epochs, s2.iters_per_epoch, s2.batch_size, cfg.robust.lr_s)]
+
+    def start_phase(self, phase: Phase) -> None:
+        """Called when a phase begins (and again when a run resumes inside it): set up optimisers."""
+
+    def start_epoch(self, phase: Phase) -> None:
+        """Called before each epoch's iterations."""
+
+    def iteration(self, phase: Phase, step: int) -> Terms:
+        """One training iteration (``step`` counts the phase's iterations); returns 0-dim loss tensors."""
+        raise NotImplementedError
+
+    def end_epoch(self, phase: Phase, means: dict[str, float]) -> dict[str, float]:
+        """After the epoch's host read of ``means`` (metric name -> epoch mean); extra metrics to log."""
+        return {}
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        """n pseudo images in [0, 1] for figures (None if the method keeps no image source)."""
+        return None
+
+    def warmup_key(self) -> dict[str, Any] | None:
+        """What the end of the first phase depends on beyond student, teachers, seed and data, if
+        that phase may be cached and shared between runs (DERD's stage I); None otherwise."""
+        return None
+
+    # ---- checkpoint ---------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self.modules.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Modules and extra state always; optimiser states where the file has them (not a stage-I cache)."""
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            if k in state.get("optimizers", {}):
+                o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen, eval-mode copy (the student standing in for T_nat in derd_no_nat)."""
+    return copy.deepcopy(model).eval().requires_grad_(False)

@@ -1,0 +1,45 @@
+"""``dafl``: DAFL's generator (Chen et al., "Data-Free Learning of Student Networks", ICCV 2019)
+with robust distillation from T_rob.
+
+Generator loss on T_rob (the baselines' one teacher):
+``lambda_oh*L_oh + lambda_act*L_a + lambda_ie*L_ie`` with L_oh = CE(T(x), argmax T(x)),
+L_a = -mean |f_T(x)| (f_T: the input of T's last linear layer, averaged over batch and
+dimensions as DAFL's code does), L_ie = -H(mean softmax T(x)) (natural log; DAFL's code
+uses log10, a constant factor the weight absorbs). No student term: DAFL's generator is not
+adversarial. Defaults: the paper's MNIST weights (oh 1, a 0.1, ie 5); Adam for G.
+
+Student: each iteration, one RSLAD step (``derd.objectives.robust_kd``) on the very batch
+the generator step produced (DAFL trains G and S on one batch per iteration). The run
+lasts stage1.epochs + stage2.epochs epochs (DERD's whole budget, in student updates).
+"""
+from __future__ import annotations
+
+from derd.methods import register_method
+from derd.methods.base import Context, Method, Phase, Terms
+from derd.objectives import rslad
+from derd.synthesis import GeneratorSynthesizer
+
+
+@register_method
+class DAFL(Method):
+    name = "dafl"
+    sections = ("dafl", "robust")
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.synth = GeneratorSynthesizer(ctx)
+        self.modules["generator"] = self.synth.generator
+
+    def start_phase(self, phase: Phase) -> None:
+        self.synth.start_phase(self.cfg.dafl.lr_g)
+        self.optimizers["generator"] = self.synth.optimizer
+
+    def iteration(self, phase: Phase, step: int) -> Terms:
+        d, teacher = self.cfg.dafl, self.ctx.experts.robust
+        terms, x = self.synth.step(phase.batch_size, {"oh": d.lambda_oh, "act": d.lambda_act, "ie": d.lambda_ie},
+                                   prior=teacher, natural=None, tau=1.0)
+        terms.update(rslad(self.ctx, x))
+        return terms
+
+    def sample(self, n: int):
+        return self.synth.sample(n)

@@ -1,0 +1,101 @@
+"""The search's parts without a Ray cluster: the space, the Optuna searcher, ASHA across a restart."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from conftest import write_space
+from tuning.scheduler import ResumableASHA
+from tuning.searcher import TRIAL_NUMBER, StudySearcher
+from tuning.space import load_space
+
+
+@pytest.fixture()
+def space(tmp_path):
+    return load_space(write_space(tmp_path / "space.yaml", space={
+        "method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat", "dafl"]},
+        "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
+        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+        "cmi.lambda_cr": {"distribution": "loguniform", "low": 0.1, "high": 1.0},  # no searched method reads it
+    }))
+
+
+def test_paper_preset_is_one_point_per_method_with_only_its_keys(space):
+    assert [p["method"] for p in space.presets] == ["derd", "derd_no_nat", "dafl"]
+    assert space.presets[0] == {"method": "derd", "stage2.lambda_nat": 0.5}
+    assert space.presets[2] == {"method": "dafl", "dafl.lambda_act": 0.1}
+    assert "cmi.lambda_cr" not in [p.key for p in space.params]
+
+
+def test_define_by_run_samples_only_the_keys_a_method_reads(space):
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        sampled = space.sample(study.ask())
+        seen.add(sampled["method"])
+        assert ("dafl.lambda_act" in sampled) == (sampled["method"] == "dafl")
+        assert ("stage2.lambda_nat" in sampled) == (sampled["method"] != "dafl")
+    assert seen == {"derd", "derd_no_nat", "dafl"}
+
+
+def test_restricting_to_one_method_drops_the_others(tmp_path):
+    space = load_space(write_space(tmp_path / "s.yaml", space={
+        "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
+        "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
+        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0}}), method="dafl")
+    assert space.methods == ["dafl"] and [p.key for p in space.params] == ["dafl.lambda_act"]
+    assert space.presets == [{"dafl.lambda_act": 0.1}]
+
+
+def _result(epoch: int, total: int, clean: float, aa: float) -> dict:
+    return {"epoch": epoch, "total_epochs": total, "val/clean_acc": clean, "val/aa_acc": aa, "val_evaluated": True,
+            "search/score": (clean + aa) / 2}
+
+
+def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_running(space, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    stopped: set[int] = set()
+    searcher = StudySearcher(space, storage, "s", clean_threshold=50.0, stopped_early=stopped)
+    configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c", "d", "e")}
+    assert [configs[t][TRIAL_NUMBER] for t in "abcde"] == [0, 1, 2, 3, 4]
+    searcher.on_trial_result("a", _result(2, 4, 60.0, 5.0))
+    searcher.on_trial_complete("a", _result(4, 4, 70.0, 6.0))          # full budget, feasible
+    stopped.add(1)
+    searcher.on_trial_complete("b", _result(2, 4, 60.0, 1.0))          # stopped by ASHA
+    searcher.on_trial_complete("c", _result(4, 4, 10.0, 10.0))         # collapsed: infeasible
+    searcher.on_trial_complete("d", None, error=True)
+    searcher.on_trial_complete("e", _result(2, 4, 60.0, 1.0))          # interrupted with the driver
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "RUNNING"]
+    assert trials[0].values == [70.0, 6.0] and trials[0].user_attrs["constraint"] == [-20.0]
+    assert trials[0].user_attrs["scores"] == {"2": 32.5, "4": 38.0} and trials[0].user_attrs["intermediate"]["2"] == [60.0, 5.0]
+    assert trials[2].user_attrs["constraint"] == [40.0]  # > 0: TPE and NSGA-II treat it as infeasible
+    assert trials[1].user_attrs["scores"] == {"2": 30.5}
+
+    resumed = StudySearcher(space, storage, "s", clean_threshold=50.0, stopped_early=set())
+    again = resumed.suggest("new-ray-id")
+    assert again == configs["e"]  # the interrupted trial comes back first: same number, same parameters
+    assert resumed.suggest("next")[TRIAL_NUMBER] == 5
+
+
+def _trial(number: int):
+    return SimpleNamespace(trial_id=f"ray-{number}", config={TRIAL_NUMBER: number})
+
+
+def test_asha_keeps_its_decisions_across_a_restart():
+    """Rungs rebuilt from stored scores: a trial worse than the recorded ones stops at the rung, and a
+    resumed trial already recorded there is not judged again."""
+    history = {0: {4: 80.0, 8: 85.0}, 1: {4: 70.0, 8: 75.0}, 2: {4: 20.0}}
+    asha = ResumableASHA(history=history, max_t=8, grace_period=4, reduction_factor=2)
+    weak, resumed = _trial(3), _trial(2)
+    for t in (weak, resumed):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "STOP"
+    assert asha.stopped_early == {3}
+    assert asha.on_trial_result(None, resumed, {"epoch": 5, "search/score": 21.0, "total_epochs": 8}) == "CONTINUE"
+    fresh = ResumableASHA(max_t=8, grace_period=4, reduction_factor=2)  # what a restart without history does
+    fresh.on_trial_add(None, weak)
+    assert fresh.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "CONTINUE"

@@ -1,0 +1,157 @@
+"""A Ray Tune searcher over a persistent Optuna study: ask and tell, resumable from the study alone.
+
+Why not Ray's ``OptunaSearch``: it tells Optuna that trials the scheduler stopped early are
+COMPLETE with their last (low-fidelity) values, keeps its trial map only in Ray's
+experiment snapshot (so a driver killed between snapshots loses or repeats trials), and
+takes no feasibility constraint. Here:
+
+* the Optuna trial number is a trial's identity: it travels in the Ray config under
+  ``TRIAL_NUMBER`` and names the trial's MLflow run and checkpoint folder;
+* every epoch's ``search/score`` and the val objectives (when evaluated) are stored as the
+  trial's user attributes ``scores`` and ``intermediate`` (Optuna's ``report`` does not
+  exist for multi-objective studies), so a resumed search rebuilds ASHA's rungs from them;
+* a trial that ran its full budget is told COMPLETE with its objectives; one the scheduler
+  stopped is told PRUNED (TPE ranks pruned trials below complete ones); a failed one FAIL;
+  a trial interrupted with the driver stays RUNNING and is handed out again, with the same
+  parameters, to the first ``suggest`` of the resumed search;
+* feasibility: the user attribute ``constraint`` = [threshold - val/clean_acc] (<= 0 is
+  feasible) feeds TPE's and NSGA-II's ``constraints_func``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from tuning.space import SearchSpace
+
+TRIAL_NUMBER = "trial_number"  # key in a Ray trial's config: the Optuna trial number
+
+
+def trial_constraint(trial) -> list[float]:
+    """Optuna's constraints_func: the stored violation (<= 0 is feasible)."""
+    return list(trial.user_attrs.get("constraint", [math.inf]))
+
+
+def make_sampler(space: SearchSpace):
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # constant_liar, constraints_func
+    if space.sampler == "tpe":
+        conditional = len(space.methods) > 1
+        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=conditional, constant_liar=True,
+                                          constraints_func=trial_constraint)
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, space.max_concurrent * 2),
+                                             constraints_func=trial_constraint)
+    return optuna.samplers.RandomSampler(seed=space.seed)
+
+
+def open_study(space: SearchSpace, storage_url: str, name: str):
+    """Create or load the search's study, with metric names set (Optuna's plots and dashboard show them)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage_url, sampler=make_sampler(space), load_if_exists=True,
+                                directions=["maximize" if mode == "max" else "minimize" for _, mode in space.objectives])
+    if study.metric_names is None:
+        study.set_metric_names(space.objective_names())
+    return study
+
+
+class StudySearcher(Searcher):
+    """Suggests Ray trials from an Optuna study (define-by-run over the space) and tells it results."""
+
+    def __init__(self, space: SearchSpace, storage_url: str, study_name: str, clean_threshold: float,
+                 stopped_early: set[int]) -> None:
+        super().__init__(metric=None, mode=None)
+        self.space, self.storage_url, self.study_name = space, storage_url, study_name
+        self.clean_threshold = clean_threshold
+        self.stopped_early = stopped_early  # filled by the scheduler: numbers of trials it stopped
+        self._study = None
+        self._live: dict[str, Any] = {}  # Ray trial id -> optuna.Trial
+        self._orphans: list[int] | None = None
+        self._attrs: dict[int, dict[str, dict]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the search algorithm with its experiment
+        return {**self.__dict__, "_study": None, "_live": {}}
+
+    @property
+    def study(self):
+        if self._study is None:
+            self._study = open_study(self.space, self.storage_url, self.study_name)
+        return self._study
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def _running_orphans(self) -> list[int]:
+        from optuna.trial import TrialState
+
+        if self._orphans is None:
+            self._orphans = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        return self._orphans
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        import optuna
+
+        orphans = self._running_orphans()
+        if orphans:  # a trial interrupted with the previous driver: same number, same parameters
+            frozen = self.study.trials[orphans.pop(0)]
+            ot = optuna.trial.Trial(self.study, frozen._trial_id)
+            params = dict(frozen.params)
+            self._attrs[frozen.number] = {k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")}
+        else:
+            ot = self.study.ask()
+            params = self.space.sample(ot)
+        self._live[trial_id] = ot
+        return {**params, TRIAL_NUMBER: ot.number}
+
+    def _set(self, ot, key: str, epoch: int, value: Any) -> None:
+        record = self._attrs.setdefault(ot.number, {}).setdefault(key, {})
+        record[str(epoch)] = value
+        ot.set_user_attr(key, record)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        ot = self._live.get(trial_id)
+        if ot is None or "epoch" not in result:
+            return
+        self._set(ot, "scores", result["epoch"], result["search/score"])
+        if result.get("val_evaluated"):
+            self._set(ot, "intermediate", result["epoch"], [result[m] for m in self.space.objective_names()])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        ot = self._live.pop(trial_id, None)
+        if ot is None:
+            return
+        if error or not result or "epoch" not in result:
+            self.study.tell(ot, state=TrialState.FAIL)
+            return
+        self._live[trial_id] = ot
+        self.on_trial_result(trial_id, result)  # Tune hands the last result to on_trial_complete only
+        del self._live[trial_id]
+        finished = result["epoch"] >= result["total_epochs"]
+        if not finished and ot.number not in self.stopped_early:
+            return  # interrupted with the driver: stays RUNNING, resumed by the next session
+        ot.set_user_attr("epochs", int(result["epoch"]))
+        ot.set_user_attr("constraint", [self.clean_threshold - result["val/clean_acc"]])
+        if finished:
+            self.study.tell(ot, [result[m] for m in self.space.objective_names()])
+        else:
+            self.study.tell(ot, state=TrialState.PRUNED)
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        """For the MLflow logger: the trial's MLflow run id beside its Optuna record."""
+        self.study._storage.set_trial_user_attr(self.study.trials[number]._trial_id, key, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:  # the state lives in the Optuna study
+            json.dump({"study": self.study_name, "storage": self.storage_url}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
