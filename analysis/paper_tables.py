@@ -67,6 +67,7 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     table = folder / "table.json"
     if table.is_file():
         return json.loads(table.read_text())["test"]
+    from derd.checkpoints import save_checkpoint
     from derd.config import apply_overrides, preset
     from derd.data import dataset_info, load_split, make_loader
     from derd.device import resolve_device
@@ -82,6 +83,8 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     metrics = evaluate(model, make_loader(test, cfg.data.val_batch_size), "full", eps=info.eps, device=device, seed=seed,
                        progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "student.pt", model, {"arch": cfg.student.arch, "dataset": dataset, "num_classes": info.num_classes,
+                                                   "kind": kind, "table": metrics})
     table.write_text(json.dumps({"test": metrics, "arch": cfg.student.arch, "seed": seed}, indent=1))
     return metrics
 

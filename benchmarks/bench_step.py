@@ -1,73 +1,167 @@
-"""Pseudo images per second for one stage-I and one stage-II DERD step (prints figures only).
+"""Throughput of one training iteration, against the device's peak (prints figures, asserts nothing).
 
-    python benchmarks/bench_step.py [--iters 5] [--device cpu|cuda]
+    python benchmarks/bench_step.py [--iters 5] [--device cpu|cuda] [--peak-tflops 790] [--batches 128 256 512]
+                                    [--settings digits cifar imagenet100] [--method derd] [--compile]
 
-Settings: the digits CNNs (student digits_cnn_small, teachers digits_cnn) at batch 128, and
-a CIFAR-shaped ResNet-18 student with WRN-34-10 teachers at batch 16 (CPU) or 128 (GPU).
-On a GPU the CIFAR setting is also timed with bf16 autocast and channels_last.
+For each setting, batch size and precision (fp32; bf16 autocast + channels_last on CUDA,
+bf16 autocast on CPU), it builds the real ``DistillationRun`` (the path ``derd.train`` and
+the trainable use, with ``train.precision`` / ``train.channels_last`` set) and times the
+method's iterations, then prints:
+
+* pseudo images per second for stage I (DERD's warm-up) and stage II;
+* FLOPs of one stage-II iteration per pseudo image, counted by ``torch.utils.flop_counter``
+  on the whole iteration (forward and backward of every model, PGD included), the achieved
+  TFLOP/s and the percent of ``--peak-tflops`` (the H100's dense bf16 peak is about 790);
+* host reads per stage-II iteration, counted with the profiler: ``aten::_local_scalar_dense``
+  outside the optimisers' steps (their counters are host tensors by design) and, on CUDA,
+  ``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` calls.
+
+Settings: ``digits`` (digits_cnn_small student, digits_cnn teachers), ``cifar`` (ResNet-18
+student, WRN-34-10 teachers, 32 px), ``imagenet100`` (torchvision ResNet-18 student,
+ResNet-50 teachers, 224 px). Teachers are randomly initialised (speed does not depend on
+their weights).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import sys
 import time
+from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from derd.config import apply_overrides, preset
-from derd.data import DATASETS
-from derd.method import DERDRun, Experts
-from derd.models import create_model
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils.flop_counter import flop_registry  # noqa: E402
 
+from derd.config import apply_overrides, preset  # noqa: E402
+from derd.data import dataset_info  # noqa: E402
+from derd.experts import Experts  # noqa: E402
+from derd.models import create_model  # noqa: E402
+from derd.run import DistillationRun  # noqa: E402
 
-def _experts(arch: str, dataset: str) -> Experts:
-    info = DATASETS[dataset]
-    make = lambda: create_model(arch, info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std).eval().requires_grad_(False)  # noqa: E731
-    return Experts(make(), make())
-
-
-def time_steps(run: DERDRun, stage: int, iters: int, autocast: bool) -> float:
-    run._setup_optimizers(stage)
-    ctx = torch.autocast(run.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-    with ctx:
-        run._iteration(stage)  # warm-up
-        sync()
-        start = time.perf_counter()
-        for _ in range(iters):
-            run._iteration(stage)
-        sync()
-    batch = (run.cfg.stage1 if stage == 1 else run.cfg.stage2).batch_size
-    return iters * batch / (time.perf_counter() - start)
+SETTINGS = {  # name -> dataset, student, teacher, CPU batch sizes
+    "digits": ("digits", "digits_cnn_small", "digits_cnn", [128]),
+    "cifar": ("cifar10", "resnet18", "wrn_34_10", [16]),
+    "imagenet100": ("imagenet100", "tv_resnet18", "tv_resnet50", [4]),
+}
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
-def bench(name: str, dataset: str, student: str, teacher: str, batch: int, device: torch.device, iters: int,
-          autocast: bool = False, channels_last: bool = False) -> None:
-    cfg = apply_overrides(preset(dataset), {"student.arch": student, "stage1.batch_size": batch, "stage2.batch_size": batch})
-    val = torch.utils.data.TensorDataset(torch.rand(2, *DATASETS[dataset].image_shape), torch.zeros(2, dtype=torch.long))
-    run = DERDRun(cfg, _experts(teacher, dataset), device=device, val_data=val)
-    if channels_last:
-        for m in (run.student, run.generator, run.experts.natural, run.experts.robust):
-            m.to(memory_format=torch.channels_last)
-    s1 = time_steps(run, 1, iters, autocast)
-    s2 = time_steps(run, 2, iters, autocast)
-    flags = ", ".join(f for f, on in (("bf16 autocast", autocast), ("channels_last", channels_last)) if on) or "fp32"
-    print(f"{name} [{device}, batch {batch}, {flags}]: stage I {s1:,.1f} img/s, stage II {s2:,.1f} img/s")
-    run.close()
+def build(setting: str, batch: int, device: torch.device, precision: str, method: str, compile: bool) -> DistillationRun:
+    dataset, student, teacher, _ = SETTINGS[setting]
+    info = dataset_info(dataset)
+    make = lambda: create_model(teacher, info.num_classes, in_channels=info.image_shape[0], mean=info.mean,  # noqa: E731
+                                std=info.std).eval().requires_grad_(False)
+    cfg = apply_overrides(preset(dataset, method), {
+        "student.arch": student, "stage1.batch_size": batch, "stage2.batch_size": batch, "train.precision": precision,
+        "train.channels_last": "auto" if precision == "bf16" else "off", "train.compile": compile,
+        "cmi.synthesis_steps": 20})
+    val = torch.utils.data.TensorDataset(torch.rand(2, *info.image_shape), torch.zeros(2, dtype=torch.long))
+    return DistillationRun(cfg, Experts(make(), make()), device=device, val_data=val)
+
+
+def _iterate(run: DistillationRun, index: int, n: int, start: int = 0) -> None:
+    phase = run.phases[index]
+    for step in range(start, start + n):
+        with run.compute.autocast():
+            run.method.iteration(phase, step)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_phase(run: DistillationRun, index: int, iters: int) -> float:
+    """Pseudo images per second of the phase's iterations (after two warm-up iterations)."""
+    run._enter_phase(index)
+    run.method.start_epoch(run.phases[index])
+    _iterate(run, index, 2)
+    _sync(run.device)
+    start = time.perf_counter()
+    _iterate(run, index, iters, start=2)
+    _sync(run.device)
+    return iters * run.phases[index].batch_size / (time.perf_counter() - start)
+
+
+class _FlopCounter(TorchDispatchMode):
+    """torch.utils.flop_counter's per-op formulas without its module tracker (whose backward hooks
+    do not support the ``autograd.grad`` calls of PGD and SGA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def flops_per_image(run: DistillationRun, index: int) -> float:
+    counter = _FlopCounter()
+    with counter:
+        _iterate(run, index, 1, start=100)
+    return counter.total / run.phases[index].batch_size
+
+
+def host_reads(run: DistillationRun, index: int) -> tuple[int, int]:
+    """(host reads of tensor values outside optimiser steps, CUDA synchronisations) per iteration."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _iterate(run, index, 1, start=200)
+        _sync(run.device)
+    reads = 0
+    for event in prof.events():
+        if event.name == "aten::_local_scalar_dense":
+            parent, in_optimizer = event.cpu_parent, False
+            while parent is not None:
+                in_optimizer |= parent.name.startswith("Optimizer.step")
+                parent = parent.cpu_parent
+            reads += not in_optimizer
+    syncs = sum(1 for e in prof.events() if e.name in SYNC_EVENTS) - (1 if run.device.type == "cuda" else 0)  # ours
+    return reads, max(syncs, 0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 peak (H100: about 790)")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 128 256 512 on CUDA, small on CPU)")
+    p.add_argument("--method", default="derd")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile the student and teachers")
     args = p.parse_args()
-    dev = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {dev}")
-    bench("digits: digits_cnn_small <- digits_cnn", "digits", "digits_cnn_small", "digits_cnn", 128, dev, args.iters * 4)
-    batch = 16 if dev.type == "cpu" else 128
-    bench("CIFAR: resnet18 <- wrn_34_10", "cifar10", "resnet18", "wrn_34_10", batch, dev, args.iters)
-    if dev.type == "cuda":
-        bench("CIFAR: resnet18 <- wrn_34_10", "cifar10", "resnet18", "wrn_34_10", batch, dev, args.iters, autocast=True, channels_last=True)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}, method {args.method}{', compiled' if args.compile else ''}")
+    print("| setting | batch | precision | stage I img/s | stage II img/s | GFLOP/img (II) | TFLOP/s (II) | % of peak | "
+          "host reads/iter | CUDA syncs/iter |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for setting in args.settings:
+        batches = args.batches or ([128, 256, 512] if device.type == "cuda" else SETTINGS[setting][3])
+        iters = args.iters * 4 if setting == "digits" else args.iters
+        for batch in batches:
+            for precision in args.precisions:
+                run = build(setting, batch, device, precision, args.method, args.compile)
+                last = len(run.phases) - 1
+                s1 = time_phase(run, 0, iters) if last > 0 else float("nan")
+                s2 = time_phase(run, last, iters)
+                flops = flops_per_image(run, last)
+                reads, syncs = host_reads(run, last)
+                achieved = flops * s2 / 1e12
+                print(f"| {setting} | {batch} | {run.compute.label} | {s1:,.1f} | {s2:,.1f} | {flops / 1e9:.2f} | "
+                      f"{achieved:.2f} | {100 * achieved / args.peak_tflops:.1f} | {reads} | "
+                      f"{syncs if device.type == 'cuda' else '-'} |", flush=True)
+                run.close()
 
 
 if __name__ == "__main__":

@@ -183,6 +183,12 @@ def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
         run.close()
 
 
+def test_the_registry_holds_exactly_the_methods_the_config_has_sections_for():
+    from derd.config import METHODS
+
+    assert available_methods() == list(METHODS)
+
+
 def test_methods_declare_what_they_read():
     assert get_method("dafl").sections == ("dafl", "robust") and get_method("derd").sections == ("stage1", "stage2")
     assert uses_key("dafl", "dafl.lambda_act") and not uses_key("dafl", "stage2.lambda_nat")

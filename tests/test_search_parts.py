@@ -99,3 +99,13 @@ def test_asha_keeps_its_decisions_across_a_restart():
     fresh = ResumableASHA(max_t=8, grace_period=4, reduction_factor=2)  # what a restart without history does
     fresh.on_trial_add(None, weak)
     assert fresh.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "CONTINUE"
+
+
+def test_asha_never_stops_the_papers_presets():
+    asha = ResumableASHA(history={0: {4: 80.0}, 1: {4: 70.0}}, protected={2}, max_t=8, grace_period=4, reduction_factor=2)
+    preset, other = _trial(2), _trial(3)
+    for t in (preset, other):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, preset, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "CONTINUE"
+    assert asha.on_trial_result(None, other, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "STOP"
+    assert asha.stopped_early == {3}

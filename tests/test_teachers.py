@@ -94,3 +94,32 @@ def test_adversarial_training_makes_a_more_robust_teacher(digits_info):
         with torch.no_grad():
             accs[kind] = (model(x_adv).argmax(1) == y).float().mean().item()
     assert accs["robust"] > accs["natural"] + 0.2
+
+
+class SelfNormalizing(torch.nn.Module):
+    """A RobustBench-style network: takes raw [0, 1] images and normalises inside itself."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.tensor([0.3]).view(1, 1, 1, 1))
+        self.register_buffer("sigma", torch.tensor([0.4]).view(1, 1, 1, 1))
+        self.model = net
+
+    def forward(self, x):
+        return self.model((x - self.mu) / self.sigma)
+
+
+def test_a_model_that_normalises_itself_loads_with_normalize_none(tmp_path, digits_info):
+    from derd.models import register
+
+    @register("self_normalizing_cnn")
+    def _builder(num_classes: int, in_channels: int = 1):
+        return SelfNormalizing(create_model("digits_cnn_small", num_classes, in_channels=in_channels).net)
+
+    theirs = _builder(10).eval()
+    torch.save(theirs.state_dict(), tmp_path / "robustbench.pt")
+    x = torch.rand(4, 1, 8, 8)
+    raw, _ = load_checkpoint(tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn", normalize="none")
+    assert torch.allclose(raw(x), theirs(x), atol=1e-6)  # exactly the user's model
+    twice, _ = load_checkpoint(tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn")
+    assert not torch.allclose(twice(x), theirs(x), atol=1e-3)  # the default would normalise twice

@@ -5,7 +5,9 @@ its periodic snapshot), so a resumed search forgets every rung: a trial that an
 uninterrupted search stops at epoch 8 would run to the end. This subclass keys rungs by
 the Optuna trial number (the trial's identity across sessions), refills them on start from
 the scores the study holds (``tuning.searcher``), and records which trials it stopped, so
-the searcher can tell Optuna PRUNED for those and leave interrupted ones RUNNING.
+the searcher can tell Optuna PRUNED for those and leave interrupted ones RUNNING. The
+paper's presets are never stopped: they are the reference every trial is compared with,
+so they run the full trial budget (their scores still count at every rung).
 
 The rule is ASHA's: at each rung (the grace period times powers of the reduction factor,
 in epochs), a trial continues if its ``search/score`` is in the top 1/reduction_factor of
@@ -33,9 +35,11 @@ class _Keyed:
 
 
 class ResumableASHA(AsyncHyperBandScheduler):
-    def __init__(self, *, history: dict[int, dict[int, float]] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, history: dict[int, dict[int, float]] | None = None, protected: set[int] = frozenset(),
+                 **kwargs: Any) -> None:
         super().__init__(time_attr="epoch", metric="search/score", mode="max", **kwargs)
         self.stopped_early: set[int] = set()
+        self.protected = set(protected)  # the paper's presets: always run the full budget
         for number, scores in (history or {}).items():
             for milestone, recorded in self._brackets[0]._rungs:
                 reached = sorted(e for e in scores if e >= milestone)
@@ -47,8 +51,11 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
         action = super().on_trial_result(tune_controller, _Keyed(trial), result)
+        number = trial.config[TRIAL_NUMBER]
         if action == TrialScheduler.STOP and result.get("epoch", 0) < result.get("total_epochs", 0):
-            self.stopped_early.add(trial.config[TRIAL_NUMBER])
+            if number in self.protected:
+                return TrialScheduler.CONTINUE  # its score still sets the rung's cutoff for the others
+            self.stopped_early.add(number)
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:

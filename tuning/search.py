@@ -294,8 +294,9 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) ->
         history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
         base_cfg = from_dict(plan.base_config)
         grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
-        scheduler = ResumableASHA(history=history, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
-                                  reduction_factor=space.reduction_factor)
+        presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
+        scheduler = ResumableASHA(history=history, protected=presets, max_t=max_epochs,
+                                  grace_period=max(1, min(grace, max_epochs)), reduction_factor=space.reduction_factor)
         stopped = scheduler.stopped_early
     searcher = StudySearcher(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped

@@ -1,0 +1,145 @@
+"""The bad-input catalogue: every CLI answers a user's mistake with one line that names the fix,
+exit code 2, and writes nothing (no file, no folder, no half-made store)."""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_space
+from fakedata import write_cifar
+
+ENTRY = {"search": "tuning.search", "train": "derd.train", "evaluate": "derd.evaluate", "teachers": "derd.teachers",
+         "export": "analysis.export", "pareto": "analysis.pareto", "report": "analysis.report",
+         "relocate": "analysis.relocate"}
+
+
+class Payload:
+    """Unpickling this would run code."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.fixture()
+def inputs(tmp_path, teacher_args):
+    """Files a careless user might pass, in a folder the test watches for new files."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "text.pt").write_text("hello, I am not a checkpoint\n")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "notes.txt").write_text("not a database\n")
+    torch.save({"x": Payload()}, d / "evil.pt")
+    with open(d / "plain.pkl", "wb") as f:
+        pickle.dump({"x": Payload()}, f)
+    plain = torch.load(teacher_args[1], weights_only=True)["state_dict"]
+    torch.save({k.removeprefix("net."): v for k, v in plain.items() if k.startswith("net.")}, d / "statedict.pt")
+    (d / "bad.yaml").write_text("stage1: [1, 2\n")
+    (d / "space_objective.yaml").write_text(yaml.safe_dump(yaml.safe_load(write_space(d / "s0.yaml").read_text())
+                                                            | {"objectives": [{"metric": "val/nonexistent_acc", "mode": "max"}]}))
+    write_space(d / "space_method.yaml", space={"method": {"distribution": "categorical", "choices": ["derd", "gan"]}})
+    write_space(d / "space_range.yaml", space={"stage1.lambda_adv": {"distribution": "loguniform", "low": 2, "high": 1}})
+    write_space(d / "space_key.yaml", space={"stage9.x": {"distribution": "uniform", "low": 0, "high": 1}})
+    write_space(d / "space_log.yaml", space={"stage1.lambda_adv": {"distribution": "loguniform", "low": 0, "high": 1}})
+    write_space(d / "space_top.yaml", sampler="tpe")
+    write_cifar(d / "c10", "cifar10")
+    (d / "folder").mkdir()
+    (d / "empty_search").mkdir()
+    return {"dir": d, "teachers": teacher_args, "nat": teacher_args[1]}
+
+
+def _cases(i: dict) -> list[tuple[str, list[str], str]]:
+    d, t = i["dir"], i["teachers"]
+    out = str(d.parent / "out")
+    return [
+        # tuning/search.py
+        ("search", ["--dataset", "svhn", "--out", out], "unknown dataset 'svhn'"),
+        ("search", ["--dataset", "cifar10", "--out", out], "needs a data root: pass --data-root"),
+        ("search", ["--dataset", "cifar10", "--data-root", str(d / "nothing"), "--out", out], "cifar10 not found"),
+        ("search", ["--dataset", "cifar10", "--data-root", str(d / "c10"), "--out", out], "needs teacher checkpoints"),
+        ("search", ["--dataset", "cifar10", "--data-root", str(d / "c10"), "--teacher-natural", "nat.pt",
+                    "--teacher-robust", "rob.pt", "--out", out], "does not exist"),
+        ("search", ["--teacher-natural", str(d / "text.pt"), "--teacher-robust", t[3], "--out", out],
+         "corrupt or not a PyTorch file"),
+        ("search", ["--teacher-natural", str(d / "empty.pt"), "--teacher-robust", t[3], "--out", out], "is an empty file"),
+        ("search", ["--teacher-natural", str(d / "statedict.pt"), "--teacher-robust", t[3], "--out", out],
+         "--teacher-natural-arch"),
+        ("search", ["--teacher-natural", str(d / "statedict.pt"), "--teacher-natural-arch", "digits_cnn",
+                    "--teacher-robust", t[3], "--out", out], "does not fit a digits_cnn"),
+        ("search", ["--address", "127.0.0.1:1", *t, "--out", out], "no Ray cluster answers at 127.0.0.1:1"),
+        ("search", ["--mlflow-uri", "http://127.0.0.1:1", *t, "--out", out], "unreachable"),
+        ("search", ["--mlflow-uri", f"sqlite:///{d / 'notes.txt'}", *t, "--out", out], "is not an SQLite database"),
+        ("search", ["--resume"], "--resume needs the search's folder"),
+        ("search", ["--resume", "--out", str(d / "empty_search")], "nothing to resume"),
+        ("search", [*t, "--out", str(d / "notes.txt")], "is a file, not a folder"),
+        ("search", ["--space", str(d / "space_objective.yaml"), *t, "--out", out], "'val/nonexistent_acc' is not computed"),
+        ("search", ["--space", str(d / "space_method.yaml"), *t, "--out", out], "'gan' is not a method"),
+        ("search", ["--space", str(d / "space_range.yaml"), *t, "--out", out], "low (2.0) must be below high (1.0)"),
+        ("search", ["--space", str(d / "space_key.yaml"), *t, "--out", out], "space.stage9.x: unknown config key"),
+        ("search", ["--space", str(d / "space_log.yaml"), *t, "--out", out], "a log range needs low > 0"),
+        ("search", ["--space", str(d / "space_top.yaml"), *t, "--out", out], "unknown key 'sampler'"),
+        ("search", ["--method", "gan", *t, "--out", out], "'gan' is not one of derd"),
+        ("search", ["--num-trials", "0", *t, "--out", out], "--num-trials 0: must be at least 1"),
+        # derd.train
+        ("train", ["--config", str(d / "missing.yaml"), "--out", out], "does not exist"),
+        ("train", ["--config", str(d / "bad.yaml"), "--out", out], "not valid YAML"),
+        ("train", ["--preset", "digits", "--set", "stage2.epochs", "--out", out], "expected KEY=VALUE"),
+        ("train", ["--preset", "digits", "--set", "stage9.x=1", "--out", out], "stage9.x: unknown key"),
+        ("train", ["--preset", "digits", "--out", str(d / "notes.txt")], "is a file, not a folder"),
+        ("train", ["--preset", "cifar10", "--data-root", str(d / "c10"), "--out", out], "pass --teacher-natural"),
+        ("train", ["--preset", "digits", "--method", "gan", "--out", out], "method: 'gan' is not one of"),
+        ("train", ["--preset", "digits", "--set", "device=cuda:7", "--out", out], "not available on this machine"),
+        # derd.evaluate
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "missing.pt")], "does not exist"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "evil.pt"), "--arch", "digits_cnn"], "refusing"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "plain.pkl"), "--arch", "digits_cnn"],
+         "is a plain pickle"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "empty.pt")], "is an empty file"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", i["nat"], "--batch-size", "0"], "--batch-size 0"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", i["nat"], "--device", "cuda"], "not available on this machine"),
+        # derd.teachers
+        ("teachers", ["--dataset", "digits", "--kind", "natural", "--epochs", "-1", "--out", str(d / "t.pt")],
+         "--epochs -1: a teacher needs at least 1 epoch"),
+        ("teachers", ["--dataset", "digits", "--kind", "natural", "--out", str(d / "folder")], "is a folder"),
+        ("teachers", ["--dataset", "cifar10", "--kind", "natural", "--out", str(d / "t.pt")], "--data-root"),
+        ("teachers", ["--dataset", "digits", "--kind", "natural", "--arch", "resnet7", "--out", str(d / "t.pt")],
+         "unknown architecture 'resnet7'"),
+        # analysis
+        ("export", ["--experiment", "x", "--select", "knee", "--out", out, "--tracking-uri", "http://127.0.0.1:1"],
+         "unreachable"),
+        ("pareto", ["--experiment", "x", "--tracking-uri", f"sqlite:///{d / 'notes.txt'}"], "is not an SQLite database"),
+        ("export", ["--experiment", "x", "--select", "knee", "--out", out, "--tracking-uri", f"sqlite:///{d / 'none.db'}"],
+         "no MLflow store"),
+        ("export", ["--experiment", "x", "--select", "knee", "--out", str(d / "notes.txt")], "is a file, not a folder"),
+        ("report", ["--experiment", "x", "--add-training", str(d / "folder"), "--out", out], "not a derd.train output folder"),
+        ("report", [], "pass --experiment NAME"),
+        ("report", ["--paper-tables", "--dataset", "svhn", "--out", out], "--dataset 'svhn' is not one of"),
+        ("relocate", ["--out", str(d / "folder")], "is not a search folder"),
+    ]
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+def test_every_bad_input_gives_one_line_exit_2_and_writes_nothing(inputs, capsys):
+    cases = _cases(inputs)
+    assert len(cases) >= 25 and len({tuple(a) for _, a, _ in cases}) == len(cases)  # distinct
+    watched = inputs["dir"].parent
+    failures = []
+    for cli, argv, message in cases:
+        before = _files(watched)
+        main = importlib.import_module(ENTRY[cli]).main
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        written = _files(watched) - before
+        ok = exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0] and not written
+        if not ok:
+            failures.append((cli, argv, exc.value.code, err, sorted(map(str, written))))
+    assert not failures, "\n".join(map(str, failures))

@@ -1,0 +1,63 @@
+"""The architecture's rules, checked on the source: derd/ is a plain library (no Ray, no MLflow),
+its import graph has no cycle, and tuning/analysis build on it, not the other way round."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports at run time (lazy imports inside functions count too; imports for
+    type checkers only do not)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_derd_imports_neither_ray_nor_mlflow_nor_the_tools_built_on_it():
+    for path in (REPO / "derd").rglob("*.py"):
+        bad = {m for m in _imports(path) if m.split(".")[0] in ("ray", "mlflow", "optuna", "tuning", "analysis")}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_analysis_does_not_import_tuning():
+    for path in (REPO / "analysis").rglob("*.py"):
+        assert not {m for m in _imports(path) if m.split(".")[0] == "tuning"}, path
+
+
+def test_the_derd_import_graph_has_no_cycle():
+    files = {_module(p): p for p in (REPO / "derd").rglob("*.py")}
+    graph = {m: {d for d in _imports(p) if d in files and d != m} for m, p in files.items()}
+    for m in graph:  # a module's package __init__ is imported with it; a package importing its children is fine
+        graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
