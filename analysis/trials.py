@@ -166,7 +166,7 @@ def best_versus_preset(records: list[TrialRecord], metric: str = "val/aa_acc") -
     """One line: the best feasible full-budget trial on ``metric`` against the paper's DERD preset."""
     eligible = [r for r in records if r.eligible and metric in r.metrics]
     if not eligible:
-        return f"No feasible full-budget trial yet; nothing to compare with the paper's preset."
+        return "No feasible full-budget trial yet; nothing to compare with the paper's preset."
     best = max(eligible, key=lambda r: (r.metrics[metric], r.metrics["val/clean_acc"]))
     presets = [r for r in records if r.preset]
     preset = next((r for r in presets if r.method == "derd"), presets[0] if presets else None)

@@ -71,6 +71,10 @@ class Compute:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if self.compile:
+            # SGA takes three gradients from one graph (retain_graph=True), which donated buffers forbid
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
             module.compile()
         return module
 

@@ -63,13 +63,15 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     from tqdm import tqdm
 
     bar = tqdm(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.method} on {cfg.data.dataset}", disable=not progress)
-    for result in run.epochs():
-        run.save(state)
-        shown = {k.split("/")[-1]: f"{v:.2f}" for k, v in result.items() if k.startswith("val/")}
-        bar.set_postfix(stage=result["stage"], **shown)
-        bar.update(1)
-    bar.close()
-    run.close()
+    try:
+        for result in run.epochs():
+            run.save(state)
+            shown = {k.split("/")[-1]: f"{v:.2f}" for k, v in result.items() if k.startswith("val/") and k != "val/n_images"}
+            bar.set_postfix(stage=result["stage"], **shown)
+            bar.update(1)
+    finally:
+        bar.close()
+        run.close()
     info = run.info
     meta = {"arch": cfg.student.arch, "dataset": info.name, "num_classes": info.num_classes, "kind": f"student-{cfg.method}"}
     protocol = test_protocol or cfg.eval.final_protocol

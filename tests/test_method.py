@@ -242,3 +242,31 @@ def test_train_cli_writes_the_table_and_figures(tmp_path, experts):
     for name in ("student.pt", "generator.pt", "run.pt", "table.json", "table.md", "samples.png", "accuracy.png", "config.yaml"):
         assert (out / name).is_file(), name
     assert "| Clean | PGD_S | AA |" in (out / "table.md").read_text()
+
+
+def test_ctrl_c_in_train_says_how_to_resume_in_one_line_and_keeps_the_state(tmp_path, experts):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from derd.checkpoints import save_checkpoint
+
+    for kind, model in (("natural", experts.natural), ("robust", experts.robust)):
+        save_checkpoint(tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+    cfg = tiny(**{"stage2.epochs": 30, "stage2.iters_per_epoch": 4, "eval.every": 100,
+                  "teachers.natural": str(tmp_path / "natural.pt"), "teachers.robust": str(tmp_path / "robust.pt")})
+    save_yaml(cfg, tmp_path / "c.yaml")
+    cmd = [sys.executable, "-m", "derd.train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),
+           "--protocol", "search"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "out" / "run.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted; run the same command again") and "Traceback" not in err
+    epoch = torch.load(tmp_path / "out" / "run.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 32

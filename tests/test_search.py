@@ -193,6 +193,7 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
     leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline")
                  if record["ray_session_dir"].encode() in _read(p)]
     assert not leftovers  # the killed driver's Ray processes were ended by the resume
+    assert len(json.loads((out / "search.json").read_text())["sessions"]) == len(record["sessions"]) + 1
 
 
 def _read(path: Path) -> bytes:
@@ -200,7 +201,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
-    assert len(json.loads((out / "search.json").read_text())["sessions"]) == len(record["sessions"]) + 1
 
 
 def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path, cluster, teacher_args):

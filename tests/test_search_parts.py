@@ -9,6 +9,7 @@ import pytest
 from conftest import write_space
 from tuning.scheduler import ResumableASHA
 from tuning.searcher import TRIAL_NUMBER, StudySearcher
+from derd.methods import available_methods
 from tuning.space import load_space
 
 
@@ -44,9 +45,11 @@ def test_restricting_to_one_method_drops_the_others(tmp_path):
     space = load_space(write_space(tmp_path / "s.yaml", space={
         "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
         "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
-        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0}}), method="dafl")
+        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0}}), methods=["dafl"])
     assert space.methods == ["dafl"] and [p.key for p in space.params] == ["dafl.lambda_act"]
     assert space.presets == [{"dafl.lambda_act": 0.1}]
+    wider = load_space(tmp_path / "s.yaml", methods=["all"])
+    assert wider.methods == available_methods() and [p["method"] for p in wider.presets] == available_methods()
 
 
 def _result(epoch: int, total: int, clean: float, aa: float) -> dict:

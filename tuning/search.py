@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", help="digits (embedded, default), cifar10, cifar100, imagenet100")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/<dataset>.yaml)")
-    p.add_argument("--method", help="search one method only (drops the space's method dimension)")
+    p.add_argument("--method", nargs="+", help="the methods to search (one drops the space's method dimension; "
+                                               "'all': every registered method), default: the space's")
     p.add_argument("--name", help="search name: MLflow experiment, Optuna study, output folder "
                                   "(default: the first free of derd-<dataset>, derd-<dataset>-2, ...)")
     p.add_argument("--out", help="output folder (default: runs/<name>)")
@@ -121,7 +122,7 @@ def plan_search(args: argparse.Namespace) -> Plan:
             raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
-        space = load_space(args.space or default_space_path(args.dataset), method=args.method)
+        space = load_space(args.space or default_space_path(args.dataset), methods=args.method)
         if space.dataset != args.dataset and args.space is None:
             raise UserError(f"search space {space.source} is for {space.dataset}, not {args.dataset}")
         for attr, value in (("num_trials", args.num_trials), ("max_concurrent", args.max_concurrent), ("sampler", args.sampler),

@@ -157,13 +157,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_space(path: str | os.PathLike, method: str | None = None) -> SearchSpace:
+def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> SearchSpace:
     """Read and fully validate a search-space YAML (``yaml.safe_load``).
 
-    ``method`` restricts the search to one method (``--method``): the method dimension is
-    dropped, keys that method does not read are dropped, and so are other methods' presets.
+    ``methods`` (``--method``) replaces the space's method dimension: one method drops the
+    dimension (and other methods' keys and presets), several (or ``all``: every registered
+    method) become its choices.
     """
     from derd.methods import available_methods, uses_key
+
+    if methods is not None:
+        methods = list(available_methods()) if methods == ["all"] else list(dict.fromkeys(methods))
+        bad = [m for m in methods if m not in available_methods()]
+        _require(not bad, "--method", f"{bad[0] if bad else ''!r} is not one of {', '.join(available_methods())} or all")
+    method = methods[0] if methods is not None and len(methods) == 1 else None
 
     path = Path(path)
     raw = _read_yaml(path)
@@ -174,7 +181,6 @@ def load_space(path: str | os.PathLike, method: str | None = None) -> SearchSpac
     base = dict(raw.get("base") or {})
     _require(isinstance(base, dict), f"{path}: base", "expected a mapping of config keys to values")
     if method is not None:
-        _require(method in available_methods(), "--method", f"{method!r} is not one of {', '.join(available_methods())}")
         base["method"] = method
     try:
         base_cfg = apply_overrides(preset(dataset), base)
@@ -208,8 +214,10 @@ def load_space(path: str | os.PathLike, method: str | None = None) -> SearchSpac
         if dist == "loguniform":
             _require(low > 0, where, f"a log range needs low > 0 (got {low})")
         params.append(Param(key, dist, low, high))
-    if method is not None:
+    if methods is not None:
         params = [p for p in params if p.key != "method"]
+        if method is None:
+            params.insert(0, Param("method", "categorical", choices=tuple(methods)))
     out = SearchSpace(dataset, {k: v for k, v in base.items()}, params, [], [], source=str(path), raw=raw)
     # entries for methods this search does not sample (a space lists every method's keys) are set aside
     out.params = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in out.methods)]

@@ -8,8 +8,6 @@ all. The run config's ``method`` key selects one (``derd.run.DistillationRun`` b
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from derd.errors import UserError
 from derd.methods.base import Context, Method, Phase
 

@@ -24,6 +24,7 @@ student holds no real-data BN statistics (this project's reading of the variant)
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from torch import nn
@@ -36,8 +37,6 @@ from derd.synthesis import GeneratorSynthesizer, InversionSynthesizer
 
 def module_fingerprint(model: nn.Module) -> str:
     """A hash of a model's weights and buffers (part of the stage-I cache key)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
