@@ -21,8 +21,8 @@ from derd.teachers import digits_teachers
 
 def bench(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
     model.eval()
-    fns = column_attacks(eps, seed=0, aa_version="standard")
-    fns["aa_fast_acc"] = column_attacks(eps, seed=0, aa_version="fast")["aa_acc"]
+    fns = column_attacks(eps, seed=0, aa_version="standard", device=x.device)
+    fns["aa_fast_acc"] = column_attacks(eps, seed=0, aa_version="fast", device=x.device)["aa_acc"]
     cells = []
     for col, fn in fns.items():
         if x.is_cuda:

@@ -77,8 +77,9 @@ class Context:
         self.trainer = StudentTrainer(student)
         self._hooks: dict[tuple[str, int], losses._Hooks] = {}
 
-    def noise(self, n: int, dim: int | None = None) -> torch.Tensor:
-        return torch.randn(n, dim or self.cfg.student.latent_dim, generator=self.rng, device=self.device)
+    def noise(self, n: int) -> torch.Tensor:
+        """n latent vectors z ~ N(0, I) from the run's stream."""
+        return torch.randn(n, self.cfg.student.latent_dim, generator=self.rng, device=self.device)
 
     def hooks(self, kind: type, model: nn.Module, **kwargs: Any):
         """One hook set of a kind per model, created on first use and removed by ``close()``."""

@@ -70,6 +70,19 @@ def consistency_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, tau: 
     return kl_divergence(clean_logits, adv_logits, tau)
 
 
+def agreeing_adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """CMI's L_adv = -mean over the batch of [argmax S = argmax T] * KL(T(x) || S(x)): the adversary
+    pushes only on images where the student still agrees with the teacher."""
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float()
+    kl = F.kl_div(F.log_softmax(student_logits, 1), F.softmax(teacher_logits, 1), reduction="none").sum(1)
+    return -(agree * kl).mean()
+
+
+def target_class_loss(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE(T(x), y) for drawn target classes y (CMI's class-conditional form of L_oh)."""
+    return F.cross_entropy(teacher_logits, targets)
+
+
 def l1_discrepancy(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """mean |T(x) - S(x)| over batch and classes (DFAD's model discrepancy on logits)."""
     return (teacher_logits - student_logits).abs().mean()

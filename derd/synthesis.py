@@ -258,9 +258,8 @@ class ContrastiveSynthesizer:
             logits, emb = self._embed(x)
             with eval_mode(ctx.student):
                 s_logits = ctx.student(x)
-            agree = (s_logits.argmax(1) == logits.argmax(1)).float()
-            kl = F.kl_div(F.log_softmax(s_logits, 1), F.softmax(logits, 1), reduction="none").sum(1)
-            terms = {"bn": self._bn_loss, "oh": F.cross_entropy(logits, targets), "adv": -(agree * kl).mean()}
+            terms = {"bn": self._bn_loss, "oh": losses.target_class_loss(logits, targets),
+                     "adv": losses.agreeing_adversarial_loss(logits, s_logits)}
             if n_neg > 0:
                 idx = torch.randint(0, min(self.count, len(self.memory)), (n_neg,), generator=ctx.rng, device=ctx.device)
                 bank = self.memory[idx]

@@ -41,7 +41,6 @@ def test_adversarial_loss_step_increases_teacher_student_disagreement(teacher):
     x0 = torch.rand(16, 1, 8, 8)
     kl = lambda x: losses.kl_divergence(teacher(x), student(x))  # noqa: E731
     before = kl(x0).item()
-    _, _ = _descend(x0, lambda x: losses.adversarial_loss(teacher(x), student(x)), lr=0.05)
     x = x0.clone()
     for _ in range(5):
         x.requires_grad_(True)
@@ -231,3 +230,19 @@ def test_sga_matches_the_per_tensor_reference_on_many_tensors():
                 y = y - dot / x.pow(2).sum() * x
         assert torch.allclose(got, x + y, atol=1e-6)
     assert frac.item() == pytest.approx(conflicts / len(a))
+
+
+def test_cmi_adversary_pushes_only_where_the_student_still_agrees(teacher):
+    t = torch.tensor([[3.0, 0.0], [3.0, 0.0]])
+    s = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # agrees on the first image only
+    expected = -losses.kl_divergence(t[:1], s[:1]) / 2
+    assert losses.agreeing_adversarial_loss(t, s).item() == pytest.approx(expected.item())
+    student = create_model("digits_cnn_small", 10, in_channels=1).eval()
+    x0 = torch.rand(16, 1, 8, 8)
+    kl = lambda x: losses.kl_divergence(teacher(x), student(x))  # noqa: E731
+    x = x0.clone()
+    for _ in range(5):
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(losses.agreeing_adversarial_loss(teacher(x), student(x)), x)
+        x = (x - 0.05 * g).detach()
+    assert kl(x).item() >= kl(x0).item()

@@ -254,10 +254,8 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) ->
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.scheduler import ResumableASHA
     from tuning.searcher import StudySearcher, open_study
     from tuning.summary import finish_search
     from tuning.trainable import derd_trainable
@@ -288,17 +286,8 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) ->
         print(f"search {plan.name} already finished ({len(done)} trials); nothing to run", flush=True)
         return finish_search(client, exp_id, parent_id, plan, record, interrupted=False)
 
-    stopped: set[int] = set()
-    scheduler: Any = FIFOScheduler()
-    max_epochs = max(space.total_epochs().values())
-    if space.scheduler == "asha":
-        history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
-        base_cfg = from_dict(plan.base_config)
-        grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
-        presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
-        scheduler = ResumableASHA(history=history, protected=presets, max_t=max_epochs,
-                                  grace_period=max(1, min(grace, max_epochs)), reduction_factor=space.reduction_factor)
-        stopped = scheduler.stopped_early
+    scheduler = _scheduler(plan, study)
+    stopped = getattr(scheduler, "stopped_early", set())
     searcher = StudySearcher(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped
     trainable = tune.with_resources(
@@ -313,7 +302,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) ->
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                     max_concurrent_trials=space.max_concurrent),
-        run_config=tune.RunConfig(name=f"session-{session}", storage_path=str(Path(plan.storage_path) / "tune"),
+        run_config=tune.RunConfig(name=f"session-{session}", storage_path=plan.storage_path.rstrip("/") + "/tune",
                                   callbacks=[logger], progress_reporter=_reporter(space),
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
@@ -327,6 +316,25 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) ->
     unfinished = [t for t in study.trials if t.state == TrialState.RUNNING]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
     return finish_search(client, exp_id, parent_id, plan, record, interrupted=bool(unfinished) or finished < space.num_trials)
+
+
+def _scheduler(plan: Plan, study):
+    """ASHA on ``search/score`` by epoch, its rungs rebuilt from the study's stored scores and the
+    paper's presets protected (``tuning.scheduler``); FIFO when early stopping is off."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuning.scheduler import ResumableASHA
+
+    space = plan.space
+    if space.scheduler != "asha":
+        return FIFOScheduler()
+    max_epochs = max(space.total_epochs().values())
+    history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
+    base_cfg = from_dict(plan.base_config)
+    grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
+    presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
+    return ResumableASHA(history=history, protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
+                         reduction_factor=space.reduction_factor)
 
 
 def _reporter(space: SearchSpace):
