@@ -5,9 +5,9 @@
 On digits (``search_spaces/digits.yaml``), for each seed, three searches through the real
 ``tuning/search.py``:
 
-* ``default``: the space as shipped (multivariate TPE with constant liar, ASHA);
+* ``default``: the space as shipped (multivariate TPE with constant liar, ASHA), 24 trials;
 * ``random``: random search, no early stopping, 64 trials (the reference);
-* ``tpe``: TPE without early stopping.
+* ``tpe``: TPE without early stopping, 16 trials.
 
 After each finished trial (in order of completion) it takes the hypervolume of the front of
 the trials that may be chosen (feasible, full budget; reference point (0, 0) in (val clean %,
@@ -32,10 +32,13 @@ sys.path.insert(0, str(REPO))
 from analysis.pareto import front_of, hypervolume  # noqa: E402
 from analysis.trials import trial_records  # noqa: E402
 
-SETTINGS = {  # name -> extra search flags and trial count (full run, quick run)
-    "default": ([], 32, 8),
+# name -> extra search flags and trial count (full run, quick run). The headline asks whether the
+# default reaches its target within 25% of random search's 64 x 12 trial-epochs (192): 24 ASHA
+# trials and 16 full ones spend at least that much.
+SETTINGS = {
+    "default": ([], 24, 8),
     "random": (["--sampler", "random", "--scheduler", "none"], 64, 16),
-    "tpe": (["--scheduler", "none"], 32, 8),
+    "tpe": (["--scheduler", "none"], 16, 8),
 }
 TARGET = 0.95
 

@@ -228,8 +228,8 @@ class ContrastiveSynthesizer:
                     m.weight.normal_(1.0, 0.02, generator=self.ctx.rng)
                     m.bias.zero_()
 
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(teacher logits of the global view, [local, global] embeddings)."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(teacher logits of the global view, its L_bn, [local, global] embeddings)."""
         ctx = self.ctx
         x_global = random_views(x, ctx.rng, 1.0, 0.125)
         x_local = random_views(x, ctx.rng, 0.25, 0.0)
@@ -240,8 +240,7 @@ class ContrastiveSynthesizer:
         with self.bn.recording():
             self.teacher(x_local)
             f_local = self.bn.feature_vector()
-        self._bn_loss = bn_loss
-        return logits, torch.stack([self.head(f_local), self.head(f_global)], dim=1)
+        return logits, bn_loss, torch.stack([self.head(f_local), self.head(f_global)], dim=1)
 
     def synthesize(self, batch_size: int) -> Terms:
         """One round: optimise a batch, add its best iterate to the banks; returns the last step's terms."""
@@ -255,10 +254,10 @@ class ContrastiveSynthesizer:
         self.generator.train()
         for _ in range(c.synthesis_steps):
             x = self.generator(z)
-            logits, emb = self._embed(x)
+            logits, bn_loss, emb = self._embed(x)
             with eval_mode(ctx.student):
                 s_logits = ctx.student(x)
-            terms = {"bn": self._bn_loss, "oh": losses.target_class_loss(logits, targets),
+            terms = {"bn": bn_loss, "oh": losses.target_class_loss(logits, targets),
                      "adv": losses.agreeing_adversarial_loss(logits, s_logits)}
             if n_neg > 0:
                 idx = torch.randint(0, min(self.count, len(self.memory)), (n_neg,), generator=ctx.rng, device=ctx.device)
