@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from derd.context import Context, Phase, Terms
+from derd.synthesis import GeneratorSynthesizer
 
 if TYPE_CHECKING:
     from derd.config import RunConfig
@@ -95,6 +96,26 @@ class Method:
             if k in state.get("optimizers", {}):
                 o.load_state_dict(state["optimizers"][k])
         self.load_extra_state(state.get("extra", {}))
+
+
+class GeneratorMethod(Method):
+    """A method whose pseudo images come from one generator (``GeneratorSynthesizer``), whose
+    Adam is set up at each phase with ``generator_lr(phase)``."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.synth = GeneratorSynthesizer(ctx)
+        self.modules["generator"] = self.synth.generator
+
+    def generator_lr(self, phase: Phase) -> float:
+        raise NotImplementedError
+
+    def start_phase(self, phase: Phase) -> None:
+        self.synth.start_phase(self.generator_lr(phase))
+        self.optimizers["generator"] = self.synth.optimizer
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.synth.sample(n)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -15,24 +15,17 @@ lasts stage1.epochs + stage2.epochs epochs (DERD's whole budget, in student upda
 from __future__ import annotations
 
 from derd.methods import register_method
-from derd.methods.base import Context, Method, Phase, Terms
+from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.objectives import rslad
-from derd.synthesis import GeneratorSynthesizer
 
 
 @register_method
-class DAFL(Method):
+class DAFL(GeneratorMethod):
     name = "dafl"
     sections = ("dafl", "robust")
 
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
-        self.modules["generator"] = self.synth.generator
-
-    def start_phase(self, phase: Phase) -> None:
-        self.synth.start_phase(self.cfg.dafl.lr_g)
-        self.optimizers["generator"] = self.synth.optimizer
+    def generator_lr(self, phase: Phase) -> float:
+        return self.cfg.dafl.lr_g
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         d, teacher = self.cfg.dafl, self.ctx.experts.robust
@@ -40,6 +33,3 @@ class DAFL(Method):
                                    prior=teacher, natural=None, tau=1.0)
         terms.update(rslad(self.ctx, x))
         return terms
-
-    def sample(self, n: int):
-        return self.synth.sample(n)

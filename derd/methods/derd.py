@@ -30,9 +30,9 @@ from typing import Any
 from torch import nn
 
 from derd.methods import register_method
-from derd.methods.base import Context, Method, Phase, Terms, frozen_copy
+from derd.methods.base import Context, GeneratorMethod, Method, Phase, Terms, frozen_copy
 from derd.objectives import expert_sga, natural_kd
-from derd.synthesis import GeneratorSynthesizer, InversionSynthesizer
+from derd.synthesis import InversionSynthesizer
 
 
 def module_fingerprint(model: nn.Module) -> str:
@@ -45,16 +45,11 @@ def module_fingerprint(model: nn.Module) -> str:
 
 
 @register_method
-class DERD(Method):
+class DERD(GeneratorMethod):
     name = "derd"
     sections = ("stage1", "stage2")
     teachers = ("natural", "robust")
     table = 2
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
-        self.modules["generator"] = self.synth.generator
 
     # ---- teacher roles ----------------------------------------------------------------
     def prior(self, phase: Phase) -> nn.Module:
@@ -72,9 +67,8 @@ class DERD(Method):
         return [Phase(1, s1.epochs, s1.iters_per_epoch, s1.batch_size, s1.lr_s),
                 Phase(2, s2.epochs, s2.iters_per_epoch, s2.batch_size, s2.lr_s)]
 
-    def start_phase(self, phase: Phase) -> None:
-        self.synth.start_phase(self.cfg.stage1.lr_g if phase.stage == 1 else self.cfg.stage2.lr_g)
-        self.optimizers["generator"] = self.synth.optimizer
+    def generator_lr(self, phase: Phase) -> float:
+        return self.cfg.stage1.lr_g if phase.stage == 1 else self.cfg.stage2.lr_g
 
     def generator_weights(self, adv_weight: float) -> dict[str, float]:
         w = self.cfg.stage1
@@ -98,9 +92,6 @@ class DERD(Method):
         return expert_sga(self.ctx, x, self.natural(phase), self.ctx.experts.robust, tau=s2.tau,
                           lambda_nat=s2.lambda_nat, lambda_sga=s2.lambda_sga, pgd_steps=s2.pgd_steps)
 
-    def sample(self, n: int):
-        return self.synth.sample(n)
-
     def warmup_key(self) -> dict[str, Any] | None:
         teacher = self.prior(self.phases(self.cfg)[0])
         return {"teacher_role": "robust" if teacher is self.ctx.experts.robust else "natural",
@@ -113,7 +104,7 @@ class DERDInv(DERD):
     table = 3
 
     def __init__(self, ctx: Context) -> None:
-        Method.__init__(self, ctx)
+        Method.__init__(self, ctx)  # no generator: each batch is inverted from noise
         self.synth = InversionSynthesizer(ctx)
 
     @classmethod

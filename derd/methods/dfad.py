@@ -12,24 +12,17 @@ number of student updates equals DERD's (DFAD's k counts inside it).
 from __future__ import annotations
 
 from derd.methods import register_method
-from derd.methods.base import Context, Method, Phase, Terms
+from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.objectives import rslad
-from derd.synthesis import GeneratorSynthesizer
 
 
 @register_method
-class DFAD(Method):
+class DFAD(GeneratorMethod):
     name = "dfad"
     sections = ("dfad", "robust")
 
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
-        self.modules["generator"] = self.synth.generator
-
-    def start_phase(self, phase: Phase) -> None:
-        self.synth.start_phase(self.cfg.dfad.lr_g)
-        self.optimizers["generator"] = self.synth.optimizer
+    def generator_lr(self, phase: Phase) -> float:
+        return self.cfg.dfad.lr_g
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         terms: Terms = {}
@@ -38,6 +31,3 @@ class DFAD(Method):
             terms, _ = self.synth.step(phase.batch_size, {"adv_l1": 1.0}, prior=teacher, natural=teacher, tau=1.0)
         terms.update(rslad(self.ctx, self.synth.sample(phase.batch_size)))
         return terms
-
-    def sample(self, n: int):
-        return self.synth.sample(n)

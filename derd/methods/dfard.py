@@ -23,9 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from derd.methods import register_method
-from derd.methods.base import Context, Method, Phase, Terms
+from derd.methods.base import Context, GeneratorMethod, Phase, Terms
 from derd.objectives import rslad
-from derd.synthesis import GeneratorSynthesizer
 
 
 def balanced(terms: Terms) -> Any:
@@ -35,19 +34,16 @@ def balanced(terms: Terms) -> Any:
 
 
 @register_method
-class DFARD(Method):
+class DFARD(GeneratorMethod):
     name = "dfard"
     sections = ("dfard", "robust")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
-        self.modules["generator"] = self.synth.generator
         self.tau = self.cfg.dfard.tau_max
 
-    def start_phase(self, phase: Phase) -> None:
-        self.synth.start_phase(self.cfg.dfard.lr_g)
-        self.optimizers["generator"] = self.synth.optimizer
+    def generator_lr(self, phase: Phase) -> float:
+        return self.cfg.dfard.lr_g
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         teacher = self.ctx.experts.robust
@@ -60,9 +56,6 @@ class DFARD(Method):
         used, d = self.tau, self.cfg.dfard
         self.tau = d.tau_min + (d.tau_max - d.tau_min) * (1 - means["kd/adv_agreement"])
         return {"dfard/tau": used}
-
-    def sample(self, n: int):
-        return self.synth.sample(n)
 
     def extra_state(self) -> dict[str, Any]:
         return {"tau": self.tau}

@@ -16,25 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from derd.methods import register_method
-from derd.methods.base import Context, Method, Phase, Terms
+from derd.methods.base import Context, GeneratorMethod, Phase, Terms
 from derd.objectives import rslad
-from derd.synthesis import GeneratorSynthesizer
 
 
 @register_method
-class ZSKT(Method):
+class ZSKT(GeneratorMethod):
     name = "zskt"
     sections = ("zskt", "robust")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
-        self.modules["generator"] = self.synth.generator
         self.batch = None
 
-    def start_phase(self, phase: Phase) -> None:
-        self.synth.start_phase(self.cfg.zskt.lr_g)
-        self.optimizers["generator"] = self.synth.optimizer
+    def generator_lr(self, phase: Phase) -> float:
+        return self.cfg.zskt.lr_g
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         z = self.cfg.zskt
@@ -45,9 +41,6 @@ class ZSKT(Method):
             self.batch = self.synth.sample(phase.batch_size)
         terms.update(rslad(self.ctx, self.batch, attention_weight=z.lambda_at))
         return terms
-
-    def sample(self, n: int):
-        return self.synth.sample(n)
 
     def extra_state(self) -> dict[str, Any]:
         return {"batch": None if self.batch is None else self.batch.cpu()}
