@@ -112,3 +112,29 @@ def test_asha_never_stops_the_papers_presets():
     assert asha.on_trial_result(None, preset, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "CONTINUE"
     assert asha.on_trial_result(None, other, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "STOP"
     assert asha.stopped_early == {3}
+
+
+def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_path):
+    """A driver killed after writing a trial's totals but before closing its run: the resumed
+    driver closes the run without logging the totals a second time."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.mlflow_logger import MLflowSearchLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    parent = client.create_run(exp).info.run_id
+    result = {"epoch": 2, "total_epochs": 2, "trial/compute_s": 3.0, "search/feasible": True, "time/epoch_s": 1.0}
+    first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0)
+    first.log_epoch(0, result, {TRIAL_NUMBER: 0})
+    run_id = first._run_id(0)
+    first.client.set_terminated = lambda *a, **k: None  # the kill: totals written, state not
+    first.finish(0, result)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0)
+    resumed.log_epoch(0, result)  # the resumed trial replays its last epoch
+    resumed.finish(0, result)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("trial/wall_time_s", "trial/device_hours", "time/epoch_s"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [2]

@@ -141,7 +141,8 @@ class MLflowSearchLogger(Callback):
         from mlflow.entities import Metric, RunTag
 
         run_id = self._run_id(number, config)
-        if self.client.get_run(run_id).info.status == "FINISHED":
+        run = self.client.get_run(run_id)
+        if run.info.status == "FINISHED":
             return  # recorded by an earlier session
         step = int(result.get("epoch", 0))
         total = int(result.get("total_epochs", step))
@@ -158,6 +159,8 @@ class MLflowSearchLogger(Callback):
                 RunTag("derd.node_id", str(result.get("node_id", ""))),
                 RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
                 RunTag("derd.device_unit", "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
+        if "trial/wall_time_s" in run.data.metrics:  # a driver killed between these writes logged the totals already
+            metrics = []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
@@ -167,7 +170,7 @@ class MLflowSearchLogger(Callback):
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         run_id = self._run_id(number, config)
         self.client.set_tag(run_id, "derd.error", reason[:5000])
-        if "trial/compute_s" in result:
+        if "trial/compute_s" in result and "trial/wall_time_s" not in self.client.get_run(run_id).data.metrics:
             self.client.log_metric(run_id, "trial/wall_time_s", float(result["trial/compute_s"]))
         self.client.set_terminated(run_id, "FAILED")
 
