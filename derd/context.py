@@ -32,10 +32,12 @@ class Phase:
     iters_per_epoch: int
     batch_size: int
     lr_s: float
+    updates_per_iter: int = 1  # student SGD steps per iteration (DERD's stage I: stage1.student_steps)
 
 
 class StudentTrainer:
-    """The student and its optimiser for the current phase (SGD, momentum 0.9, wd 5e-4, cosine)."""
+    """The student and its optimiser for the current phase (SGD, momentum 0.9, wd 5e-4, cosine to
+    zero over the phase's updates)."""
 
     def __init__(self, student: nn.Module) -> None:
         self.student = student
@@ -44,7 +46,7 @@ class StudentTrainer:
 
     def start_phase(self, phase: Phase) -> None:
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=phase.lr_s, momentum=0.9, weight_decay=5e-4)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, phase.epochs * phase.iters_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, phase.epochs * phase.iters_per_epoch * phase.updates_per_iter))
 
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]

@@ -183,6 +183,26 @@ def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
         run.close()
 
 
+def test_stage_one_cosine_reaches_zero_at_its_end_with_several_student_steps(experts, val_data):
+    """The cosine runs over every student update: with stage1.student_steps = 3 the learning rate
+    falls to zero at the last update of stage I, not a third of the way through (nor restarts)."""
+    run = DistillationRun(tiny(**{"stage1.epochs": 1, "stage1.student_steps": 3}), experts, val_data=val_data)
+    lrs = []
+    original = run.ctx.trainer.step
+
+    def step():
+        original()
+        lrs.append(run.ctx.trainer.optimizer.param_groups[0]["lr"])
+
+    run.ctx.trainer.step = step
+    next(run.epochs())
+    run.close()
+    updates = 3 * run.phases[0].iters_per_epoch
+    assert len(lrs) == updates
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone: no restart inside the stage
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[updates // 2] > 0.2 * run.phases[0].lr_s
+
+
 def test_the_registry_holds_exactly_the_methods_the_config_has_sections_for():
     from derd.config import METHODS
 

@@ -64,7 +64,7 @@ class DERD(GeneratorMethod):
     @classmethod
     def phases(cls, cfg) -> list[Phase]:
         s1, s2 = cfg.stage1, cfg.stage2
-        return [Phase(1, s1.epochs, s1.iters_per_epoch, s1.batch_size, s1.lr_s),
+        return [Phase(1, s1.epochs, s1.iters_per_epoch, s1.batch_size, s1.lr_s, s1.student_steps),
                 Phase(2, s2.epochs, s2.iters_per_epoch, s2.batch_size, s2.lr_s)]
 
     def generator_lr(self, phase: Phase) -> float:
