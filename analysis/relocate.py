@@ -37,7 +37,7 @@ def relocate(folder: Path) -> tuple[str, str]:
     with sqlite3.connect(db) as con:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
             con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
-                        (f"file://{old}/", f"file://{new}/", f"file://{old}/%"))
+                        (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"))
         con.execute("UPDATE tags SET value = ? WHERE key = 'derd.search_dir' AND value = ?", (new, old))
     record["out"] = new
     if record.get("tracking_uri") == f"sqlite:///{old}/mlflow.db":

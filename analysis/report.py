@@ -38,11 +38,21 @@ TEST_HEADERS = ("Clean", "FGSM", "PGD_S", "PGD_T", "CW", "AA (standard)", "Ave")
 VAL_HEADERS = ("Clean", "PGD_S", "AA (APGD-CE+T)")
 
 
-def add_training(client, experiment_id: str, folder: Path) -> str:
-    """Record a derd.train output folder as an MLflow run (kind ``final``); returns its run id."""
-    table_file = folder / "table.json"
-    if not table_file.is_file():
-        raise UserError(f"{folder} is not a derd.train output folder (no table.json); pass the --out of python -m derd.train")
+def read_training(folder: Path) -> dict[str, Any]:
+    """A derd.train output folder's ``table.json`` (its config and test table), or the fix."""
+    try:
+        data = json.loads((folder / "table.json").read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict) or "config" not in data or "test" not in data:
+        raise UserError(f"{folder} is not a derd.train output folder (no table.json with a config and a test "
+                        "table); pass the --out of python -m derd.train")
+    return data
+
+
+def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any]) -> str:
+    """Record a derd.train output folder (``data``: its ``read_training``) as an MLflow run (kind
+    ``final``), once; returns its run id."""
     key = str(folder.resolve())
     found = client.search_runs([experiment_id], f"tags.`{TRAIN_TAG}` = '{key}'", max_results=1)
     if found:
@@ -52,7 +62,6 @@ def add_training(client, experiment_id: str, folder: Path) -> str:
     from derd.config import from_dict, to_flat
     from derd.methods import uses_key
 
-    data = json.loads(table_file.read_text())
     cfg = from_dict(data["config"])
     origin = cfg.origin.get("run_id", "")
     run = client.create_run(experiment_id, run_name=f"final-{cfg.method}-{folder.name}",
@@ -135,13 +144,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.experiment:
         raise UserError("pass --experiment NAME (a search's --name), or --paper-tables")
     out = check_output_folder(args.out) if args.out else None
-    folders = [Path(f) for f in args.add_training]
-    for folder in folders:
-        if not (folder / "table.json").is_file():
-            raise UserError(f"{folder} is not a derd.train output folder (no table.json); pass the --out of python -m derd.train")
+    trainings = {Path(f): read_training(Path(f)) for f in args.add_training}  # checked before the store is touched
     client, exp = open_experiment(args.experiment, args.tracking_uri)
-    for folder in folders:
-        add_training(client, exp.experiment_id, folder)
+    for folder, data in trainings.items():
+        add_training(client, exp.experiment_id, folder, data)
     dataset, finals, front_rows = report_rows(client, exp.experiment_id)
     text = search_report(dataset, finals, front_rows)
     print(text)

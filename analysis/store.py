@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from derd.errors import UserError
 
@@ -69,7 +69,7 @@ def check_artifact_root(experiment, folder: Path) -> None:
     write there (``analysis/relocate.py`` rewrites it)."""
     location = experiment.artifact_location or ""
     if location.startswith("file://") and (folder / "search.json").is_file():
-        recorded = Path(location.removeprefix("file://")).resolve()
+        recorded = Path(unquote(urlparse(location).path)).resolve()  # the search writes Path.as_uri(): %-encoded
         if recorded != (folder / "mlartifacts").resolve():
             raise UserError(f"the MLflow store in {folder} keeps its artifacts in {recorded} (the folder was copied or "
                             f"moved); run python analysis/relocate.py --out {folder} first")

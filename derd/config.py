@@ -206,7 +206,6 @@ class RunConfig:
     origin: dict = field(default_factory=dict, metadata={"doc": "where an exported config came from"})
 
 
-COMMON_SECTIONS = ("data", "teachers", "student", "train", "eval")
 BUDGET_KEYS = ("stage1.epochs", "stage1.iters_per_epoch", "stage1.batch_size",
                "stage2.epochs", "stage2.iters_per_epoch", "stage2.batch_size")
 

@@ -56,8 +56,9 @@ def load_experts(cfg: RunConfig, progress: bool = True, methods: Sequence[str] =
     def load(path: str | None, arch: str | None, expected: str | None, kind: str) -> nn.Module:
         if path is None:
             return cached[kind][0]
+        model = load_checkpoint(path, info, arch=arch, normalize=t.normalize)[0]  # a missing file: its own message
         _check_sha256(path, expected, f"teachers.{kind}_sha256")
-        return load_checkpoint(path, info, arch=arch, normalize=t.normalize)[0]
+        return model
 
     natural = load(t.natural, t.natural_arch, t.natural_sha256, "natural") if need_natural else None
     robust = load(t.robust, t.robust_arch, t.robust_sha256, "robust")

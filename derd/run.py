@@ -33,6 +33,7 @@ from derd.checkpoints import atomic_save
 from derd.config import RunConfig, from_dict, to_dict
 from derd.data import dataset_info, first_n, load_split, make_loader
 from derd.device import Compute, resolve_device
+from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, evaluate
 from derd.experts import Experts
 from derd.methods import Context, Phase, get_method
@@ -213,8 +214,6 @@ class DistillationRun:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != RUN_FORMAT:
-            raise ValueError("not a run checkpoint of this version")
         self.epoch = state["epoch"]
         self.student.load_state_dict(state["student"])
         self.rng.set_state(state["rng"])
@@ -230,10 +229,19 @@ class DistillationRun:
         """Write the whole state atomically (a crash never leaves half a checkpoint)."""
         atomic_save(self.state_dict(), Path(path))
 
+    @staticmethod
+    def read_state(path: str | os.PathLike) -> dict[str, Any]:
+        """``save()``'s file, refused with the fix if an older version of derd wrote it."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+            raise UserError(f"{path} is not a run checkpoint of this version of derd ({RUN_FORMAT}); "
+                            "start again with a fresh --out or delete it")
+        return state
+
     @classmethod
     def resume(cls, path: str | os.PathLike, experts: Experts, **kwargs: Any) -> "DistillationRun":
         """Rebuild a run from ``save()``'s file and continue where it stopped."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = cls.read_state(path)
         run = cls(from_dict(state["config"]), experts, **kwargs)
         run.load_state_dict(state)
         return run

@@ -153,8 +153,9 @@ class InversionSynthesizer:
         self.last = torch.sigmoid(logits).detach()
         return {**{k: v.detach() for k, v in terms.items()}, "G": total.detach()}
 
-    def sample(self, n: int) -> torch.Tensor:
-        return self.last[:n]
+    def sample(self, n: int) -> torch.Tensor | None:
+        """The last optimised batch (None before the first step, e.g. a finished run resumed)."""
+        return None if self.last is None else self.last[:n]
 
 
 def random_views(x: torch.Tensor, generator: torch.Generator, min_scale: float, pad_frac: float) -> torch.Tensor:

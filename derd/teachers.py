@@ -26,7 +26,6 @@ from derd.evaluate import evaluate, markdown_table
 from derd.losses import kl_attack_loss
 from derd.models import NormalizedClassifier
 
-CHECKPOINT_FORMAT = "derd-model/1"
 KINDS = ("natural", "robust")
 DEFAULT_ARCH = {"digits": "digits_cnn", "cifar10": "wrn_34_10", "cifar100": "wrn_34_10", "imagenet100": "tv_resnet50"}
 DEFAULT_EPOCHS = {"digits": 30, "cifar10": 100, "cifar100": 100, "imagenet100": 100}

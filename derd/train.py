@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from derd.checkpoints import NORMALIZE_CHOICES, save_checkpoint
-from derd.config import RunConfig, apply_overrides, load_yaml, preset, save_yaml, to_dict
+from derd.config import RunConfig, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_dict
 from derd.data import load_split, make_loader
 from derd.device import check_device
 from derd.errors import UserError, check_output_folder, cli_errors
@@ -53,9 +53,9 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     test = load_split(cfg.data.dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
     state = out / "run.pt"
     if state.is_file():
-        run = DistillationRun.resume(state, experts)
-        if to_dict(run.cfg) != to_dict(cfg):
+        if to_dict(from_dict(DistillationRun.read_state(state)["config"])) != to_dict(cfg):  # before building the other config's run
             raise UserError(f"{state} belongs to another config; use a fresh --out or delete it")
+        run = DistillationRun.resume(state, experts)
     else:
         run = DistillationRun(cfg, experts)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stage2.lambda_nat=1.0")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: {value!r} is not a valid YAML value (check its brackets and quotes)") from None
     return out
 
 

@@ -150,7 +150,7 @@ def test_a_moved_search_folder_is_refused_until_relocated(fabricated, tmp_path, 
     from analysis.pareto import main as pareto_main
     from analysis.relocate import main as relocate_main
 
-    copy = tmp_path / "copy"
+    copy = tmp_path / "moved copy"  # a space: the store keeps %-encoded file URIs
     shutil.copytree(fabricated["out"], copy)
     with pytest.raises(SystemExit) as exc:
         pareto_main(["--experiment", "fab", "--tracking-uri", f"sqlite:///{copy / 'mlflow.db'}"])

@@ -50,6 +50,13 @@ def inputs(tmp_path, teacher_args):
     write_cifar(d / "c10", "cifar10")
     (d / "folder").mkdir()
     (d / "empty_search").mkdir()
+    (d / "reference").mkdir()  # a paper-tables reference row: a table.json without a run config
+    (d / "reference" / "table.json").write_text('{"test": {"clean_acc": 90.0}}')
+    (d / "old_run").mkdir()  # a run folder written by an older version
+    torch.save({"format": "derd-run/1", "config": {}}, d / "old_run" / "run.pt")
+    write_space(d / "space_base.yaml", base=[4, 8])
+    write_space(d / "space_int.yaml", space={"stage2.pgd_steps": {"distribution": "uniform", "low": 3, "high": 10}})
+    write_space(d / "space_bound.yaml", space={"stage2.lambda_nat": {"distribution": "uniform", "low": -1, "high": 1}})
     return {"dir": d, "teachers": teacher_args, "nat": teacher_args[1]}
 
 
@@ -83,6 +90,9 @@ def _cases(i: dict) -> list[tuple[str, list[str], str]]:
         ("search", ["--space", str(d / "space_key.yaml"), *t, "--out", out], "space.stage9.x: unknown config key"),
         ("search", ["--space", str(d / "space_log.yaml"), *t, "--out", out], "a log range needs low > 0"),
         ("search", ["--space", str(d / "space_top.yaml"), *t, "--out", out], "unknown key 'sampler'"),
+        ("search", ["--space", str(d / "space_base.yaml"), *t, "--out", out], "base: expected a mapping"),
+        ("search", ["--space", str(d / "space_int.yaml"), *t, "--out", out], "takes whole numbers: use distribution int"),
+        ("search", ["--space", str(d / "space_bound.yaml"), *t, "--out", out], "-1.0 is not accepted"),
         ("search", ["--method", "gan", *t, "--out", out], "'gan' is not one of derd"),
         ("search", ["--num-trials", "0", *t, "--out", out], "--num-trials 0: must be at least 1"),
         # derd.train
@@ -94,6 +104,10 @@ def _cases(i: dict) -> list[tuple[str, list[str], str]]:
         ("train", ["--preset", "cifar10", "--data-root", str(d / "c10"), "--out", out], "pass --teacher-natural"),
         ("train", ["--preset", "digits", "--method", "gan", "--out", out], "method: 'gan' is not one of"),
         ("train", ["--preset", "digits", "--set", "device=cuda:7", "--out", out], "not available on this machine"),
+        ("train", ["--preset", "digits", "--set", "stage2.epochs=[1", "--out", out], "is not a valid YAML value"),
+        ("train", ["--preset", "digits", "--teacher-natural", t[1], "--set", f"teachers.robust={d / 'moved.pt'}",
+                   "--set", "teachers.robust_sha256=ab12", "--out", out], "does not exist"),
+        ("train", ["--preset", "digits", *t, "--out", str(d / "old_run")], "not a run checkpoint of this version"),
         # derd.evaluate
         ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "missing.pt")], "does not exist"),
         ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "evil.pt"), "--arch", "digits_cnn"], "refusing"),
@@ -118,6 +132,8 @@ def _cases(i: dict) -> list[tuple[str, list[str], str]]:
         ("export", ["--experiment", "x", "--select", "knee", "--out", str(d / "notes.txt")], "is a file, not a folder"),
         ("report", ["--experiment", "x", "--add-training", str(d / "folder"), "--out", out], "not a derd.train output folder"),
         ("report", [], "pass --experiment NAME"),
+        ("report", ["--experiment", "x", "--add-training", str(d / "reference"), "--out", out],
+         "not a derd.train output folder"),
         ("report", ["--paper-tables", "--dataset", "svhn", "--out", out], "--dataset 'svhn' is not one of"),
         ("relocate", ["--out", str(d / "folder")], "is not a search folder"),
     ]

@@ -98,6 +98,8 @@ def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, fl
     """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images, printed before
     any GPU-hour is spent, and the feasibility threshold: ``min_clean_fraction`` of the natural
     teacher's clean accuracy (of the robust teacher's when the search uses no natural one)."""
+    import torch
+
     from derd.config import from_dict
     from derd.data import dataset_info, first_n, load_split, make_loader
     from derd.device import resolve_device
@@ -114,6 +116,7 @@ def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, fl
         model = getattr(plan.experts, kind)
         if model is not None:
             tables[kind] = evaluate(model.to(device), loader, protocol, eps=info.eps, device=device, seed=cfg.seed)
+    plan.experts.to(torch.device("cpu"))  # back in place: trials receive them pickled, and a CPU node has no CUDA
     print(f"teachers on the first {len(val)} val images (eps {info.eps:.4f}):\n"
           + markdown_table({f"{kind} teacher": t for kind, t in tables.items()}), flush=True)
     reference = tables.get("natural", tables.get("robust"))

@@ -99,9 +99,6 @@ class SearchSpace:
         """The dataset preset with this space's budget applied: what every trial starts from."""
         return apply_overrides(preset(self.dataset), self.base)
 
-    def trial_config(self, sampled: dict[str, Any]) -> RunConfig:
-        return apply_overrides(self.base_config(), sampled)
-
     @property
     def methods(self) -> list[str]:
         """The methods the search may sample (the ``method`` dimension, else the base config's)."""
@@ -157,6 +154,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _check_values(base_cfg: RunConfig, key: str, values: list[Any], where: str) -> None:
+    """Every end of a range (every choice) must be a value the run config accepts, so that no
+    trial fails on its sampled config after the search has started."""
+    for value in values:
+        try:
+            apply_overrides(base_cfg, {key: value})
+        except UserError as err:
+            raise SpaceError(f"{where}: {value!r} is not accepted ({err})") from None
+
+
 def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> SearchSpace:
     """Read and fully validate a search-space YAML (``yaml.safe_load``).
 
@@ -178,8 +185,8 @@ def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> Sea
     _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
     dataset = raw.get("dataset")
     _require(dataset in PAPER_WEIGHTS, f"{path}: dataset", f"{dataset!r} is not one of {', '.join(PAPER_WEIGHTS)}")
+    _require(isinstance(raw.get("base") or {}, dict), f"{path}: base", "expected a mapping of config keys to values")
     base = dict(raw.get("base") or {})
-    _require(isinstance(base, dict), f"{path}: base", "expected a mapping of config keys to values")
     if method is not None:
         base["method"] = method
     try:
@@ -206,6 +213,8 @@ def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> Sea
             if key == "method":
                 bad = [c for c in choices if c not in available_methods()]
                 _require(not bad, where, f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}")
+            else:
+                _check_values(base_cfg, key, choices, where)
             params.append(Param(key, dist, choices=tuple(choices)))
             continue
         _require(key != "method", where, "the method dimension is categorical")
@@ -213,6 +222,11 @@ def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> Sea
         _require(low < high, where, f"low ({low}) must be below high ({high})")
         if dist == "loguniform":
             _require(low > 0, where, f"a log range needs low > 0 (got {low})")
+        is_int = dist == "int"
+        if isinstance(known_keys[key], (int, float)) and not isinstance(known_keys[key], bool):
+            wanted = "whole numbers: use distribution int" if isinstance(known_keys[key], int) else "real numbers: use uniform or loguniform"
+            _require(isinstance(known_keys[key], int) == is_int, where, f"{key} takes {wanted}")
+        _check_values(base_cfg, key, [int(low), int(high)] if is_int else [low, high], where)
         params.append(Param(key, dist, low, high))
     if methods is not None:
         params = [p for p in params if p.key != "method"]
