@@ -1,6 +1,7 @@
 """How fast each search improves the front, in trial-epochs (prints figures, asserts nothing).
 
-    python benchmarks/bench_search_efficiency.py [--seeds 0 1 2] [--quick] [--out runs/bench-efficiency]
+    python benchmarks/bench_search_efficiency.py [--seeds 0 1 2] [--settings default random tpe] [--quick]
+                                                 [--out runs/bench-efficiency]
 
 On digits (``search_spaces/digits.yaml``), for each seed, three searches through the real
 ``tuning/search.py``:
@@ -87,13 +88,18 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--quick", action="store_true", help="one seed, few trials: a smoke run of the benchmark")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-efficiency"))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                   help="which searches to run (default and random give the headline)")
     args = p.parse_args()
+    if not {"default", "random"} <= set(args.settings):
+        p.error("--settings needs default and random (the headline compares them)")
     seeds = args.seeds[:1] if args.quick else args.seeds
     out = Path(args.out) / ("quick" if args.quick else "full")
     ratios, rows = [], []
     for seed in seeds:
         curves = {}
-        for setting, (_, full, quick) in SETTINGS.items():
+        for setting in args.settings:
+            _, full, quick = SETTINGS[setting]
             curves[setting] = curve(run(setting, seed, quick if args.quick else full, out))
         ref_epochs, ref_hv = curves["random"][-1]
         for setting, points in curves.items():
