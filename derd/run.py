@@ -239,9 +239,9 @@ class DistillationRun:
         return state
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, experts: Experts, **kwargs: Any) -> "DistillationRun":
-        """Rebuild a run from ``save()``'s file and continue where it stopped."""
-        state = cls.read_state(path)
+    def resume(cls, path: str | os.PathLike | dict[str, Any], experts: Experts, **kwargs: Any) -> "DistillationRun":
+        """Rebuild a run from ``save()``'s file (or its ``read_state``) and continue where it stopped."""
+        state = path if isinstance(path, dict) else cls.read_state(path)
         run = cls(from_dict(state["config"]), experts, **kwargs)
         run.load_state_dict(state)
         return run

@@ -53,9 +53,10 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     test = load_split(cfg.data.dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
     state = out / "run.pt"
     if state.is_file():
-        if to_dict(from_dict(DistillationRun.read_state(state)["config"])) != to_dict(cfg):  # before building the other config's run
+        saved = DistillationRun.read_state(state)
+        if to_dict(from_dict(saved["config"])) != to_dict(cfg):  # before building the other config's run
             raise UserError(f"{state} belongs to another config; use a fresh --out or delete it")
-        run = DistillationRun.resume(state, experts)
+        run = DistillationRun.resume(saved, experts)
     else:
         run = DistillationRun(cfg, experts)
     out.mkdir(parents=True, exist_ok=True)

@@ -150,8 +150,9 @@ class MLflowSearchLogger(Callback):
         now = int(time.time() * 1000)
         compute = float(result.get("trial/compute_s", 0.0))
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
-        metrics = [Metric("trial/wall_time_s", compute, now, step), Metric("trial/device_hours", compute / 3600 * units, now, step),
-                   Metric("trial/epochs", float(step), now, step)]
+        metrics = [] if "trial/wall_time_s" in run.data.metrics else [  # logged already by a driver killed before closing the run
+            Metric("trial/wall_time_s", compute, now, step), Metric("trial/device_hours", compute / 3600 * units, now, step),
+            Metric("trial/epochs", float(step), now, step)]
         tags = [RunTag("derd.stopped_early", str(stopped_early).lower()),
                 RunTag("derd.budget", "partial" if stopped_early else "full"),
                 RunTag("derd.feasible", str(bool(result.get("search/feasible", False))).lower()),
@@ -159,8 +160,6 @@ class MLflowSearchLogger(Callback):
                 RunTag("derd.node_id", str(result.get("node_id", ""))),
                 RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
                 RunTag("derd.device_unit", "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
-        if "trial/wall_time_s" in run.data.metrics:  # a driver killed between these writes logged the totals already
-            metrics = []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
