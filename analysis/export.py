@@ -24,25 +24,34 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from analysis.pareto import front_of, knee_point
 from analysis.store import open_experiment
 from analysis.trials import TrialRecord, search_trials
-from derd.config import BUDGET_KEYS, RunConfig, apply_overrides, preset, save_yaml, to_flat
+from derd.config import RunConfig, apply_overrides, migrate, preset, save_yaml, to_flat
 from derd.errors import UserError, check_output_folder, cli_errors
+from derd.records import VAL_AA, VAL_CLEAN, VAL_N
 
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
 
 
+# the keys a full-length final training takes from the dataset's preset (DERD's warm-up is a share of the budget)
+FULL_LENGTH_KEYS = ("budget.epochs", "budget.iters_per_epoch", "budget.batch_size", "stage1.epochs", "eval.every")
+
+
 def config_of_run(params: dict[str, str]) -> RunConfig:
-    """Rebuild a trial's RunConfig from its MLflow params (the dotted keys its method reads)."""
+    """Rebuild a trial's RunConfig from its MLflow params (the dotted keys its method reads; a search
+    run by an earlier version logged some under older names, migrated here)."""
     import yaml
 
     dataset = params.get("data.dataset", "digits")
     method = params.get("method", params.get("variant", "derd"))
-    base = to_flat(preset(dataset, method))
-    values: dict[str, Any] = {}
-    for key, text in params.items():
-        key = "method" if key == "variant" else key
-        if key in base:
-            values[key] = None if text == "None" else yaml.safe_load(text) if not isinstance(base[key], str) else text
-    return apply_overrides(preset(dataset, method), values)
+    base = preset(dataset, method)
+    known = to_flat(base)
+
+    def value(key: str, text: str) -> Any:
+        if text == "None":
+            return None
+        return text if isinstance(known.get(key), str) else yaml.safe_load(text)
+
+    values = migrate({k: value(k, text) for k, text in params.items()}, reference=base)
+    return apply_overrides(base, {k: v for k, v in values.items() if k in known})
 
 
 def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha256: dict[str, str]) -> RunConfig:
@@ -50,7 +59,7 @@ def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha
     overrides: dict[str, Any] = {"eval.final_protocol": "full"}
     if budget == "full":
         full = to_flat(preset(cfg.data.dataset))
-        overrides.update({k: full[k] for k in (*BUDGET_KEYS, "eval.every")})
+        overrides.update({k: full[k] for k in FULL_LENGTH_KEYS})
     for kind, digest in teacher_sha256.items():
         if getattr(cfg.teachers, kind) is not None:
             overrides[f"teachers.{kind}_sha256"] = digest
@@ -71,10 +80,10 @@ def select_records(client, experiment_id: str, selection: str, include_partial: 
         if not pool:
             continue
         if selection == "best-robust":
-            metric = next((m for m, _ in objectives if m != "val/clean_acc"), "val/aa_acc")
-            chosen.append((parent, max(pool, key=lambda r: (r.metrics.get(metric, float("-inf")), r.metrics["val/clean_acc"]))))
+            metric = next((m for m, _ in objectives if m != VAL_CLEAN), VAL_AA)
+            chosen.append((parent, max(pool, key=lambda r: (r.metrics.get(metric, float("-inf")), r.metrics[VAL_CLEAN]))))
         elif selection == "best-clean":
-            chosen.append((parent, max(pool, key=lambda r: r.metrics.get("val/clean_acc", float("-inf")))))
+            chosen.append((parent, max(pool, key=lambda r: r.metrics.get(VAL_CLEAN, float("-inf")))))
         elif selection == "front":
             chosen += [(parent, r) for r in front]
         else:
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         path = out / f"{args.experiment}-{record.name}.yaml"
         save_yaml(cfg, path)
         written.append(path)
-        val = ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in sorted(cfg.origin["val"].items()) if k != "val/n_images")
+        val = ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in sorted(cfg.origin["val"].items()) if k != VAL_N)
         print(f"{path}  ({record.method}: {val})  train: python -m derd.train --config {path}")
     return written
 

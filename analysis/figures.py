@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import html
 
-from analysis.trials import VAL_HEADERS, TrialRecord, key_weights, with_se
+from analysis.trials import TrialRecord, key_weights, with_se
+from derd.records import column_header
 
 COLOURS = {"trial": "#b0b0b0", "front": "#d62728", "knee": "#1f77b4", "preset": "#2ca02c", "partial": "#ff7f0e",
            "infeasible": "#7f7f7f"}
@@ -74,8 +75,8 @@ def front_figure(records: list[TrialRecord], front: list[TrialRecord], knee: Tri
     for r in records:
         ax.annotate(r.name.removeprefix("trial-"), (r.metrics[mx], r.metrics[my]), xytext=(4, 4),
                     textcoords="offset points", fontsize=7, color="#333333")
-    ax.set_xlabel(VAL_HEADERS.get(mx, mx) + " %")
-    ax.set_ylabel(VAL_HEADERS.get(my, my) + " %")
+    ax.set_xlabel(column_header(mx) + " %")
+    ax.set_ylabel(column_header(my) + " %")
     n = max((r.n_images for r in records), default=0)
     ax.set_title(f"Clean vs robust accuracy of the search's trials ({n} val images)" if n else
                  "Clean vs robust accuracy of the search's trials")
@@ -111,9 +112,9 @@ def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: Trial
                      f'<text x="{px(gx):.1f}" y="{height - pad + 16}" text-anchor="middle">{gx:.1f}</text>')
         parts.append(f'<line x1="{pad}" y1="{py(gy):.1f}" x2="{width - pad}" y2="{py(gy):.1f}" stroke="#eee"/>'
                      f'<text x="{pad - 6}" y="{py(gy) + 4:.1f}" text-anchor="end">{gy:.1f}</text>')
-    parts.append(f'<text x="{width / 2}" y="{height - 14}" text-anchor="middle">{html.escape(VAL_HEADERS.get(mx, mx))} %</text>')
+    parts.append(f'<text x="{width / 2}" y="{height - 14}" text-anchor="middle">{html.escape(column_header(mx))} %</text>')
     parts.append(f'<text x="16" y="{height / 2}" text-anchor="middle" transform="rotate(-90 16 {height / 2})">'
-                 f'{html.escape(VAL_HEADERS.get(my, my))} %</text>')
+                 f'{html.escape(column_header(my))} %</text>')
     if front:
         line = staircase([(r.metrics[mx], r.metrics[my]) for r in front])
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line)
@@ -126,7 +127,7 @@ def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: Trial
         weights = ", ".join(f"{k}={v}" for k, v in key_weights(r).items())
         n = r.n_images
         title = (f"{r.name} ({r.method}){' - paper preset' if r.preset else ''}{' - knee' if knee is r else ''}\n"
-                 f"{VAL_HEADERS.get(mx, mx)}: {with_se(r.metrics[mx], n)}\n{VAL_HEADERS.get(my, my)}: {with_se(r.metrics[my], n)}\n"
+                 f"{column_header(mx)}: {with_se(r.metrics[mx], n)}\n{column_header(my)}: {with_se(r.metrics[my], n)}\n"
                  f"epochs: {r.epochs}{' (stopped early)' if not r.full_budget else ''}"
                  f"{' - infeasible' if not r.feasible else ''}\n{weights}\nrun: {r.run_id}")
         if kind == "infeasible":

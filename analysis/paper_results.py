@@ -5,7 +5,8 @@ with robust distillation), the other columns are NaN and print as '-'.
 """
 from __future__ import annotations
 
-COLUMNS = ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc", "ave_acc")
+from derd.evaluate import COLUMNS
+
 NAN = float("nan")
 
 

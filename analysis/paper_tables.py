@@ -24,27 +24,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from analysis.paper_results import COLUMNS, PAPER_ROWS
+from analysis.paper_results import PAPER_ROWS
+from derd.evaluate import COLUMNS
 from derd.methods import available_methods, get_method
 
-HEADERS = ("Clean", "FGSM", "PGD_S", "PGD_T", "CW", "AA", "Ave")
 REFERENCES = {"nature_real": "Nature (real data, student arch)", "sat_real": "SAT (real data, PGD-AT, student arch)"}
-LABELS = {"derd": "DERD", "derd_inv": "DERD_inv", "derd_no_nat": "DERD w/o T_nat", "nature": "nature (data-free KD, undefended)",
-          "dafl": "DAFL + RSLAD", "dfad": "DFAD + RSLAD", "zskt": "ZSKT + RSLAD", "cmi": "CMI + RSLAD",
-          "dfard": "DFARD (reconstructed)"}
 TABLES = {
-    1: ("Table 1: data-free DERD against training on real data", ["nature_real", "sat_real", "nature", "derd"]),
-    2: ("Table 2: data-free robust distillation methods", None),  # every method with table == 2, then DERD
-    3: ("Table 3: DERD's variants", None),
+    1: "Table 1: data-free DERD against training on real data",
+    2: "Table 2: data-free robust distillation methods",
+    3: "Table 3: DERD's variants",
 }
 
 
 def rows_of_table(number: int) -> list[str]:
-    title, rows = TABLES[number]
-    if rows is not None:
-        return rows
-    members = [m for m in available_methods() if get_method(m).table == number and m not in ("derd", "nature")]
-    return members + ["derd"]
+    """The real-data references (table 1), the registered methods of the table, then DERD (every
+    table compares with it)."""
+    members = [m for m in available_methods() if get_method(m).table == number and m != "derd"]
+    return (list(REFERENCES) if number == 1 else []) + members + ["derd"]
+
+
+def label(key: str) -> str:
+    return REFERENCES.get(key) or get_method(key).label
 
 
 def run_method(dataset: str, method: str, seed: int, folder: Path, progress: bool,
@@ -72,13 +72,14 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     from derd.data import dataset_info, load_split, make_loader
     from derd.device import resolve_device
     from derd.evaluate import evaluate
-    from derd.teachers import DEFAULT_EPOCHS, train_teacher
+    from derd.data import dataset_spec
+    from derd.teachers import train_teacher
 
     cfg = apply_overrides(preset(dataset), overrides)
     info = dataset_info(dataset, cfg.data.image_size)
     device = resolve_device(cfg.device)
     model = train_teacher(info, "natural" if kind == "nature_real" else "robust", cfg.student.arch,
-                          epochs=DEFAULT_EPOCHS[dataset], data_root=cfg.data.root, seed=seed, device=device, progress=progress)
+                          epochs=dataset_spec(dataset).teacher_epochs, data_root=cfg.data.root, seed=seed, device=device, progress=progress)
     test = load_split(dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
     metrics = evaluate(model, make_loader(test, cfg.data.val_batch_size), "full", eps=info.eps, device=device, seed=seed,
                        progress=progress)
@@ -116,12 +117,12 @@ def markdown(dataset: str, seeds: list[int], results: dict[str, list[dict[str, f
     parts = [f"Paper tables on {dataset}: test split, full protocol (AA = standard AutoAttack), "
              f"mean ± std over seeds {', '.join(map(str, seeds))}; preset budget, student "
              f"{_student(dataset)}.\n"]
-    for number, (title, _) in TABLES.items():
-        lines = [f"**{title}**", "", "| method | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
+    for number, title in TABLES.items():
+        lines = [f"**{title}**", "", "| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
         for key in rows_of_table(number):
             runs = results.get(key, [])
             cells = [mean_std([r[c] for r in runs]) if runs and all(c in r for r in runs) else "-" for c in COLUMNS]
-            lines.append(f"| {REFERENCES.get(key) or LABELS.get(key, key)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(key)} | " + " | ".join(cells) + " |")
         for table, name, row in paper:
             if table == number:
                 cells = [f"{row[c]:.2f}" if c in row and not math.isnan(row[c]) else "-" for c in COLUMNS]

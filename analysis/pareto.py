@@ -30,9 +30,9 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from analysis.store import open_experiment
 from analysis.trials import TrialRecord, search_trials
 from derd.errors import cli_errors
+from derd.records import FRONT_FILTER, VAL_N, Objectives, Tag
 
 Point = Sequence[float]
-FRONT_FILTER = "tags.pareto_front = 'true'"
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -129,10 +129,10 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
         front, ranks = front_of(records)
         on_front = {r.run_id for r in front}
         for r in records:
-            tags = [RunTag("pareto_front", str(r.run_id in on_front).lower()),
-                    RunTag("pareto_rank", str(ranks[r.run_id]) if r.run_id in ranks else "-")]
+            tags = [RunTag(Tag.PARETO_FRONT, str(r.run_id in on_front).lower()),
+                    RunTag(Tag.PARETO_RANK, str(ranks[r.run_id]) if r.run_id in ranks else "-")]
             if r.exclusion():
-                tags.append(RunTag("pareto_excluded", r.exclusion()))
+                tags.append(RunTag(Tag.PARETO_EXCLUDED, r.exclusion()))
             client.log_batch(r.run_id, tags=tags)
         knee = front[knee_point([r.objectives for r in front])] if front else None
         hv = hypervolume([r.objectives for r in front]) if all(m == "max" for _, m in objectives) else float("nan")
@@ -144,8 +144,8 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
         client.log_text(parent.info.run_id, front_html(records, front, knee, objectives, experiment_id), "pareto/front.html")
         table = best_trials_markdown(records, front, objectives)
         note = describe(table, experiment_id, parent.info.run_id, len(front), len(records))
-        client.set_tag(parent.info.run_id, "mlflow.note.content", note)
-        client.set_experiment_tag(experiment_id, "mlflow.note.content", note)
+        client.set_tag(parent.info.run_id, Tag.NOTE, note)
+        client.set_experiment_tag(experiment_id, Tag.NOTE, note)
         summaries.append({"parent": parent.info.run_id, "trials": len(records), "front": [r.run_id for r in front],
                           "knee": knee.run_id if knee else None, "hypervolume": hv})
     return summaries
@@ -160,11 +160,11 @@ def describe(table: str, experiment_id: str, parent_id: str, front_size: int, n_
             f"search run.\n\n{table}")
 
 
-def front_csv(front: list[TrialRecord], objectives: list[tuple[str, str]]) -> str:
-    params = sorted({k for r in front for k in r.tags.get("derd.searched_keys", "").split(",") if k})
+def front_csv(front: list[TrialRecord], objectives: Objectives) -> str:
+    params = sorted({k for r in front for k in r.searched_keys})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["run_id", "trial", "method", *[m for m, _ in objectives], "val/n_images", *params])
+    writer.writerow(["run_id", "trial", "method", *[m for m, _ in objectives], VAL_N, *params])
     for r in front:
         writer.writerow([r.run_id, r.name, r.method, *[r.metrics[m] for m, _ in objectives], r.n_images,
                          *[r.params.get(k, "") for k in params]])

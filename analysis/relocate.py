@@ -21,15 +21,16 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 from analysis.store import check_mlflow_uri
 from derd.errors import UserError, cli_errors
+from derd.records import SearchFolder, Tag
 
 
 def relocate(folder: Path) -> tuple[str, str]:
     """Rewrite the folder's records from its old location to ``folder``; returns (old, new)."""
-    folder = folder.resolve()
-    record_file, db = folder / "search.json", folder / "mlflow.db"
+    search = SearchFolder(folder.resolve())
+    folder, record_file, db = search.root, search.record, search.mlflow_db
     if not record_file.is_file() or not db.is_file():
-        raise UserError(f"{folder} is not a search folder (needs search.json and mlflow.db)")
-    check_mlflow_uri(f"sqlite:///{db}")
+        raise UserError(f"{folder} is not a search folder (needs {record_file.name} and {db.name})")
+    check_mlflow_uri(search.mlflow_uri)
     record = json.loads(record_file.read_text())
     old, new = str(Path(record["out"])), str(folder)
     if old == new:
@@ -38,10 +39,10 @@ def relocate(folder: Path) -> tuple[str, str]:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
             con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
                         (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"))
-        con.execute("UPDATE tags SET value = ? WHERE key = 'derd.search_dir' AND value = ?", (new, old))
+        con.execute("UPDATE tags SET value = ? WHERE key = ? AND value = ?", (new, Tag.SEARCH_DIR, old))
     record["out"] = new
-    if record.get("tracking_uri") == f"sqlite:///{old}/mlflow.db":
-        record["tracking_uri"] = f"sqlite:///{db}"
+    if record.get("tracking_uri") == SearchFolder(old).mlflow_uri:
+        record["tracking_uri"] = search.mlflow_uri
     record_file.write_text(json.dumps(record, indent=1))
     return old, new
 

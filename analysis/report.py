@@ -26,16 +26,17 @@ from typing import Any
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.paper_results import COLUMNS, PAPER_ROWS
+from analysis.paper_results import PAPER_ROWS
 from analysis.pareto import front_of
 from analysis.store import open_experiment
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
+from derd.evaluate import COLUMNS, PROTOCOLS, header
+from derd.records import VAL_CLEAN, Tag, val
 from derd.train import add_teacher_flags, teacher_overrides
 
-TRAIN_TAG = "derd.train_dir"
-TEST_HEADERS = ("Clean", "FGSM", "PGD_S", "PGD_T", "CW", "AA (standard)", "Ave")
-VAL_HEADERS = ("Clean", "PGD_S", "AA (APGD-CE+T)")
+TEST_HEADERS = tuple(header(c, "full") for c in COLUMNS)
+FRONT_COLUMNS = PROTOCOLS["search"].columns
 
 
 def read_training(folder: Path) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
     """Record a derd.train output folder (``data``: its ``read_training``) as an MLflow run (kind
     ``final``), once; returns its run id."""
     key = str(folder.resolve())
-    found = client.search_runs([experiment_id], f"tags.`{TRAIN_TAG}` = '{key}'", max_results=1)
+    found = client.search_runs([experiment_id], f"tags.`{Tag.TRAIN_DIR}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
     from mlflow.entities import Metric, Param, RunTag
@@ -65,13 +66,13 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
     cfg = from_dict(data["config"])
     origin = cfg.origin.get("run_id", "")
     run = client.create_run(experiment_id, run_name=f"final-{cfg.method}-{folder.name}",
-                            tags={TRAIN_TAG: key, "derd.kind": "final", "derd.method": cfg.method,
-                                  "derd.origin_run_id": str(origin)})
+                            tags={Tag.TRAIN_DIR: key, Tag.KIND: "final", Tag.METHOD: cfg.method,
+                                  Tag.ORIGIN_RUN_ID: str(origin)})
     params = [Param(k, str(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in data["test"].items()],
-                     tags=[RunTag("derd.student", cfg.student.arch)])
+                     tags=[RunTag(Tag.STUDENT, cfg.student.arch)])
     for name in ("table.md", "samples.png", "accuracy.png", "config.yaml"):
         if (folder / name).is_file():
             client.log_artifact(run.info.run_id, str(folder / name))
@@ -85,16 +86,15 @@ def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, fl
     datasets = {r.data.params.get("data.dataset") or r.data.params.get("dataset") for r in runs} - {None}
     dataset = sorted(datasets)[0] if datasets else "digits"
     finals: dict[str, dict[str, float]] = {name: row for _, name, row in PAPER_ROWS.get(dataset, [])}
-    ours = [r for r in runs if r.data.tags.get("derd.kind") == "final"]
+    ours = [r for r in runs if r.data.tags.get(Tag.KIND) == "final"]
     for r in sorted(ours, key=lambda r: -r.data.metrics.get("test/clean_acc", 0.0)):
-        label = f"final: {r.data.tags.get('derd.method', r.data.tags.get('derd.variant'))} {r.data.tags.get('derd.student', '')}"
+        label = f"final: {r.data.tags.get(Tag.METHOD, r.data.tags.get('derd.variant'))} {r.data.tags.get(Tag.STUDENT, '')}"
         finals[label] = {k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}
     front_rows = []
     for _, _, records in search_trials(client, experiment_id):
         front, _ = front_of(records)
-        for rec in sorted(front, key=lambda r: -r.metrics["val/clean_acc"]):
-            cells = {c: with_se(rec.metrics[f"val/{c}"], rec.n_images) if f"val/{c}" in rec.metrics else "-"
-                     for c in ("clean_acc", "pgd_acc", "aa_acc")}
+        for rec in sorted(front, key=lambda r: -r.metrics[VAL_CLEAN]):
+            cells = {c: with_se(rec.metrics[val(c)], rec.n_images) if val(c) in rec.metrics else "-" for c in FRONT_COLUMNS}
             front_rows.append((f"{rec.name} ({rec.method})", cells))
     return dataset, finals, front_rows
 
@@ -122,7 +122,8 @@ def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows:
     if front_rows:
         text += ("\nThe search's Pareto front (val split, search protocol; AA = APGD-CE + APGD-T; ± one binomial "
                  "standard error), by clean accuracy\n\n"
-                 + _table(VAL_HEADERS, [(n, [c["clean_acc"], c["pgd_acc"], c["aa_acc"]]) for n, c in front_rows]) + "\n")
+                 + _table(tuple(header(c, "search") for c in FRONT_COLUMNS),
+                          [(n, [c[col] for col in FRONT_COLUMNS]) for n, c in front_rows]) + "\n")
     return text
 
 
@@ -161,10 +162,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _paper_tables(args: argparse.Namespace) -> dict[str, Any]:
     from analysis import paper_tables
-    from derd.config import PAPER_WEIGHTS
+    from derd.data import available_datasets
 
-    if args.dataset not in PAPER_WEIGHTS:
-        raise UserError(f"--dataset {args.dataset!r} is not one of {', '.join(PAPER_WEIGHTS)}")
+    if args.dataset not in available_datasets():
+        raise UserError(f"--dataset {args.dataset!r} is not one of {', '.join(available_datasets())}")
     out = check_output_folder(args.out or Path("runs") / f"paper-{args.dataset}")
     overrides = {**teacher_overrides(args), **({"data.root": args.data_root} if args.data_root else {})}
     results = paper_tables.collect(args.dataset, args.seeds, out, overrides)

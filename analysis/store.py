@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from derd.errors import UserError
+from derd.records import SearchFolder
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -44,7 +45,7 @@ def check_mlflow_uri(uri: str | None, timeout: float = 5.0) -> None:
 
 
 def resolve_uri(name: str, tracking_uri: str | None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path('runs') / name / 'mlflow.db').resolve()}"
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or SearchFolder((Path("runs") / name).resolve()).mlflow_uri
 
 
 def open_experiment(name: str, tracking_uri: str | None):
@@ -67,9 +68,9 @@ def open_experiment(name: str, tracking_uri: str | None):
 def check_artifact_root(experiment, folder: Path) -> None:
     """A search folder that was copied or moved still names the old artifact folder: refuse to
     write there (``analysis/relocate.py`` rewrites it)."""
-    location = experiment.artifact_location or ""
-    if location.startswith("file://") and (folder / "search.json").is_file():
+    location, search = experiment.artifact_location or "", SearchFolder(folder)
+    if location.startswith("file://") and search.record.is_file():
         recorded = Path(unquote(urlparse(location).path)).resolve()  # the search writes Path.as_uri(): %-encoded
-        if recorded != (folder / "mlartifacts").resolve():
+        if recorded != search.artifacts.resolve():
             raise UserError(f"the MLflow store in {folder} keeps its artifacts in {recorded} (the folder was copied or "
                             f"moved); run python analysis/relocate.py --out {folder} first")

@@ -16,10 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# metric -> column header naming its protocol (search protocol on val; full protocol on test)
-VAL_HEADERS = {"val/clean_acc": "Clean (val)", "val/pgd_acc": "PGD_S (val)", "val/aa_acc": "AA (APGD-CE+T, val)",
-               "val/fgsm_acc": "FGSM (val)", "val/pgd_t_acc": "PGD_T (val)", "val/cw_acc": "CW (val)",
-               "val/ave_acc": "Ave (val)"}
+from derd.records import (TRIAL_EPOCHS, VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, Objectives, Tag, column_header,
+                          decode_objectives)
 
 
 @dataclass
@@ -36,11 +34,11 @@ class TrialRecord:
 
     @property
     def feasible(self) -> bool:
-        return self.tags.get("derd.feasible", "true") == "true"
+        return self.tags.get(Tag.FEASIBLE, "true") == "true"
 
     @property
     def full_budget(self) -> bool:
-        return self.tags.get("derd.budget", "full") == "full"
+        return self.tags.get(Tag.BUDGET, "full") == "full"
 
     @property
     def eligible(self) -> bool:
@@ -48,44 +46,48 @@ class TrialRecord:
 
     @property
     def preset(self) -> bool:
-        return self.tags.get("derd.preset") == "true"
+        return self.tags.get(Tag.PRESET) == "true"
 
     @property
     def epochs(self) -> int:
-        return int(self.metrics.get("trial/epochs", 0))
+        return int(self.metrics.get(TRIAL_EPOCHS, 0))
 
     @property
     def n_images(self) -> int:
-        return int(self.metrics.get("val/n_images", 0))
+        return int(self.metrics.get(VAL_N, 0))
+
+    @property
+    def searched_keys(self) -> list[str]:
+        """The keys Optuna sampled for this trial (the method first, when it was searched)."""
+        return [k for k in self.tags.get(Tag.SEARCHED_KEYS, "").split(",") if k]
 
     def exclusion(self) -> str:
         """Why the trial cannot be chosen ('' if it can)."""
         return "infeasible" if not self.feasible else "partial" if not self.full_budget else ""
 
 
-def objectives_of(parent) -> list[tuple[str, str]]:
-    text = parent.data.tags.get("derd.objectives", "val/clean_acc:max,val/aa_acc:max")
-    return [tuple(item.rsplit(":", 1)) for item in text.split(",")]  # type: ignore[misc]
+def objectives_of(parent) -> Objectives:
+    return decode_objectives(parent.data.tags.get(Tag.OBJECTIVES))
 
 
-def signed(metrics: dict[str, float], objectives: list[tuple[str, str]]) -> list[float]:
+def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
     return [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives]
 
 
 def search_parents(client, experiment_id: str) -> list:
-    return client.search_runs([experiment_id], "tags.`derd.kind` = 'search'")
+    return client.search_runs([experiment_id], f"tags.`{Tag.KIND}` = 'search'")
 
 
 def trial_records(client, experiment_id: str, parent) -> list[TrialRecord]:
     """The FINISHED trials of one search that carry every objective, in trial order."""
     objectives = objectives_of(parent)
-    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+    runs = client.search_runs([experiment_id], f"tags.`{Tag.PARENT}` = '{parent.info.run_id}' and "
                               f"attributes.status = 'FINISHED'", max_results=50000)
     records = []
     for r in runs:
         if all(m in r.data.metrics for m, _ in objectives):
-            records.append(TrialRecord(r.info.run_id, r.data.tags.get("derd.trial_id", r.info.run_id[:8]),
-                                       r.data.tags.get("derd.method", r.data.params.get("method", "derd")),
+            records.append(TrialRecord(r.info.run_id, r.data.tags.get(Tag.TRIAL_ID, r.info.run_id[:8]),
+                                       r.data.tags.get(Tag.METHOD, r.data.params.get("method", "derd")),
                                        dict(r.data.metrics), dict(r.data.params), dict(r.data.tags),
                                        signed(r.data.metrics, objectives)))
     return sorted(records, key=lambda rec: rec.name)
@@ -116,7 +118,7 @@ def with_se(accuracy: float, n: int) -> str:
 
 def key_weights(record: TrialRecord, limit: int = 4) -> dict[str, Any]:
     """The first few searched keys of a trial (for hover text and labels)."""
-    keys = [k for k in record.tags.get("derd.searched_keys", "").split(",") if k and k != "method"]
+    keys = [k for k in record.searched_keys if k != "method"]
     return {k: record.params.get(k, "") for k in keys[:limit]}
 
 
@@ -129,17 +131,17 @@ def ordered(records: list[TrialRecord], front: list[TrialRecord]) -> list[TrialR
     return list(front) + rest
 
 
-def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], objectives: list[tuple[str, str]],
+def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], objectives: Objectives,
                          top: int | None = 12) -> str:
     """The best-trials table (front first), scores with one binomial standard error."""
     shown = ordered(records, front)[:top] if top else ordered(records, front)
-    metrics = [m for m in ("val/clean_acc", "val/pgd_acc", "val/aa_acc") if any(m in r.metrics for r in shown)]
+    metrics = [m for m in (VAL_CLEAN, VAL_PGD, VAL_AA) if any(m in r.metrics for r in shown)]
     metrics += [m for m, _ in objectives if m not in metrics]
     keys: list[str] = []
     for r in shown:
-        keys += [k for k in r.tags.get("derd.searched_keys", "").split(",") if k and k != "method" and k not in keys]
+        keys += [k for k in r.searched_keys if k != "method" and k not in keys]
     on_front = {r.run_id for r in front}
-    head = ["trial", "method", "front", *(VAL_HEADERS.get(m, m) for m in metrics), "epochs", "note", *keys]
+    head = ["trial", "method", "front", *(column_header(m) for m in metrics), "epochs", "note", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in shown:
         note = ", ".join(n for n, on in (("paper preset", r.preset), ("stopped early", not r.full_budget),
@@ -162,22 +164,22 @@ def _short(text: str) -> str:
         return text
 
 
-def best_versus_preset(records: list[TrialRecord], metric: str = "val/aa_acc") -> str:
+def best_versus_preset(records: list[TrialRecord], metric: str = VAL_AA) -> str:
     """One line: the best feasible full-budget trial on ``metric`` against the paper's DERD preset."""
     eligible = [r for r in records if r.eligible and metric in r.metrics]
     if not eligible:
         return "No feasible full-budget trial yet; nothing to compare with the paper's preset."
-    best = max(eligible, key=lambda r: (r.metrics[metric], r.metrics["val/clean_acc"]))
+    best = max(eligible, key=lambda r: (r.metrics[metric], r.metrics[VAL_CLEAN]))
     presets = [r for r in records if r.preset]
     preset = next((r for r in presets if r.method == "derd"), presets[0] if presets else None)
-    name = VAL_HEADERS.get(metric, metric)
+    name = column_header(metric)
     line = (f"Best feasible {name}: {best.name} ({best.method}) {with_se(best.metrics[metric], best.n_images)} at "
-            f"{best.metrics['val/clean_acc']:.2f} clean")
+            f"{best.metrics[VAL_CLEAN]:.2f} clean")
     if preset is None or metric not in preset.metrics:
         return line + "; the paper's preset did not finish."
     d_rob = best.metrics[metric] - preset.metrics[metric]
-    d_clean = best.metrics["val/clean_acc"] - preset.metrics["val/clean_acc"]
+    d_clean = best.metrics[VAL_CLEAN] - preset.metrics[VAL_CLEAN]
     verdict = ("beats" if d_rob > 0 and d_clean >= -5 else "does not beat")
     return (line + f"; it {verdict} the paper's preset ({preset.name}, {preset.method}: {preset.metrics[metric]:.2f} at "
-            f"{preset.metrics['val/clean_acc']:.2f} clean) by {d_rob:+.2f} {name.split(' ')[0]} at {d_clean:+.2f} clean"
+            f"{preset.metrics[VAL_CLEAN]:.2f} clean) by {d_rob:+.2f} {name.split(' ')[0]} at {d_clean:+.2f} clean"
             f"{'' if preset.full_budget and preset.feasible else ' (the preset was ' + preset.exclusion() + ')'}.")

@@ -56,34 +56,34 @@ def build(setting: str, batch: int, device: torch.device, precision: str, method
     make = lambda: create_model(teacher, info.num_classes, in_channels=info.image_shape[0], mean=info.mean,  # noqa: E731
                                 std=info.std).eval().requires_grad_(False)
     cfg = apply_overrides(preset(dataset, method), {
-        "student.arch": student, "stage1.batch_size": batch, "stage2.batch_size": batch, "train.precision": precision,
+        "student.arch": student, "budget.batch_size": batch, "train.precision": precision,
         "train.channels_last": "auto" if precision == "bf16" else "off", "train.compile": compile,
         "cmi.synthesis_steps": 20})
     val = torch.utils.data.TensorDataset(torch.rand(2, *info.image_shape), torch.zeros(2, dtype=torch.long))
     return DistillationRun(cfg, Experts(make(), make()), device=device, val_data=val)
 
 
-def _iterate(run: DistillationRun, index: int, n: int, start: int = 0) -> None:
+def iterate(run: DistillationRun, index: int, n: int, start: int = 0) -> None:
     phase = run.phases[index]
     for step in range(start, start + n):
         with run.compute.autocast():
             run.method.iteration(phase, step)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_phase(run: DistillationRun, index: int, iters: int) -> float:
     """Pseudo images per second of the phase's iterations (after two warm-up iterations)."""
-    run._enter_phase(index)
+    run.enter_phase(index)
     run.method.start_epoch(run.phases[index])
-    _iterate(run, index, 2)
-    _sync(run.device)
+    iterate(run, index, 2)
+    sync(run.device)
     start = time.perf_counter()
-    _iterate(run, index, iters, start=2)
-    _sync(run.device)
+    iterate(run, index, iters, start=2)
+    sync(run.device)
     return iters * run.phases[index].batch_size / (time.perf_counter() - start)
 
 
@@ -107,7 +107,7 @@ class _FlopCounter(TorchDispatchMode):
 def flops_per_image(run: DistillationRun, index: int) -> float:
     counter = _FlopCounter()
     with counter:
-        _iterate(run, index, 1, start=100)
+        iterate(run, index, 1, start=100)
     return counter.total / run.phases[index].batch_size
 
 
@@ -115,8 +115,8 @@ def host_reads(run: DistillationRun, index: int) -> tuple[int, int]:
     """(host reads of tensor values outside optimiser steps, CUDA synchronisations) per iteration."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        _iterate(run, index, 1, start=200)
-        _sync(run.device)
+        iterate(run, index, 1, start=200)
+        sync(run.device)
     reads = 0
     for event in prof.events():
         if event.name == "aten::_local_scalar_dense":

@@ -77,7 +77,7 @@ class Context:
         self.device = compute.device
         self.student, self.experts, self.rng = student, experts, rng
         self.trainer = StudentTrainer(student)
-        self._hooks: dict[tuple[str, int], losses._Hooks] = {}
+        self._hooks: dict[tuple[str, int], losses.Hooks] = {}
 
     def noise(self, n: int) -> torch.Tensor:
         """n latent vectors z ~ N(0, I) from the run's stream."""

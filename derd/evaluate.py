@@ -64,12 +64,22 @@ class Protocol:
     columns: tuple[str, ...]
     max_images: int | None
     aa_version: str
+    aa_label: str = ""  # how a table names its AA column's attacks
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "full": Protocol("full", ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc"), None, "standard"),
-    "search": Protocol("search", ("clean_acc", "pgd_acc", "aa_acc"), 1000, "fast"),
+    "full": Protocol("full", ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc"), None, "standard",
+                     "standard"),
+    "search": Protocol("search", ("clean_acc", "pgd_acc", "aa_acc"), 1000, "fast", "APGD-CE+T"),
 }
+
+
+def header(column: str, protocol: str | None = None, split: str | None = None) -> str:
+    """A column's header: ``Clean``; with its protocol, AA names its attacks (``AA (standard)``,
+    ``AA (APGD-CE+T)``); with its split, ``Clean (val)``, ``AA (APGD-CE+T, val)``."""
+    notes = [PROTOCOLS[protocol].aa_label] if protocol and column == "aa_acc" else []
+    notes += [split] if split else []
+    return COLUMNS[column] + (f" ({', '.join(notes)})" if notes else "")
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

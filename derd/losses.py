@@ -116,7 +116,7 @@ def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, tau: float)
     return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
 
 
-class _Hooks:
+class Hooks:
     """Forward hooks that record only inside ``recording()`` (other forwards of the model pay nothing)."""
 
     def __init__(self) -> None:
@@ -124,7 +124,7 @@ class _Hooks:
         self.active = False
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator["_Hooks"]:
+    def recording(self) -> Iterator["Hooks"]:
         self.clear()
         self.active = True
         try:
@@ -141,7 +141,10 @@ class _Hooks:
         self.handles = []
 
 
-class BatchNormStatistics(_Hooks):
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class BatchNormStatistics(Hooks):
     """Hooks on every BatchNorm layer of a model, for L_bn (DeepInversion) and CMI's features.
 
     While recording, each hook adds the distance between the batch statistics of the layer's
@@ -155,7 +158,7 @@ class BatchNormStatistics(_Hooks):
         self.terms: list[torch.Tensor] = []
         self.features: list[torch.Tensor] = []
         self.handles = [
-            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, BATCHNORMS)
         ]
         if not self.handles:
             raise ValueError("L_bn needs a teacher with BatchNorm layers")
@@ -187,7 +190,7 @@ class BatchNormStatistics(_Hooks):
         return torch.cat(self.features, dim=1)
 
 
-class PenultimateFeatures(_Hooks):
+class PenultimateFeatures(Hooks):
     """The input of a classifier's last linear layer (DAFL's f_T), recorded while recording."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -206,7 +209,7 @@ class PenultimateFeatures(_Hooks):
         self.features = None
 
 
-class ResolutionActivations(_Hooks):
+class ResolutionActivations(Hooks):
     """The last 4-D activation a model computes at each spatial size (ZSKT's attention layers).
 
     Modules finish in forward order, so the last one to produce a given spatial size is the

@@ -13,6 +13,7 @@ tensors; none reads a value on the host.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,8 +21,21 @@ from torch import nn
 
 from derd import losses
 from derd.attacks import pgd
-from derd.evaluate import REFERENCE_EPS
 from derd.context import Context, Terms
+from derd.evaluate import REFERENCE_EPS
+from derd.settings import setting
+
+
+@dataclass
+class RobustConfig:
+    """The baselines' student objective (config section ``robust``): RSLAD-style robust distillation
+    from T_rob, the way DFARD's authors combined each data-free method with robustness."""
+
+    pgd_steps: int = setting(10, lo=1, doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)")
+    natural_weight: float = setting(1 / 6, lo=0, hi=1,
+                                    doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term")
+    tau: float = setting(1.0, lo=1e-3)
+    lr_s: float = setting(0.05, lo=1e-12, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
 
 
 def natural_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, tau: float) -> Terms:
@@ -115,7 +129,7 @@ def expert_sga(ctx: Context, x: torch.Tensor, natural: nn.Module, robust: nn.Mod
     for p, g in zip(params, torch._foreach_add(g_sum, g_cons, alpha=lambda_sga)):
         p.grad = g
     ctx.trainer.step()
-    return {"nat": l_nat.detach(), "rob": l_rob.detach(), "cons": l_cons.detach(), "conflict_frac": conflict}
+    return {"nat": l_nat.detach(), "rob": l_rob.detach(), "cons": l_cons.detach(), "sga/conflict_frac": conflict}
 
 
 def rslad(ctx: Context, x: torch.Tensor, *, tau: float | None = None, attention_weight: float = 0.0) -> Terms:

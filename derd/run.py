@@ -37,6 +37,7 @@ from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, evaluate
 from derd.experts import Experts
 from derd.methods import Context, Phase, get_method
+from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
 
 RUN_FORMAT = "derd-run/2"
@@ -47,9 +48,7 @@ class TrainingDiverged(FloatingPointError):
 
 
 def metric_name(term: str) -> str:
-    """``loss/<term>``, except SGA's conflict fraction and names that carry their own prefix."""
-    if term == "conflict_frac":
-        return "sga/conflict_frac"
+    """``loss/<term>``, except names that carry their own prefix (``sga/conflict_frac``)."""
     return term if "/" in term else f"loss/{term}"
 
 
@@ -83,6 +82,7 @@ class DistillationRun:
         self.rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.ctx = Context(cfg, self.info, self.compute, self.student, self.experts, self.rng)
         self.method = method_cls(self.ctx)
+        self.metric_prefixes = CORE_METRIC_PREFIXES + method_cls.metric_prefixes
         self.phases = [p for p in method_cls.phases(cfg) if p.epochs > 0]
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
@@ -114,7 +114,8 @@ class DistillationRun:
             start += phase.epochs
         raise IndexError(f"epoch {epoch} is past the run's {self.total_epochs} epochs")
 
-    def _enter_phase(self, index: int) -> None:
+    def enter_phase(self, index: int) -> None:
+        """Set up the student's and the method's optimisers for phase ``index`` (once per phase)."""
         if self._phase_index != index:
             self.ctx.trainer.start_phase(self.phases[index])
             self.method.start_phase(self.phases[index])
@@ -125,9 +126,10 @@ class DistillationRun:
         self.ctx.close()
 
     # ---- the loop -----------------------------------------------------------------------
-    def _run_epoch(self) -> dict[str, Any]:
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch (and validate when it is due); returns its results."""
         index, phase = self.phase_at(self.epoch)
-        self._enter_phase(index)
+        self.enter_phase(index)
         self.method.start_epoch(phase)
         first_step = (self.epoch - sum(p.epochs for p in self.phases[:index])) * phase.iters_per_epoch
         start = time.time()
@@ -140,7 +142,7 @@ class DistillationRun:
         means = self._read_terms(records, phase)
         result: dict[str, Any] = {"epoch": self.epoch + 1, "stage": phase.stage, "cached": False,
                                   "time/epoch_s": time.time() - start, **means}
-        result.update(self.method.end_epoch(phase, means))
+        result.update(self._declared(self.method.end_epoch(phase, means)))
         self.epoch += 1
         if self.epoch % self.cfg.eval.every == 0 or self.epoch == self.total_epochs:
             start = time.time()
@@ -162,10 +164,20 @@ class DistillationRun:
             if bad is not None and (first_bad is None or bad < first_bad[0]):
                 first_bad = (bad, k, series[bad])
             out[metric_name(k)] = sum(series) / len(series)
+        self._declared(out)
         if first_bad is not None:
             raise TrainingDiverged(f"loss term {first_bad[1]} became {first_bad[2]} in stage {phase.stage}, "
                                    f"epoch {self.epoch + 1}")
         return out
+
+    def _declared(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The method's metrics, each under a prefix it declares (``Method.metric_prefixes``), so that
+        no search drops one silently."""
+        for name in metrics:
+            if not name.startswith(self.metric_prefixes):
+                raise ValueError(f"method {self.cfg.method} logs {name!r}, outside its metric prefixes "
+                                 f"{', '.join(self.metric_prefixes)}: add the prefix to its metric_prefixes")
+        return metrics
 
     def validate(self) -> dict[str, float]:
         """The configured protocol (``search`` by default) on the val split, as ``val/*`` (in fp32),
@@ -180,7 +192,7 @@ class DistillationRun:
             for entry in self.history:
                 yield {**entry, "cached": True}
         while self.epoch < self.total_epochs:
-            result = self._run_epoch()
+            result = self.run_epoch()
             self.history.append(result)
             if self.epoch == self.warmup_epochs and self.warmup_epochs > 0:
                 self._save_stage1_cache()
@@ -220,7 +232,7 @@ class DistillationRun:
         self.history = list(state["history"])
         self._phase_index = -1
         if state["phase"] >= 0:
-            self._enter_phase(state["phase"])
+            self.enter_phase(state["phase"])
             self.ctx.trainer.optimizer.load_state_dict(state["student_optimizer"])
             self.ctx.trainer.scheduler.load_state_dict(state["student_scheduler"])
         self.method.load_state_dict(state["method"])

@@ -19,7 +19,7 @@ from torch import nn
 
 from derd.attacks import eval_mode, pgd
 from derd.checkpoints import build_model, load_checkpoint, save_checkpoint
-from derd.data import DatasetInfo, dataset_info, download, load_split, make_loader
+from derd.data import DatasetInfo, dataset_info, dataset_spec, download, load_split, make_loader
 from derd.device import Compute, check_device
 from derd.errors import UserError, check_output_file, cli_errors
 from derd.evaluate import evaluate, markdown_table
@@ -27,8 +27,6 @@ from derd.losses import kl_attack_loss
 from derd.models import NormalizedClassifier
 
 KINDS = ("natural", "robust")
-DEFAULT_ARCH = {"digits": "digits_cnn", "cifar10": "wrn_34_10", "cifar100": "wrn_34_10", "imagenet100": "tv_resnet50"}
-DEFAULT_EPOCHS = {"digits": 30, "cifar10": 100, "cifar100": 100, "imagenet100": 100}
 
 
 def cache_dir() -> Path:
@@ -140,8 +138,8 @@ def train_and_save(
 
 def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifier, dict[str, Any]]]:
     """The digits pair, trained on first use (about a minute each on 2 CPU cores) and cached."""
-    info = dataset_info("digits")
-    arch = DEFAULT_ARCH["digits"]
+    info, spec = dataset_info("digits"), dataset_spec("digits")
+    arch = spec.teacher_arch
     out = {}
     for kind in KINDS:
         path = teacher_path(info, kind, arch)
@@ -150,7 +148,7 @@ def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifi
             continue
         print(f"training the digits {kind} teacher ({arch}) on first use; it is cached in {path} "
               f"($DERD_CACHE moves the cache)", file=sys.stderr, flush=True)
-        out[kind] = train_and_save(info, kind, arch, path, epochs=DEFAULT_EPOCHS["digits"], progress=progress)
+        out[kind] = train_and_save(info, kind, arch, path, epochs=spec.teacher_epochs, progress=progress)
         print(markdown_table({f"{kind} {arch} (val split, full protocol)": out[kind][1]["table"]}), file=sys.stderr,
               flush=True)
     return out
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m derd.teachers", description="Train a natural or robust teacher.")
     p.add_argument("--dataset", required=True)
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--arch", help="architecture (default: digits_cnn / wrn_34_10 / tv_resnet50 by dataset)")
+    p.add_argument("--arch", help="architecture (default: the dataset's, e.g. digits_cnn, wrn_34_10, tv_resnet50)")
     p.add_argument("--method", choices=("pgd_at", "trades"), default="pgd_at", help="adversarial training for --kind robust")
     p.add_argument("--epochs", type=int)
     p.add_argument("--data-root")
@@ -171,12 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    info = dataset_info(args.dataset, args.image_size)
+    info, spec = dataset_info(args.dataset, args.image_size), dataset_spec(args.dataset)
     device = check_device(args.device)
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[info.name]
+    epochs = args.epochs if args.epochs is not None else spec.teacher_epochs
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: a teacher needs at least 1 epoch")
-    arch = args.arch or DEFAULT_ARCH[info.name]
+    arch = args.arch or spec.teacher_arch
     build_model(arch, info)  # an unknown architecture fails here, before any data is read
     out = check_output_file(args.out) if args.out else teacher_path(info, args.kind, arch)
     if args.download:

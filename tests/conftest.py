@@ -51,8 +51,7 @@ def natural_model():
 
 
 TINY_BASE = {
-    "stage1.epochs": 2, "stage1.iters_per_epoch": 2, "stage1.batch_size": 16,
-    "stage2.epochs": 2, "stage2.iters_per_epoch": 2, "stage2.batch_size": 16, "stage2.pgd_steps": 2,
+    "budget.epochs": 4, "budget.iters_per_epoch": 2, "budget.batch_size": 16, "stage1.epochs": 2, "stage2.pgd_steps": 2,
     "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16, "data.val_batch_size": 64,
 }
 

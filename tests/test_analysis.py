@@ -190,10 +190,10 @@ def test_export_then_train_reproduces_the_trial(store, tmp_path, monkeypatch):
                          "--budget", "trial"])
     cfg = yaml.safe_load(paths[0].read_text())
     assert cfg["origin"]["experiment"] == "derd-digits" and "val/clean_acc" in cfg["origin"]["val"]
-    assert cfg["eval"]["final_protocol"] == "full" and cfg["stage2"]["epochs"] == TINY_BASE["stage2.epochs"]
+    assert cfg["eval"]["final_protocol"] == "full" and cfg["budget"]["epochs"] == TINY_BASE["budget.epochs"]
     assert len(cfg["teachers"]["natural_sha256"]) == 64  # the teachers' provenance travels with the config
     full = export_main(["--experiment", "derd-digits", "--select", "knee", "--out", str(tmp_path / "full")])
-    assert yaml.safe_load(full[0].read_text())["stage2"]["epochs"] == 20  # the preset's full-length budget
+    assert yaml.safe_load(full[0].read_text())["budget"]["epochs"] == 30  # the preset's full-length budget
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran (cpus_per_trial 1): same arithmetic
     try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from derd.data import DATASETS, digits_split_indices, imagenet100_classes, load_split, stratified_split
+from derd.data import dataset_info, digits_split_indices, imagenet100_classes, load_split, stratified_split
 from derd.errors import UserError
 from fakedata import write_cifar as _write_cifar
 
@@ -26,7 +26,7 @@ def test_digits_splits_are_disjoint_stable_and_in_unit_range():
         ds = load_split("digits", split)
         assert torch.equal(ds.tensors[0], load_split("digits", split).tensors[0])
         assert ds.tensors[0].min() >= 0 and ds.tensors[0].max() <= 1
-        assert ds.tensors[0].shape[1:] == DATASETS["digits"].image_shape
+        assert ds.tensors[0].shape[1:] == dataset_info("digits").image_shape
         assert set(ds.tensors[1].tolist()) == set(range(10))
 
 
@@ -103,7 +103,7 @@ def test_unknown_dataset_and_missing_root():
 def test_download_is_only_for_cifar_and_needs_a_root(tmp_path):
     from derd.data import download
 
-    with pytest.raises(UserError, match="fetches cifar10 and cifar100 only"):
+    with pytest.raises(UserError, match="fetches cifar10, cifar100 only"):
         download("imagenet100", tmp_path)
     with pytest.raises(UserError, match="--data-root"):
         download("cifar10", None)

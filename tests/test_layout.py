@@ -61,3 +61,47 @@ def test_the_derd_import_graph_has_no_cycle():
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+# Private names of PyTorch itself that this project uses on purpose (the rule is about Ray,
+# Optuna and the project's own modules).
+TORCH_PRIVATE = {"_foreach_mul", "_foreach_add", "_functorch", "_python_dispatch", "_overloadpacket", "_forward_hooks"}
+
+
+def _defined_here(tree: ast.AST) -> set[str]:
+    """Private names a file defines itself: functions, classes, attributes it assigns, names it binds."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return names
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """No ``x._name`` of Ray, Optuna or another module of this project outside the file that defines
+    it (public API only: a resumed search must not break when a dependency's internals move)."""
+    offences = []
+    for folder in ("derd", "tuning", "analysis", "benchmarks", "tests"):
+        for path in (REPO / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            own = _defined_here(tree)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute):
+                    name = node.attr
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    offences += [f"{path.relative_to(REPO)}: from {node.module} import {a.name}" for a in node.names
+                                 if a.name.startswith("_") and node.module.split(".")[0] != "torch"]
+                    offences += [f"{path.relative_to(REPO)}: {node.module}" for part in node.module.split(".")
+                                 if part.startswith("_") and node.module.split(".")[0] in ("ray", "optuna")]
+                    continue
+                else:
+                    continue
+                if name.startswith("_") and not name.startswith("__") and name not in own and name not in TORCH_PRIVATE:
+                    offences.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not offences, "private names used across modules:\n" + "\n".join(offences)

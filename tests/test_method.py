@@ -9,8 +9,8 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from derd.config import ConfigError, PAPER_WEIGHTS, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_flat
-from derd.data import load_split
+from derd.config import ConfigError, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_flat
+from derd.data import available_datasets, dataset_info, dataset_spec, load_split
 from derd.experts import Experts
 from derd.methods import available_methods, get_method, uses_key
 from derd.run import DistillationRun, TrainingDiverged
@@ -18,9 +18,8 @@ from derd.run import DistillationRun, TrainingDiverged
 from conftest import train_quick
 
 TINY = {
-    "stage1.epochs": 2, "stage1.iters_per_epoch": 2, "stage1.batch_size": 16,
-    "stage2.epochs": 2, "stage2.iters_per_epoch": 2, "stage2.batch_size": 16, "stage2.pgd_steps": 2,
-    "stage2.inversion_steps": 2, "robust.pgd_steps": 2, "cmi.synthesis_steps": 2, "cmi.synthesis_every": 2,
+    "budget.epochs": 4, "budget.iters_per_epoch": 2, "budget.batch_size": 16, "stage1.epochs": 2, "stage2.pgd_steps": 2,
+    "derd_inv.steps": 2, "robust.pgd_steps": 2, "cmi.synthesis_steps": 2, "cmi.synthesis_every": 2,
     "cmi.negatives": 8, "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16,
     "data.val_batch_size": 32,
 }
@@ -86,8 +85,9 @@ def test_a_diverging_weight_names_the_weighted_total(experts, val_data):
 
 @pytest.mark.parametrize("method", ["derd", "derd_no_nat", "derd_inv", "nature"])
 def test_reworked_step_reproduces_the_previous_implementation(method):
-    """Losses and weights of the pre-harness DERDRun (recorded at commit cfd6a73, one thread, teachers
-    from ``train_quick(seed=1|2, epochs=3)``) within float tolerance."""
+    """Losses and weights of the pre-harness DERDRun (recorded by running commit cfd6a73's code, one
+    thread, on the teachers stored in golden_teachers.pt: ``train_quick(seed=1|2, epochs=3)``, kept as
+    files because training them rounds differently on other CPUs) within float tolerance."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -96,11 +96,20 @@ def test_reworked_step_reproduces_the_previous_implementation(method):
         torch.set_num_threads(threads)
 
 
+def _golden_teacher(kind: str) -> torch.nn.Module:
+    from derd.models import create_model
+
+    info = dataset_info("digits")
+    model = create_model("digits_cnn_small", 10, in_channels=1, mean=info.mean, std=info.std)
+    model.load_state_dict(torch.load(Path(__file__).parent / "golden_teachers.pt", weights_only=True)[kind])
+    return model.eval()
+
+
 def _reproduce(method: str) -> None:
-    experts = Experts(train_quick(seed=1, epochs=3), train_quick(seed=2, epochs=3))
+    experts = Experts(_golden_teacher("natural"), _golden_teacher("robust"))
     cfg = apply_overrides(preset("digits"), {
-        "stage1.epochs": 1, "stage1.iters_per_epoch": 3, "stage1.batch_size": 16, "stage2.epochs": 1,
-        "stage2.iters_per_epoch": 3, "stage2.batch_size": 16, "stage2.pgd_steps": 2, "stage2.inversion_steps": 2,
+        "budget.epochs": 2, "budget.iters_per_epoch": 3, "budget.batch_size": 16, "stage1.epochs": 1,
+        "stage2.pgd_steps": 2, "derd_inv.steps": 2,
         "eval.every": 100, "student.latent_dim": 16, "student.generator_width": 16, "method": method})
     ex = Experts(None, experts.robust) if method == "derd_no_nat" else experts
     val = torch.utils.data.Subset(load_split("digits", "val"), range(8))
@@ -136,7 +145,7 @@ def _host_reads(fn) -> int:
 def test_a_stage_two_iteration_reads_nothing_on_the_host(experts, val_data, method):
     run = DistillationRun(tiny(method=method), experts, val_data=val_data)
     index = len(run.phases) - 1
-    run._enter_phase(index)
+    run.enter_phase(index)
     phase = run.phases[index]
     run.method.start_epoch(phase)
     run.method.iteration(phase, 0)  # warm-up (first CMI round, lazy hooks)
@@ -145,8 +154,8 @@ def test_a_stage_two_iteration_reads_nothing_on_the_host(experts, val_data, meth
 
 
 def test_an_epoch_reads_the_host_once(experts, val_data):
-    run = DistillationRun(tiny(**{"eval.every": 100, "stage1.epochs": 0}), experts, val_data=val_data)
-    assert _host_reads(run._run_epoch) <= 1
+    run = DistillationRun(tiny(**{"eval.every": 100, "stage1.epochs": 0, "budget.epochs": 2}), experts, val_data=val_data)
+    assert _host_reads(run.run_epoch) <= 1
 
 
 def test_bf16_autocast_runs_a_tiny_digits_run_on_cpu(experts, val_data):
@@ -203,16 +212,17 @@ def test_stage_one_cosine_reaches_zero_at_its_end_with_several_student_steps(exp
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[updates // 2] > 0.2 * run.phases[0].lr_s
 
 
-def test_the_registry_holds_exactly_the_methods_the_config_has_sections_for():
-    from derd.config import METHODS
-
-    assert available_methods() == list(METHODS)
+def test_the_run_config_has_a_section_for_every_registered_methods_keys():
+    assert available_methods() == ["derd", "derd_inv", "derd_no_nat", "nature", "dafl", "dfad", "zskt", "cmi", "dfard"]
+    sections = preset("digits").sections
+    for method in available_methods():
+        assert set(get_method(method).sections) <= set(sections)
 
 
 def test_methods_declare_what_they_read():
-    assert get_method("dafl").sections == ("dafl", "robust") and get_method("derd").sections == ("stage1", "stage2")
+    assert list(get_method("dafl").sections) == ["dafl", "robust"] and list(get_method("derd").sections) == ["stage1", "stage2"]
     assert uses_key("dafl", "dafl.lambda_act") and not uses_key("dafl", "stage2.lambda_nat")
-    assert uses_key("dafl", "stage2.epochs") and uses_key("dafl", "student.arch") and uses_key("derd", "stage1.lambda_ie")
+    assert uses_key("dafl", "budget.epochs") and uses_key("dafl", "student.arch") and uses_key("derd", "stage1.lambda_ie")
     assert not uses_key("derd", "cmi.lambda_cr")
     needs_natural = {m for m in available_methods() if "natural" in get_method(m).teachers}
     assert needs_natural == {"derd", "derd_inv", "nature"}
@@ -235,9 +245,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_presets_carry_the_paper_weights_and_yaml_round_trips(tmp_path):
-    for dataset, weights in PAPER_WEIGHTS.items():
+    for dataset in available_datasets():
         flat = to_flat(preset(dataset))
-        assert all(flat[k] == pytest.approx(v) for k, v in weights.items())
+        assert all(flat[k] == pytest.approx(v) for k, v in dataset_spec(dataset).paper_weights.items())
     cfg = tiny(seed=3, method="zskt")
     save_yaml(cfg, tmp_path / "c.yaml")
     assert load_yaml(tmp_path / "c.yaml") == cfg
@@ -274,7 +284,7 @@ def test_ctrl_c_in_train_says_how_to_resume_in_one_line_and_keeps_the_state(tmp_
 
     for kind, model in (("natural", experts.natural), ("robust", experts.robust)):
         save_checkpoint(tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
-    cfg = tiny(**{"stage2.epochs": 30, "stage2.iters_per_epoch": 4, "eval.every": 100,
+    cfg = tiny(**{"budget.epochs": 32, "budget.iters_per_epoch": 4, "eval.every": 100,
                   "teachers.natural": str(tmp_path / "natural.pt"), "teachers.robust": str(tmp_path / "robust.pt")})
     save_yaml(cfg, tmp_path / "c.yaml")
     cmd = [sys.executable, "-m", "derd.train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),

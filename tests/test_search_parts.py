@@ -10,12 +10,12 @@ from conftest import write_space
 from tuning.scheduler import ResumableASHA
 from tuning.searcher import TRIAL_NUMBER, StudySearcher
 from derd.methods import available_methods
-from tuning.space import load_space
+from tuning.space import SearchSpace
 
 
 @pytest.fixture()
 def space(tmp_path):
-    return load_space(write_space(tmp_path / "space.yaml", space={
+    return SearchSpace.from_yaml(write_space(tmp_path / "space.yaml", space={
         "method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat", "dafl"]},
         "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
         "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
@@ -42,13 +42,13 @@ def test_define_by_run_samples_only_the_keys_a_method_reads(space):
 
 
 def test_restricting_to_one_method_drops_the_others(tmp_path):
-    space = load_space(write_space(tmp_path / "s.yaml", space={
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", space={
         "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
         "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
         "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0}}), methods=["dafl"])
     assert space.methods == ["dafl"] and [p.key for p in space.params] == ["dafl.lambda_act"]
     assert space.presets == [{"dafl.lambda_act": 0.1}]
-    wider = load_space(tmp_path / "s.yaml", methods=["all"])
+    wider = SearchSpace.from_yaml(tmp_path / "s.yaml", methods=["all"])
     assert wider.methods == available_methods() and [p["method"] for p in wider.presets] == available_methods()
 
 
@@ -119,6 +119,7 @@ def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_p
     driver closes the run without logging the totals a second time."""
     from mlflow.tracking import MlflowClient
 
+    from derd.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -126,15 +127,45 @@ def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_p
     exp = client.create_experiment("e")
     parent = client.create_run(exp).info.run_id
     result = {"epoch": 2, "total_epochs": 2, "trial/compute_s": 3.0, "search/feasible": True, "time/epoch_s": 1.0}
-    first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0)
+    first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path))
     first.log_epoch(0, result, {TRIAL_NUMBER: 0})
-    run_id = first._run_id(0)
+    run_id = first.run_id(0)
     first.client.set_terminated = lambda *a, **k: None  # the kill: totals written, state not
     first.finish(0, result)
     assert client.get_run(run_id).info.status == "RUNNING"
-    resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0)
+    resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path))
     resumed.log_epoch(0, result)  # the resumed trial replays its last epoch
     resumed.finish(0, result)
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("trial/wall_time_s", "trial/device_hours", "time/epoch_s"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [2]
+
+
+def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_path):
+    """The driver dies after a trial reported epoch 5 (and saved it in its checkpoint) but before the
+    logger wrote it; the resumed trial reports epoch 6 first. Every epoch 1..6 is in MLflow once."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from derd.records import SearchFolder
+    from tuning.mlflow_logger import MLflowSearchLogger
+
+    folder = SearchFolder(tmp_path)
+    uri = folder.mlflow_uri
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    parent = client.create_run(exp).info.run_id
+    history = [{"epoch": e, "stage": 1, "loss/G": float(e), "time/epoch_s": 0.1 * e,
+                **({"val/clean_acc": 50.0 + e} if e % 2 == 0 else {})} for e in range(1, 7)]
+    first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
+    for entry in history[:4]:
+        first.log_epoch(0, entry, {TRIAL_NUMBER: 0})
+    # the kill: epoch 5 was reported and checkpointed, never logged; the resumed trial reaches epoch 6
+    folder.trial_checkpoint(0).parent.mkdir(parents=True)
+    torch.save({"history": history}, folder.trial_checkpoint(0))
+    resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
+    resumed.log_epoch(0, history[5])
+    run_id = resumed.run_id(0)
+    for key in ("loss/G", "time/epoch_s"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3, 4, 5, 6], key
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/clean_acc")) == [2, 4, 6]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 from pathlib import Path
 from typing import Any
 
 from derd.errors import UserError
+from derd.records import SearchFolder
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -42,14 +42,15 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} is more than any node has ({max_cpus:g} CPUs); lower it")
 
 
-def check_search_folder(out: Path, record_name: str) -> dict[str, Any]:
-    """The record of a search to resume; one clear error when the folder holds none or was moved."""
-    record_file = out / record_name
+def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
+    """The record of a search to resume; one clear error when the folder holds none, was moved, or its
+    driver still runs."""
+    out, record_file = folder.root, folder.record
     if not record_file.is_file():
-        if out.is_dir() and (out / "space.yaml").is_file():
-            raise UserError(f"{out} holds a search from before search records ({record_name} is missing); "
+        if out.is_dir() and folder.space.is_file():
+            raise UserError(f"{out} holds a search from before search records ({record_file.name} is missing); "
                             f"start a new search in another --out")
-        raise UserError(f"nothing to resume in {out}: no {record_name} (the search never started there); "
+        raise UserError(f"nothing to resume in {out}: no {record_file.name} (the search never started there); "
                         f"start it without --resume")
     try:
         record = json.loads(record_file.read_text())
@@ -58,6 +59,10 @@ def check_search_folder(out: Path, record_name: str) -> dict[str, Any]:
     if Path(record.get("out", out)).resolve() != out.resolve():
         raise UserError(f"{out} was moved from {record['out']}; its MLflow store still points there: run "
                         f"python analysis/relocate.py --out {out} first")
+    pid = record.get("driver_pid")
+    if driver_alive(pid):
+        raise UserError(f"a search driver (pid {pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
+                        f"then resume")
     return record
 
 
@@ -69,29 +74,6 @@ def driver_alive(pid: int | None) -> bool:
         return b"search.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def stop_stale_ray_processes(session_dir: str | None, driver_pid: int | None) -> int:
-    """Before a resume: refuse if the folder's driver still runs; else end the processes its
-    own local Ray instance left behind when it was killed (only that session's: their command
-    lines name its session folder; Linux /proc, elsewhere a no-op). Returns how many."""
-    if driver_alive(driver_pid):
-        raise UserError(f"a search driver (pid {driver_pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
-                        f"then resume")
-    if not session_dir or not Path("/proc").is_dir():
-        return 0
-    ended = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if session_dir in cmdline:
-                os.kill(int(entry.name), signal.SIGTERM)
-                ended += 1
-        except (OSError, ProcessLookupError):
-            continue
-    return ended
 
 
 def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, float]], float]:

@@ -20,11 +20,9 @@ from typing import Any
 from ray.tune import Callback
 
 from derd.config import apply_overrides, from_dict, to_flat
+from derd.methods import logged_prefixes, uses_key
+from derd.records import EPOCH_TIME, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder, Tag
 from tuning.searcher import TRIAL_NUMBER
-
-NUMBER_TAG = "optuna.trial_number"
-PARENT_TAG = "mlflow.parentRunId"
-LOGGED_PREFIXES = ("loss/", "sga/", "time/", "kd/", "dfard/")
 
 
 def _param_value(value: Any) -> str:
@@ -39,8 +37,10 @@ class MLflowSearchLogger(Callback):
     """A Tune callback that mirrors trials into MLflow child runs of the search's parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
-                 presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, searcher=None, stopped_early: set[int] | None = None) -> None:
+                 presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
+                 searcher=None, stopped_early: set[int] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.folder = folder
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.base_config = base_config
@@ -52,6 +52,7 @@ class MLflowSearchLogger(Callback):
         self._client = None
         self._runs: dict[int, str] = {}
         self._logged_epoch: dict[int, int] = {}
+        self._prefixes = logged_prefixes()  # every registered method's metrics
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "searcher": None}
@@ -64,15 +65,15 @@ class MLflowSearchLogger(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def _run_id(self, number: int, config: dict[str, Any] | None = None, ray_trial_id: str = "") -> str:
+    def run_id(self, number: int, config: dict[str, Any] | None = None, ray_trial_id: str = "") -> str:
         """The trial's run: found by its number (created from ``config`` on first sight)."""
         if number in self._runs:
             return self._runs[number]
-        found = self.client.search_runs([self.experiment_id], f"tags.`{NUMBER_TAG}` = '{number}' and "
-                                        f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=1)
+        found = self.client.search_runs([self.experiment_id], f"tags.`{Tag.TRIAL_NUMBER}` = '{number}' and "
+                                        f"tags.`{Tag.PARENT}` = '{self.parent_run_id}'", max_results=1)
         if found:
             run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "time/epoch_s")
+            history = self.client.get_metric_history(run_id, EPOCH_TIME)
             self._logged_epoch[number] = max((m.step for m in history), default=0)
         else:
             run_id = self._create_run(number, config or {}, ray_trial_id)
@@ -83,26 +84,24 @@ class MLflowSearchLogger(Callback):
     def _create_run(self, number: int, config: dict[str, Any], ray_trial_id: str) -> str:
         from mlflow.entities import Param, RunTag
 
-        from derd.methods import uses_key
-
         sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         cfg = apply_overrides(from_dict(self.base_config), sampled)
         run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
-                                     tags={PARENT_TAG: self.parent_run_id, NUMBER_TAG: str(number),
-                                           "derd.trial_id": trial_run_name(number), "derd.kind": "trial",
-                                           "derd.method": cfg.method, "derd.ray_trial_id": ray_trial_id})
+                                     tags={Tag.PARENT: self.parent_run_id, Tag.TRIAL_NUMBER: str(number),
+                                           Tag.TRIAL_ID: trial_run_name(number), Tag.KIND: "trial",
+                                           Tag.METHOD: cfg.method, "derd.ray_trial_id": ray_trial_id})
         params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
-        self.client.log_batch(run.info.run_id, tags=[RunTag("derd.searched_keys", ",".join(sorted(sampled))),
-                                                      RunTag("derd.preset", str(sampled in self.presets).lower())])
+        self.client.log_batch(run.info.run_id, tags=[RunTag(Tag.SEARCHED_KEYS, ",".join(sorted(sampled))),
+                                                      RunTag(Tag.PRESET, str(sampled in self.presets).lower())])
         if self.searcher is not None:
             self.searcher.set_user_attr(number, "mlflow_run_id", run.info.run_id)
         return run.info.run_id
 
     # ---- what Tune reports ---------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self._run_id(trial.config[TRIAL_NUMBER], trial.config, trial.trial_id)
+        self.run_id(trial.config[TRIAL_NUMBER], trial.config, trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
         self.log_epoch(trial.config[TRIAL_NUMBER], result, trial.config)
@@ -120,16 +119,34 @@ class MLflowSearchLogger(Callback):
 
     # ---- the records ------------------------------------------------------------------------
     def log_epoch(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
-        """One epoch's metrics, once: epochs logged before a resume are skipped."""
-        from mlflow.entities import Metric
-
-        run_id = self._run_id(number, config)
+        """One epoch's metrics, once: epochs logged before a resume are skipped, and epochs the trial
+        reported while no driver logged them (killed between the report and the write) are taken
+        from the trial's checkpoint first, so that MLflow holds every epoch exactly once."""
+        run_id = self.run_id(number, config)
         step = int(result.get("epoch", 0))
         if step <= self._logged_epoch[number]:
             return
+        if step > self._logged_epoch[number] + 1:
+            for entry in self._checkpoint_history(number):
+                if self._logged_epoch[number] < entry["epoch"] < step:
+                    self._write_epoch(run_id, number, entry)
+        self._write_epoch(run_id, number, result)
+
+    def _checkpoint_history(self, number: int) -> list[dict[str, Any]]:
+        import torch
+
+        path = self.folder.trial_checkpoint(number)
+        if not path.is_file():
+            return []
+        return list(torch.load(path, map_location="cpu", weights_only=True).get("history", []))
+
+    def _write_epoch(self, run_id: str, number: int, result: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step = int(result["epoch"])
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float))]
+                   if k.startswith(self._prefixes) and isinstance(v, (int, float))]
         if result.get("val_evaluated", any(k.startswith("val/") for k in result)):  # history entries: val/* iff evaluated
             metrics += [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
         if metrics:
@@ -140,7 +157,7 @@ class MLflowSearchLogger(Callback):
         """Close the trial's run FINISHED with its totals and tags (once)."""
         from mlflow.entities import Metric, RunTag
 
-        run_id = self._run_id(number, config)
+        run_id = self.run_id(number, config)
         run = self.client.get_run(run_id)
         if run.info.status == "FINISHED":
             return  # recorded by an earlier session
@@ -150,12 +167,12 @@ class MLflowSearchLogger(Callback):
         now = int(time.time() * 1000)
         compute = float(result.get("trial/compute_s", 0.0))
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
-        metrics = [] if "trial/wall_time_s" in run.data.metrics else [  # logged already by a driver killed before closing the run
-            Metric("trial/wall_time_s", compute, now, step), Metric("trial/device_hours", compute / 3600 * units, now, step),
-            Metric("trial/epochs", float(step), now, step)]
-        tags = [RunTag("derd.stopped_early", str(stopped_early).lower()),
-                RunTag("derd.budget", "partial" if stopped_early else "full"),
-                RunTag("derd.feasible", str(bool(result.get("search/feasible", False))).lower()),
+        metrics = [] if TRIAL_WALL in run.data.metrics else [  # logged already by a driver killed before closing the run
+            Metric(TRIAL_WALL, compute, now, step), Metric(TRIAL_DEVICE_HOURS, compute / 3600 * units, now, step),
+            Metric(TRIAL_EPOCHS, float(step), now, step)]
+        tags = [RunTag(Tag.STOPPED_EARLY, str(stopped_early).lower()),
+                RunTag(Tag.BUDGET, "partial" if stopped_early else "full"),
+                RunTag(Tag.FEASIBLE, str(bool(result.get("search/feasible", False))).lower()),
                 RunTag("derd.device", str(result.get("device", ""))),
                 RunTag("derd.node_id", str(result.get("node_id", ""))),
                 RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
@@ -167,32 +184,32 @@ class MLflowSearchLogger(Callback):
                   f"(score {result.get('search/score', float('nan')):.2f})", file=sys.stderr, flush=True)
 
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
-        run_id = self._run_id(number, config)
-        self.client.set_tag(run_id, "derd.error", reason[:5000])
-        if "trial/compute_s" in result and "trial/wall_time_s" not in self.client.get_run(run_id).data.metrics:
-            self.client.log_metric(run_id, "trial/wall_time_s", float(result["trial/compute_s"]))
+        run_id = self.run_id(number, config)
+        self.client.set_tag(run_id, Tag.ERROR, reason[:5000])
+        if "trial/compute_s" in result and TRIAL_WALL not in self.client.get_run(run_id).data.metrics:
+            self.client.log_metric(run_id, TRIAL_WALL, float(result["trial/compute_s"]))
         self.client.set_terminated(run_id, "FAILED")
 
-    def reconcile(self, study, objectives: list[tuple[str, str]], clean_threshold: float, out: Path) -> int:
+    def reconcile(self, study, objectives: list[tuple[str, str]], clean_threshold: float) -> int:
         """Close runs a killed driver left open although Optuna recorded their end (the driver
         died between telling Optuna and writing MLflow): epochs from the trial's checkpoint,
         totals, state. Returns how many runs were closed."""
         from optuna.trial import TrialState
 
-        from tuning.trainable import history_result, trial_checkpoint
+        from tuning.trainable import history_result
 
         closed = 0
         for t in study.trials:
             if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
                 continue
-            found = self.client.search_runs([self.experiment_id], f"tags.`{NUMBER_TAG}` = '{t.number}' and "
-                                            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=1)
+            found = self.client.search_runs([self.experiment_id], f"tags.`{Tag.TRIAL_NUMBER}` = '{t.number}' and "
+                                            f"tags.`{Tag.PARENT}` = '{self.parent_run_id}'", max_results=1)
             if not found or found[0].info.status != "RUNNING":
                 continue
             if t.state == TrialState.FAIL:
                 self.fail(t.number, "trial failed (recorded by Optuna; the driver stopped before MLflow)", {})
             else:
-                results = history_result(trial_checkpoint(out, t.number), objectives, clean_threshold)
+                results = history_result(self.folder.trial_checkpoint(t.number), objectives, clean_threshold)
                 for result in results:
                     self.log_epoch(t.number, result)
                 self.finish(t.number, results[-1])

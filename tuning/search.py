@@ -3,21 +3,24 @@
 Ray Tune schedules the trials (one trial = one run of a method), Optuna proposes the
 method, structure and loss weights (multi-objective, feasibility-constrained, the paper's
 presets first), ASHA stops poor trials early, and MLflow records every trial from the
-driver. Everything lands in ``--out`` (default ``runs/<name>``): ``search.json`` (the
-search's record: name, dataset, sessions), ``space.yaml`` (the space used), ``optuna.db``
-(the study: every trial's parameters, state and per-epoch scores), ``mlflow.db`` and
-``mlartifacts/``, ``trials/<number>/run.pt`` (each trial's resumable state),
-``stage1_cache/`` (shared stage-I states) and ``tune/`` (Ray's session folders).
+driver. Everything lands in ``--out`` (default ``runs/<name>``; ``derd.records.SearchFolder``):
+``search.json`` (the search's record: name, dataset, sessions, the driver's Ray processes),
+``space.yaml`` (the space used), ``optuna.db`` (the study: every trial's parameters, state and
+per-epoch scores), ``mlflow.db`` and ``mlartifacts/``, ``trials/<number>/run.pt`` (each
+trial's resumable state), ``stage1_cache/`` (shared stage-I states) and ``tune/`` (Ray's
+session folders).
 
-``--resume`` continues the search in ``--out`` from the study alone: finished trials stay,
-trials that were running continue from their checkpoints under their own number,
-ASHA's rungs are rebuilt from the stored scores, and the search takes its name, dataset
-and space from the folder. A driver killed with ``kill -9`` resumes the same way.
+``--resume`` continues the search in ``--out`` from the folder alone: finished trials stay,
+trials that were running continue from their checkpoints under their own number, ASHA's
+rungs are rebuilt from the stored scores, and the search takes its name, dataset and space
+from the folder. A driver killed with ``kill -9`` resumes the same way. ``--resume
+--num-trials N`` extends a search to N trials in all (the same study samples the new ones);
+the settings in ``RESUME_SETTINGS`` may change on resume, every other flag that shapes the
+search is refused with the reason (``RESUME_FIXED``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,15 +33,27 @@ if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: imp
 
 from derd.config import from_dict, to_dict
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.train import add_teacher_flags, teacher_overrides
+from derd.records import SearchFolder, Tag, encode_objectives
+from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
 from analysis.store import check_mlflow_uri
-from tuning.checks import (check_cluster_resources, check_ray_address, check_search_folder, stop_stale_ray_processes,
-                           teacher_preflight)
-from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path, load_space, validate_settings
+from tuning.checks import check_cluster_resources, check_ray_address, check_search_folder, teacher_preflight
+from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path
 
-SEARCH_DIR_TAG = "derd.search_dir"
-RECORD = "search.json"
 EXIT_INTERRUPTED = 130
+
+# Settings a resumed search may change (recorded in its space.yaml for the sessions after).
+RESUME_SETTINGS = ("num_trials", "max_concurrent", "sampler", "cpus_per_trial", "gpus_per_trial")
+# Flags that shape what the search compares, refused on --resume, with the reason.
+RESUME_FIXED = {
+    "dataset": "the search's dataset is fixed",
+    "space": "the space is fixed (space.yaml in the folder holds it)",
+    "method": "the study's method dimension cannot change (Optuna refuses new choices of a sampled parameter)",
+    "scheduler": "early stopping must judge every trial by the same rule",
+    "seed": "every trial's seed is the search's",
+    "data_root": "the trials' configs name their data root",
+    "mlflow_uri": "the search's records are in the store it started with",
+    **{flag: "the trials compare students of the same teachers" for flag in TEACHER_FLAGS},
+}
 
 
 @dataclass
@@ -47,7 +62,7 @@ class Plan:
 
     space: SearchSpace
     base_config: dict[str, Any]
-    out: Path
+    folder: SearchFolder
     name: str
     tracking_uri: str
     storage_path: str
@@ -57,17 +72,22 @@ class Plan:
     experts: Any  # derd.experts.Experts, loaded once and shipped to the trials through Ray's object store
     record: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def out(self) -> Path:
+        return self.folder.root
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="digits", help="digits (embedded, default), cifar10, cifar100, imagenet100")
+    p.add_argument("--dataset", help="digits (embedded, default), cifar10, cifar100, imagenet100")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/<dataset>.yaml)")
     p.add_argument("--method", nargs="+", help="the methods to search (one drops the space's method dimension; "
                                                "'all': every registered method), default: the space's")
     p.add_argument("--name", help="search name: MLflow experiment, Optuna study, output folder "
                                   "(default: the first free of derd-<dataset>, derd-<dataset>-2, ...)")
     p.add_argument("--out", help="output folder (default: runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out (or runs/<--name>)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out (or runs/<--name>); with "
+                                                         "--num-trials N, extend it to N trials in all")
     p.add_argument("--num-trials", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe: multivariate TPE with constant liar)")
@@ -88,16 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fresh_name(args: argparse.Namespace) -> tuple[str, Path]:
-    name = args.name or f"derd-{args.dataset}"
+def _fresh_name(args: argparse.Namespace, dataset: str) -> tuple[str, Path]:
+    name = args.name or f"derd-{dataset}"
     out = Path(args.out or Path("runs") / name).resolve()
     if not (args.name or args.out):  # the default name: take the first free one
         n = 1
         while out.exists() and any(out.iterdir()):
             n += 1
-            name = f"derd-{args.dataset}-{n}"
+            name = f"derd-{dataset}-{n}"
             out = (Path("runs") / name).resolve()
     return name, out
+
+
+def _resumed_space(args: argparse.Namespace, folder: SearchFolder) -> SearchSpace:
+    """The folder's space with the settings a resume may change; any other flag that shapes the
+    search is refused with the reason."""
+    for flag, why in RESUME_FIXED.items():
+        if getattr(args, flag, None) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} cannot change when resuming: {why}; drop it "
+                            f"(or start a new search)")
+    space = SearchSpace.from_yaml(folder.space)
+    changed = []
+    for key in RESUME_SETTINGS:
+        value = getattr(args, key)
+        if value is not None and value != getattr(space, key):
+            changed.append(f"{key} {getattr(space, key)} -> {value}")
+            setattr(space, key, value)
+    space.validate_settings("command line")
+    if changed:
+        print(f"resuming with {', '.join(changed)}", flush=True)
+    return space
 
 
 def plan_search(args: argparse.Namespace) -> Plan:
@@ -109,30 +149,29 @@ def plan_search(args: argparse.Namespace) -> Plan:
     if args.resume:
         if not (args.out or args.name):
             raise UserError("--resume needs the search's folder: pass --out DIR (or --name NAME for runs/NAME)")
-        out = Path(args.out or Path("runs") / args.name).resolve()
-        record = check_search_folder(out, RECORD)
+        folder = SearchFolder(Path(args.out or Path("runs") / args.name).resolve())
+        record = check_search_folder(folder)
         if args.name and args.name != record["name"]:
-            raise UserError(f"{out} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
+            raise UserError(f"{folder.root} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
         name = record["name"]
-        space = load_space(out / "space.yaml")
+        space = _resumed_space(args, folder)
     else:
-        name, out = _fresh_name(args)
-        check_output_folder(out)
-        if (out / RECORD).is_file():
+        dataset = args.dataset or "digits"
+        name, out = _fresh_name(args, dataset)
+        folder = SearchFolder(check_output_folder(out))
+        if folder.record.is_file():
             raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
-        space = load_space(args.space or default_space_path(args.dataset), methods=args.method)
-        if space.dataset != args.dataset and args.space is None:
-            raise UserError(f"search space {space.source} is for {space.dataset}, not {args.dataset}")
-        for attr, value in (("num_trials", args.num_trials), ("max_concurrent", args.max_concurrent), ("sampler", args.sampler),
-                            ("scheduler", args.scheduler), ("gpus_per_trial", args.gpus_per_trial),
-                            ("cpus_per_trial", args.cpus_per_trial), ("seed", args.seed)):
-            if value is not None:
-                setattr(space, attr, value)
+        space = SearchSpace.from_yaml(args.space or default_space_path(dataset), methods=args.method)
+        if space.dataset != dataset and args.space is None:
+            raise UserError(f"search space {space.source} is for {space.dataset}, not {dataset}")
+        for attr in (*RESUME_SETTINGS, "scheduler", "seed"):
+            if getattr(args, attr) is not None:
+                setattr(space, attr, getattr(args, attr))
         overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
         space.base.update({k: v for k, v in overrides.items() if v is not None})
-        validate_settings(space, "command line")
+        space.validate_settings("command line")
         record = {}
     base_cfg = space.base_config()
     if base_cfg.data.dataset != "digits":
@@ -141,16 +180,16 @@ def plan_search(args: argparse.Namespace) -> Plan:
         if args.download:
             download(base_cfg.data.dataset, base_cfg.data.root)
         load_split(base_cfg.data.dataset, "val", base_cfg.data.root, image_size=base_cfg.data.image_size)
-    tracking_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri") \
-        or f"sqlite:///{out / 'mlflow.db'}"
+    tracking_uri = args.mlflow_uri or record.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") \
+        or folder.mlflow_uri
     check_mlflow_uri(tracking_uri)
     check_ray_address(args.address)
     if args.storage_path is None:
-        check_output_folder(out)
+        check_output_folder(folder.root)
     from derd.experts import load_experts
 
     experts = load_experts(base_cfg, methods=space.methods)  # checks the checkpoints; digits: trains the pair on first use
-    return Plan(space, to_dict(base_cfg), out, name, tracking_uri, args.storage_path or str(out), args.resume,
+    return Plan(space, to_dict(base_cfg), folder, name, tracking_uri, args.storage_path or str(folder.root), args.resume,
                 args.max_failures, args.address, experts, record)
 
 
@@ -161,21 +200,20 @@ def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold:
     client = MlflowClient(plan.tracking_uri)
     exp = client.get_experiment_by_name(plan.name)
     if exp is None:
-        artifacts = (plan.out / "mlartifacts").as_uri() if plan.tracking_uri.startswith("sqlite") else None
+        artifacts = plan.folder.artifacts.as_uri() if plan.tracking_uri.startswith("sqlite") else None
         # the experiment kind makes MLflow 3's UI open on its runs table, not its GenAI overview
         exp_id = client.create_experiment(plan.name, artifact_location=artifacts,
                                           tags={"mlflow.experimentKind": "custom_model_development"})
     else:
         exp_id = exp.experiment_id
-    found = client.search_runs([exp_id], f"tags.`{SEARCH_DIR_TAG}` = '{plan.out}'", max_results=1)
+    found = client.search_runs([exp_id], f"tags.`{Tag.SEARCH_DIR}` = '{plan.out}'", max_results=1)
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return exp_id, found[0].info.run_id
     space = plan.space
     run = client.create_run(exp_id, run_name=f"search-{plan.name}", tags={
-        SEARCH_DIR_TAG: str(plan.out), "derd.kind": "search", "derd.dataset": space.dataset,
-        "derd.objectives": ",".join(f"{m}:{mode}" for m, mode in space.objectives),
-        "derd.methods": ",".join(space.methods)})
+        Tag.SEARCH_DIR: str(plan.out), Tag.KIND: "search", Tag.DATASET: space.dataset,
+        Tag.OBJECTIVES: encode_objectives(space.objectives), Tag.METHODS: ",".join(space.methods)})
     params = {"dataset": space.dataset, "num_trials": space.num_trials, "max_concurrent": space.max_concurrent,
               "sampler": space.sampler, "scheduler": space.scheduler, "cpus_per_trial": space.cpus_per_trial,
               "gpus_per_trial": space.gpus_per_trial, "space": ",".join(p.key for p in space.params),
@@ -192,7 +230,7 @@ def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold:
     for kind, table in teachers.items():
         for k, v in table.items():
             client.log_metric(run.info.run_id, f"teacher/{kind}_{k}", v)
-    client.log_artifact(run.info.run_id, str(plan.out / "space.yaml"))
+    client.log_artifact(run.info.run_id, str(plan.folder.space))
     return exp_id, run.info.run_id
 
 
@@ -213,106 +251,98 @@ def _init_ray(plan: Plan) -> bool:
     return True
 
 
-def _owned_ray_session() -> str | None:
-    """The session folder of the local Ray instance this driver started (None when it joined one):
-    what a later ``--resume`` may clean up if this driver is killed."""
-    try:
-        import ray
-
-        node = ray._private.worker._global_node
-        return node.get_session_dir_path() if node is not None and node.all_processes else None
-    except Exception:  # noqa: BLE001 - private API: without it, nothing is cleaned up later
-        return None
-
-
 def _write_record(plan: Plan, record: dict[str, Any]) -> None:
-    tmp = plan.out / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, plan.out / RECORD)
+    from tuning.session import write_record
+
+    write_record(plan.folder.record, record)
 
 
 def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     """Plan, then run (or resume) the search; returns a summary dict. Raises UserError on bad input."""
+    from tuning import processes
+
     args = build_parser().parse_args(argv)
     plan = plan_search(args)
     print(f"search {plan.name}: results in {plan.out}", flush=True)
     if plan.resume:
-        stop_stale_ray_processes(plan.record.get("ray_session_dir"), plan.record.get("driver_pid"))
+        processes.end_processes({int(p): t for p, t in plan.record.get("ray_processes", {}).items()})
     teachers, threshold = teacher_preflight(plan)
     import ray
 
+    reaper = None if ray.is_initialized() else processes.start_reaper()
     started = _init_ray(plan)
     try:
         check_cluster_resources(plan.space.cpus_per_trial, plan.space.gpus_per_trial)
-        return _fit(plan, teachers, threshold)
+        return _fit(plan, teachers, threshold, processes.descendants() if started else {})
     finally:
         if started:
             ray.shutdown()
+        if reaper is not None:
+            processes.stop_reaper(reaper)
 
 
-def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> dict[str, Any]:
+def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
+         ray_processes: dict[int, float]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
     from ray import tune
 
     from tuning.mlflow_logger import MLflowSearchLogger
     from tuning.searcher import StudySearcher, open_study
+    from tuning.session import SessionClock
     from tuning.summary import finish_search
     from tuning.trainable import derd_trainable
 
-    space = plan.space
-    plan.out.mkdir(parents=True, exist_ok=True)
+    space, folder = plan.space, plan.folder
+    folder.root.mkdir(parents=True, exist_ok=True)
     record = dict(plan.record) or {"name": plan.name, "dataset": space.dataset, "out": str(plan.out),
                                    "tracking_uri": plan.tracking_uri, "created": time.time(), "sessions": []}
-    if not plan.resume:
-        _write_effective_space(plan)
+    folder.space.write_text(space.to_yaml())  # with this session's settings: the next --resume reads them
     record.update(clean_threshold=threshold, teachers=teachers)
     _write_record(plan, record)
-    (plan.out / "stage1_cache").mkdir(exist_ok=True)
+    folder.stage1_cache.mkdir(exist_ok=True)
     exp_id, parent_id = _mlflow_parent(plan, teachers, threshold)
-    study = open_study(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name)
+    study = open_study(space, folder.optuna_uri, plan.name)
     if not study.trials:
         for point in space.presets:
             study.enqueue_trial(point, user_attrs={"preset": True})
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     remaining = space.num_trials - len(done)
-    session_start = time.time()
     client = MlflowClient(plan.tracking_uri)
     logger = MLflowSearchLogger(plan.tracking_uri, exp_id, parent_id, plan.base_config, space.presets,
-                                space.cpus_per_trial, space.gpus_per_trial)
+                                space.cpus_per_trial, space.gpus_per_trial, folder)
     if plan.resume:
-        logger.reconcile(study, space.objectives, threshold, plan.out)
+        logger.reconcile(study, space.objectives, threshold)
     if remaining <= 0:
         print(f"search {plan.name} already finished ({len(done)} trials); nothing to run", flush=True)
         return finish_search(client, exp_id, parent_id, plan, record, interrupted=False)
 
     scheduler = _scheduler(plan, study)
     stopped = getattr(scheduler, "stopped_early", set())
-    searcher = StudySearcher(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name, threshold, stopped)
+    searcher = StudySearcher(space, folder.optuna_uri, plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped
     trainable = tune.with_resources(
         tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=plan.experts, out=str(plan.out),
                              objectives=space.objectives, clean_threshold=threshold, cpus_per_trial=space.cpus_per_trial),
         {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
     )
-    session = len(record["sessions"]) + 1
-    record.update(ray_session_dir=_owned_ray_session(), driver_pid=os.getpid())
-    _write_record(plan, record)
+    record.update(ray_processes=ray_processes, driver_pid=os.getpid())
+    clock = SessionClock(folder.record, record)  # the session counts from here, even if this driver is killed
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                     max_concurrent_trials=space.max_concurrent),
-        run_config=tune.RunConfig(name=f"session-{session}", storage_path=plan.storage_path.rstrip("/") + "/tune",
-                                  callbacks=[logger], progress_reporter=_reporter(space),
+        run_config=tune.RunConfig(name=f"session-{len(record['sessions'])}",
+                                  storage_path=plan.storage_path.rstrip("/") + "/tune",
+                                  callbacks=[logger, clock], progress_reporter=_reporter(space),
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
     )
     try:
         tuner.fit()
     finally:
-        record["sessions"].append({"start": session_start, "wall_s": time.time() - session_start})
-        _write_record(plan, record)
-    study = open_study(space, f"sqlite:///{plan.out / 'optuna.db'}", plan.name)
+        clock.close()
+    study = open_study(space, folder.optuna_uri, plan.name)
     unfinished = [t for t in study.trials if t.state == TrialState.RUNNING]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
     return finish_search(client, exp_id, parent_id, plan, record, interrupted=bool(unfinished) or finished < space.num_trials)
@@ -348,22 +378,6 @@ def _reporter(space: SearchSpace):
     params = {TRIAL_NUMBER: "trial", **({"method": "method"} if any(p.key == "method" for p in space.params) else {})}
     return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=30,
                        print_intermediate_tables=True)
-
-
-def _write_effective_space(plan: Plan) -> None:
-    """space.yaml records the space with the command line's overrides, so --resume needs no flags."""
-    import yaml
-
-    raw = dict(plan.space.raw)
-    raw["base"] = dict(plan.space.base)
-    raw["space"] = {p.key: ({"distribution": p.distribution, "choices": list(p.choices)} if p.distribution == "categorical"
-                            else {"distribution": p.distribution, "low": p.low, "high": p.high}) for p in plan.space.params}
-    raw["presets"] = plan.space.presets
-    raw["search"] = {k: getattr(plan.space, k) for k in ("num_trials", "max_concurrent", "sampler", "scheduler",
-                                                        "grace_period", "reduction_factor", "seed") if getattr(plan.space, k) is not None}
-    raw["resources"] = {"cpus_per_trial": plan.space.cpus_per_trial, "gpus_per_trial": plan.space.gpus_per_trial}
-    raw["constraints"] = {"min_clean_fraction": plan.space.min_clean_fraction}
-    (plan.out / "space.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 @cli_errors

@@ -50,16 +50,40 @@ def make_sampler(space: SearchSpace):
     return optuna.samplers.RandomSampler(seed=space.seed)
 
 
-def open_study(space: SearchSpace, storage_url: str, name: str):
-    """Create or load the search's study, with metric names set (Optuna's plots and dashboard show them)."""
+def open_study(space: SearchSpace, storage, name: str):
+    """Create or load the search's study (``storage``: a URL or an Optuna storage), with metric names
+    set (Optuna's plots and dashboard show them)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage_url, sampler=make_sampler(space), load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(space), load_if_exists=True,
                                 directions=["maximize" if mode == "max" else "minimize" for _, mode in space.objectives])
     if study.metric_names is None:
         study.set_metric_names(space.objective_names())
     return study
+
+
+class StudyRecords:
+    """A study's trials by number, through Optuna's public storage interface: the handle of a trial
+    a killed driver left RUNNING, and user attributes of any trial."""
+
+    def __init__(self, storage_url: str, name: str) -> None:
+        import optuna
+
+        self.storage = optuna.storages.RDBStorage(storage_url)
+        self.name = name
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.storage.get_study_id_from_name(self.name), number)
+
+    def handle(self, study, number: int):
+        """A live ``optuna.trial.Trial`` of trial ``number`` (to set attributes and tell it later)."""
+        import optuna
+
+        return optuna.trial.Trial(study, self.trial_id(number))
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(self.trial_id(number), key, value)
 
 
 class StudySearcher(Searcher):
@@ -72,17 +96,24 @@ class StudySearcher(Searcher):
         self.clean_threshold = clean_threshold
         self.stopped_early = stopped_early  # filled by the scheduler: numbers of trials it stopped
         self._study = None
+        self._records: StudyRecords | None = None
         self._live: dict[str, Any] = {}  # Ray trial id -> optuna.Trial
         self._orphans: list[int] | None = None
         self._attrs: dict[int, dict[str, dict]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the search algorithm with its experiment
-        return {**self.__dict__, "_study": None, "_live": {}}
+        return {**self.__dict__, "_study": None, "_records": None, "_live": {}}
+
+    @property
+    def records(self) -> StudyRecords:
+        if self._records is None:
+            self._records = StudyRecords(self.storage_url, self.study_name)
+        return self._records
 
     @property
     def study(self):
         if self._study is None:
-            self._study = open_study(self.space, self.storage_url, self.study_name)
+            self._study = open_study(self.space, self.records.storage, self.study_name)
         return self._study
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -96,12 +127,10 @@ class StudySearcher(Searcher):
         return self._orphans
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        import optuna
-
         orphans = self._running_orphans()
         if orphans:  # a trial interrupted with the previous driver: same number, same parameters
             frozen = self.study.trials[orphans.pop(0)]
-            ot = optuna.trial.Trial(self.study, frozen._trial_id)
+            ot = self.records.handle(self.study, frozen.number)
             params = dict(frozen.params)
             self._attrs[frozen.number] = {k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")}
         else:
@@ -147,7 +176,7 @@ class StudySearcher(Searcher):
 
     def set_user_attr(self, number: int, key: str, value: Any) -> None:
         """For the MLflow logger: the trial's MLflow run id beside its Optuna record."""
-        self.study._storage.set_trial_user_attr(self.study.trials[number]._trial_id, key, value)
+        self.records.set_user_attr(number, key, value)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:  # the state lives in the Optuna study

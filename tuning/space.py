@@ -3,7 +3,7 @@
 Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``)::
 
     dataset: digits
-    base: {stage1.epochs: 4, ...}          # run-config overrides: the per-trial budget
+    base: {budget.epochs: 12, ...}         # run-config overrides: the per-trial budget
     space:                                 # searched config keys and their distributions
       method: {distribution: categorical, choices: [derd, derd_no_nat]}
       stage1.lambda_adv: {distribution: loguniform, low: 0.0005, high: 5}
@@ -17,12 +17,16 @@ Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``):
     search: {num_trials: 10, max_concurrent: 2, sampler: tpe, scheduler: asha, grace_period: 8, reduction_factor: 2}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
 
+``SearchSpace.from_yaml`` reads and checks one; ``to_yaml`` writes the space a search
+actually ran (with the command line's overrides and the presets expanded), which
+``from_yaml`` reads back unchanged: that is what ``--resume`` continues.
+
 Conditional keys: a searched key is sampled only for the methods that read it
 (``derd.methods.uses_key``: a method's own config sections, plus the sections no method
 owns). ``stage1.lambda_adv`` is sampled for derd and derd_no_nat, ``dafl.lambda_act`` only
-for dafl. The paper preset is one point per searched method: the paper's DERD weights for
-DERD's family, each baseline's published weights (its section's defaults) for the others,
-and the base config's value of every other searched key.
+for dafl. The paper preset is one point per searched method: the dataset's published
+weights for that method (``derd.config.preset``) and the base config's value of every other
+searched key.
 """
 from __future__ import annotations
 
@@ -34,18 +38,21 @@ from typing import Any
 
 import yaml
 
-from derd.config import PAPER_WEIGHTS, RunConfig, apply_overrides, preset, to_flat
+from derd.config import RunConfig, apply_overrides, preset, to_flat
+from derd.data import available_datasets
 from derd.errors import UserError
 from derd.evaluate import PROTOCOLS
+from derd.methods import available_methods, get_method, total_epochs, uses_key
+from derd.records import DEFAULT_OBJECTIVES, VAL_CLEAN, Objectives, val
+from derd.settings import as_number
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "none")
+SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
+CONSTRAINT_KEYS = ("min_clean_fraction",)
 TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "constraints", "search", "resources", "description"}
-SEARCH_KEYS = {"num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed"}
-RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial"}
-CONSTRAINT_KEYS = {"min_clean_fraction"}
-DEFAULT_MIN_CLEAN_FRACTION = 0.5
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -74,15 +81,20 @@ class Param:
             return trial.suggest_int(self.key, int(self.low), int(self.high))
         return trial.suggest_float(self.key, self.low, self.high, log=self.distribution == "loguniform")
 
+    def to_yaml(self) -> dict[str, Any]:
+        if self.distribution == "categorical":
+            return {"distribution": self.distribution, "choices": list(self.choices)}
+        return {"distribution": self.distribution, "low": self.low, "high": self.high}
+
 
 @dataclass
 class SearchSpace:
     dataset: str
     base: dict[str, Any]
     params: list[Param]
-    presets: list[dict[str, Any]]
-    objectives: list[tuple[str, str]]  # (metric, "max"|"min")
-    min_clean_fraction: float = DEFAULT_MIN_CLEAN_FRACTION
+    presets: list[dict[str, Any]] = field(default_factory=list)
+    objectives: Objectives = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    min_clean_fraction: float = 0.5
     num_trials: int = 10
     max_concurrent: int = 2
     sampler: str = "tpe"
@@ -92,9 +104,46 @@ class SearchSpace:
     seed: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    description: str = ""
     source: str = ""
-    raw: dict[str, Any] = field(default_factory=dict)
 
+    # ---- reading and writing --------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, methods: list[str] | None = None) -> "SearchSpace":
+        """Read and fully validate a search-space YAML (``yaml.safe_load``).
+
+        ``methods`` (``--method``) replaces the space's method dimension: one method drops the
+        dimension (and other methods' keys and presets), several (or ``all``: every registered
+        method) become its choices.
+        """
+        path = Path(path)
+        raw = _read_yaml(path)
+        methods = _parse_methods(methods)
+        only = methods[0] if methods is not None and len(methods) == 1 else None
+        dataset, base, base_cfg = _parse_base(raw, path, only)
+        space = cls(dataset, base, _parse_params(raw, path, base_cfg), source=str(path),
+                    description=str(raw.get("description") or ""))
+        space.params = _choose_methods(space, methods, path)
+        space.presets = _parse_presets(raw, path, space, only)
+        space.objectives = _parse_objectives(raw, path, base_cfg)
+        _parse_settings(raw, path, space)
+        return space
+
+    def to_yaml(self) -> str:
+        """The space as this search runs it (``from_yaml`` reads it back unchanged)."""
+        data: dict[str, Any] = {"dataset": self.dataset}
+        if self.description:
+            data["description"] = self.description
+        data["base"] = dict(self.base)
+        data["search"] = {k: getattr(self, k) for k in SEARCH_KEYS if getattr(self, k) is not None}
+        data["resources"] = {k: getattr(self, k) for k in RESOURCE_KEYS}
+        data["constraints"] = {k: getattr(self, k) for k in CONSTRAINT_KEYS}
+        data["space"] = {p.key: p.to_yaml() for p in self.params}
+        data["presets"] = self.presets
+        data["objectives"] = [{"metric": m, "mode": mode} for m, mode in self.objectives]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    # ---- what the search needs ------------------------------------------------------------
     def base_config(self) -> RunConfig:
         """The dataset preset with this space's budget applied: what every trial starts from."""
         return apply_overrides(preset(self.dataset), self.base)
@@ -107,8 +156,6 @@ class SearchSpace:
 
     def sample(self, trial) -> dict[str, Any]:
         """Define-by-run: the method first, then every searched key that method reads."""
-        from derd.methods import uses_key
-
         out: dict[str, Any] = {}
         method = self.base_config().method
         for p in self.params:
@@ -124,10 +171,29 @@ class SearchSpace:
 
     def total_epochs(self) -> dict[str, int]:
         """Full trial budget per searched method (epochs a trial runs if not stopped)."""
-        from derd.methods import get_method
-
         base = self.base_config()
-        return {m: sum(p.epochs for p in get_method(m).phases(apply_overrides(base, {"method": m}))) for m in self.methods}
+        return {m: total_epochs(apply_overrides(base, {"method": m})) for m in self.methods}
+
+    def validate_settings(self, where: str = "settings") -> None:
+        """Check the search and resource settings (after command-line overrides too)."""
+        for ok, key, msg in (
+            (isinstance(self.num_trials, int) and self.num_trials >= 1, "search.num_trials", "must be an integer >= 1"),
+            (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1, "search.max_concurrent",
+             "must be an integer >= 1"),
+            (self.sampler in SAMPLERS, "search.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}"),
+            (self.scheduler in SCHEDULERS, "search.scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"),
+            (isinstance(self.reduction_factor, (int, float)) and self.reduction_factor >= 2, "search.reduction_factor",
+             "must be >= 2"),
+            (self.grace_period is None or (isinstance(self.grace_period, int) and self.grace_period >= 1),
+             "search.grace_period", "must be an integer >= 1"),
+            (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0, "resources.cpus_per_trial",
+             "must be > 0"),
+            (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0, "resources.gpus_per_trial",
+             "must be >= 0"),
+        ):
+            _require(ok, f"{where}: {key}", msg)
+        _require(self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), f"{where}: resources.gpus_per_trial",
+                 "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs")
 
 
 def default_space_path(dataset: str) -> Path:
@@ -137,6 +203,8 @@ def default_space_path(dataset: str) -> Path:
         raise UserError(f"unknown dataset {dataset!r}: no search space {path.name}; choose one of {known} or pass --space FILE")
     return path
 
+
+# ---- the parsers (each checks one part of the YAML and names the key it rejects) -------------
 
 def _require(cond: bool, where: str, msg: str) -> None:
     if not cond:
@@ -151,7 +219,41 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
     _require(isinstance(raw, dict), str(path), "expected a mapping at the top level")
+    unknown = set(raw) - TOP_KEYS
+    _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
     return raw
+
+
+def _parse_methods(methods: list[str] | None) -> list[str] | None:
+    """``--method``: registered names (deduplicated), ``all`` for every one, or None for the space's."""
+    if methods is None:
+        return None
+    methods = available_methods() if methods == ["all"] else list(dict.fromkeys(methods))
+    bad = [m for m in methods if m not in available_methods()]
+    _require(not bad, "--method", f"{bad[0] if bad else ''!r} is not one of {', '.join(available_methods())} or all")
+    return methods
+
+
+def _parse_base(raw: dict[str, Any], path: Path, method: str | None) -> tuple[str, dict[str, Any], RunConfig]:
+    """(dataset, base overrides, the base config they give)."""
+    dataset = raw.get("dataset")
+    _require(dataset in available_datasets(), f"{path}: dataset",
+             f"{dataset!r} is not one of {', '.join(available_datasets())}")
+    _require(isinstance(raw.get("base") or {}, dict), f"{path}: base", "expected a mapping of config keys to values")
+    base = dict(raw.get("base") or {})
+    if method is not None:
+        base["method"] = method
+    try:
+        return dataset, base, apply_overrides(preset(dataset), base)
+    except UserError as err:
+        raise SpaceError(f"{path}: base.{err}") from None
+
+
+def _number(value: Any, where: str) -> float:
+    value = as_number(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise SpaceError(f"{where}: expected a number, got {value!r}")
+    return float(value)
 
 
 def _check_values(base_cfg: RunConfig, key: str, values: list[Any], where: str) -> None:
@@ -164,128 +266,83 @@ def _check_values(base_cfg: RunConfig, key: str, values: list[Any], where: str) 
             raise SpaceError(f"{where}: {value!r} is not accepted ({err})") from None
 
 
-def load_space(path: str | os.PathLike, methods: list[str] | None = None) -> SearchSpace:
-    """Read and fully validate a search-space YAML (``yaml.safe_load``).
+def _parse_param(key: str, spec: Any, where: str, base_cfg: RunConfig, known: dict[str, Any]) -> Param:
+    _require(key in known, where, "unknown config key (use dotted keys such as stage1.lambda_adv)")
+    _require(isinstance(spec, dict), where, "expected {distribution: ..., low: ..., high: ...}")
+    extra = set(spec) - {"distribution", "low", "high", "choices"}
+    _require(not extra, where, f"unknown key {min(extra, default='')!r}")
+    dist = spec.get("distribution")
+    _require(dist in DISTRIBUTIONS, where, f"distribution {dist!r} is not one of {', '.join(DISTRIBUTIONS)}")
+    if dist == "categorical":
+        choices = spec.get("choices")
+        _require(isinstance(choices, list) and choices, where, "categorical needs a non-empty list 'choices'")
+        if key == "method":
+            bad = [c for c in choices if c not in available_methods()]
+            _require(not bad, where, f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}")
+        else:
+            _check_values(base_cfg, key, choices, where)
+        return Param(key, dist, choices=tuple(choices))
+    _require(key != "method", where, "the method dimension is categorical")
+    low, high = _number(spec.get("low"), where + ".low"), _number(spec.get("high"), where + ".high")
+    _require(low < high, where, f"low ({low}) must be below high ({high})")
+    if dist == "loguniform":
+        _require(low > 0, where, f"a log range needs low > 0 (got {low})")
+    current = known[key]
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        wanted = "whole numbers: use distribution int" if isinstance(current, int) else "real numbers: use uniform or loguniform"
+        _require(isinstance(current, int) == (dist == "int"), where, f"{key} takes {wanted}")
+    _check_values(base_cfg, key, [int(low), int(high)] if dist == "int" else [low, high], where)
+    return Param(key, dist, low, high)
 
-    ``methods`` (``--method``) replaces the space's method dimension: one method drops the
-    dimension (and other methods' keys and presets), several (or ``all``: every registered
-    method) become its choices.
-    """
-    from derd.methods import available_methods, uses_key
 
-    if methods is not None:
-        methods = list(available_methods()) if methods == ["all"] else list(dict.fromkeys(methods))
-        bad = [m for m in methods if m not in available_methods()]
-        _require(not bad, "--method", f"{bad[0] if bad else ''!r} is not one of {', '.join(available_methods())} or all")
-    method = methods[0] if methods is not None and len(methods) == 1 else None
-
-    path = Path(path)
-    raw = _read_yaml(path)
-    unknown = set(raw) - TOP_KEYS
-    _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
-    dataset = raw.get("dataset")
-    _require(dataset in PAPER_WEIGHTS, f"{path}: dataset", f"{dataset!r} is not one of {', '.join(PAPER_WEIGHTS)}")
-    _require(isinstance(raw.get("base") or {}, dict), f"{path}: base", "expected a mapping of config keys to values")
-    base = dict(raw.get("base") or {})
-    if method is not None:
-        base["method"] = method
-    try:
-        base_cfg = apply_overrides(preset(dataset), base)
-    except UserError as err:
-        raise SpaceError(f"{path}: base.{err}") from None
-    known_keys = to_flat(base_cfg)
-
-    params = []
+def _parse_params(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> list[Param]:
     space = raw.get("space")
     _require(isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys")
-    for key, spec in space.items():
-        where = f"{path}: space.{key}"
-        key = "method" if key == "variant" else key  # the old name of the method dimension
-        _require(key in known_keys, where, "unknown config key (use dotted keys such as stage1.lambda_adv)")
-        _require(isinstance(spec, dict), where, "expected {distribution: ..., low: ..., high: ...}")
-        extra = set(spec) - {"distribution", "low", "high", "choices"}
-        _require(not extra, where, f"unknown key {min(extra, default='')!r}")
-        dist = spec.get("distribution")
-        _require(dist in DISTRIBUTIONS, where, f"distribution {dist!r} is not one of {', '.join(DISTRIBUTIONS)}")
-        if dist == "categorical":
-            choices = spec.get("choices")
-            _require(isinstance(choices, list) and choices, where, "categorical needs a non-empty list 'choices'")
-            if key == "method":
-                bad = [c for c in choices if c not in available_methods()]
-                _require(not bad, where, f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}")
-            else:
-                _check_values(base_cfg, key, choices, where)
-            params.append(Param(key, dist, choices=tuple(choices)))
-            continue
-        _require(key != "method", where, "the method dimension is categorical")
-        low, high = _number(spec.get("low"), where + ".low"), _number(spec.get("high"), where + ".high")
-        _require(low < high, where, f"low ({low}) must be below high ({high})")
-        if dist == "loguniform":
-            _require(low > 0, where, f"a log range needs low > 0 (got {low})")
-        is_int = dist == "int"
-        if isinstance(known_keys[key], (int, float)) and not isinstance(known_keys[key], bool):
-            wanted = "whole numbers: use distribution int" if isinstance(known_keys[key], int) else "real numbers: use uniform or loguniform"
-            _require(isinstance(known_keys[key], int) == is_int, where, f"{key} takes {wanted}")
-        _check_values(base_cfg, key, [int(low), int(high)] if is_int else [low, high], where)
-        params.append(Param(key, dist, low, high))
+    known = to_flat(base_cfg)
+    return [_parse_param("method" if key == "variant" else key, spec, f"{path}: space.{key}", base_cfg, known)
+            for key, spec in space.items()]  # 'variant': the old name of the method dimension
+
+
+def _choose_methods(space: SearchSpace, methods: list[str] | None, path: Path) -> list[Param]:
+    """The params after ``--method``, keeping only keys some searched method reads (a space lists
+    every method's keys)."""
+    params = space.params
     if methods is not None:
         params = [p for p in params if p.key != "method"]
-        if method is None:
+        if len(methods) > 1:
             params.insert(0, Param("method", "categorical", choices=tuple(methods)))
-    out = SearchSpace(dataset, {k: v for k, v in base.items()}, params, [], [], source=str(path), raw=raw)
-    # entries for methods this search does not sample (a space lists every method's keys) are set aside
-    out.params = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in out.methods)]
-    _require(any(p.key != "method" for p in out.params) or len(out.methods) > 1, f"{path}: space",
-             f"no searched key is read by {', '.join(out.methods)}")
-    out.presets = _presets(raw, path, out, method)
-    out.objectives = _objectives(raw, path, base_cfg)
-    constraints = raw.get("constraints") or {}
-    _require(isinstance(constraints, dict) and not set(constraints) - CONSTRAINT_KEYS, f"{path}: constraints",
-             f"unknown key; known keys: {', '.join(sorted(CONSTRAINT_KEYS))}")
-    if "min_clean_fraction" in constraints:
-        fraction = _number(constraints["min_clean_fraction"], f"{path}: constraints.min_clean_fraction")
-        _require(0 <= fraction < 1, f"{path}: constraints.min_clean_fraction", "must be in [0, 1)")
-        out.min_clean_fraction = fraction
-    search = raw.get("search") or {}
-    _require(isinstance(search, dict) and not set(search) - SEARCH_KEYS, f"{path}: search",
-             f"unknown key; known keys: {', '.join(sorted(SEARCH_KEYS))}")
-    res = raw.get("resources") or {}
-    _require(isinstance(res, dict) and not set(res) - RESOURCE_KEYS, f"{path}: resources",
-             f"unknown key; known keys: {', '.join(sorted(RESOURCE_KEYS))}")
-    for key, value in {**search, **res}.items():
-        setattr(out, key, value)
-    validate_settings(out, str(path))
-    return out
+    space.params = params
+    kept = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in space.methods)]
+    _require(any(p.key != "method" for p in kept) or len(space.methods) > 1, f"{path}: space",
+             f"no searched key is read by {', '.join(space.methods)}")
+    return kept
 
 
-def _presets(raw: dict[str, Any], path: Path, space: SearchSpace, method: str | None) -> list[dict[str, Any]]:
+def _parse_presets(raw: dict[str, Any], path: Path, space: SearchSpace, only: str | None) -> list[dict[str, Any]]:
     """Points evaluated first: 'paper' expands to one point per searched method."""
-    from derd.methods import uses_key
-
-    points = []
+    has_dim = any(p.key == "method" for p in space.params)
+    base = space.base_config()
+    points: list[dict[str, Any]] = []
     for i, item in enumerate(raw.get("presets") or []):
         where = f"{path}: presets[{i}]"
-        if item == "paper":
-            candidates = [{"method": m} for m in space.methods]
-        else:
-            _require(isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
-            candidates = [dict(item)]
+        _require(item == "paper" or isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
+        candidates = [{"method": m} for m in space.methods] if item == "paper" else [dict(item)]
         for point in candidates:
             point = {("method" if k == "variant" else k): v for k, v in point.items()}
-            chosen = point.get("method", space.base_config().method)
-            if method is not None and chosen != method:
+            chosen = point.get("method", base.method)
+            if only is not None and chosen != only:
                 continue
-            cfg = apply_overrides(space.base_config(), {"method": chosen})
-            defaults = to_flat(cfg)
-            if item == "paper":
-                defaults.update(PAPER_WEIGHTS[space.dataset])
-            full = {} if all(p.key != "method" for p in space.params) else {"method": chosen}
+            defaults = to_flat(apply_overrides(base, {"method": chosen}))
+            if item == "paper":  # the method's published values, where the space's base sets none
+                own = get_method(chosen).sections
+                defaults.update({k: v for k, v in to_flat(preset(space.dataset, chosen)).items()
+                                 if k.split(".")[0] in own and k not in space.base})
+            full = {"method": chosen} if has_dim else {}
             for p in space.params:
                 if p.key != "method" and uses_key(chosen, p.key):
                     full[p.key] = point.get(p.key, defaults[p.key])
             for key, value in point.items():
-                _require(key in full or (key == "method" and not any(p.key == "method" for p in space.params)
-                                         and value == space.base_config().method),
+                _require(key in full or (key == "method" and not has_dim and value == base.method),
                          where, f"{key} is not a searched key of method {chosen}")
             for p in space.params:
                 if p.key in full:
@@ -295,14 +352,14 @@ def _presets(raw: dict[str, Any], path: Path, space: SearchSpace, method: str | 
     return points
 
 
-def _objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> list[tuple[str, str]]:
+def _parse_objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> Objectives:
     """Objectives must be val metrics that the trial protocol computes (a typo would optimise a constant)."""
-    computed = [f"val/{c}" for c in PROTOCOLS[base_cfg.eval.protocol].columns]
+    computed = [val(c) for c in PROTOCOLS[base_cfg.eval.protocol].columns]
     if base_cfg.eval.protocol == "full":
-        computed.append("val/ave_acc")
+        computed.append(val("ave_acc"))
     objectives = []
-    default = [{"metric": "val/clean_acc", "mode": "max"}, {"metric": "val/aa_acc", "mode": "max"}]
-    for i, obj in enumerate(raw.get("objectives") or default):
+    given = raw.get("objectives") or [{"metric": m, "mode": mode} for m, mode in DEFAULT_OBJECTIVES]
+    for i, obj in enumerate(given):
         where = f"{path}: objectives[{i}]"
         _require(isinstance(obj, dict) and set(obj) == {"metric", "mode"}, where, "expected {metric: ..., mode: max|min}")
         _require(obj["metric"] in computed, where,
@@ -310,33 +367,20 @@ def _objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> list[tu
                  f"choose from {', '.join(computed)}")
         _require(obj["mode"] in ("max", "min"), where, "mode must be max or min")
         objectives.append((obj["metric"], obj["mode"]))
-    _require("val/clean_acc" in [m for m, _ in objectives], f"{path}: objectives",
-             "val/clean_acc must be an objective (the front and the feasibility constraint read it)")
+    _require(VAL_CLEAN in [m for m, _ in objectives], f"{path}: objectives",
+             f"{VAL_CLEAN} must be an objective (the front and the feasibility constraint read it)")
     return objectives
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise SpaceError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
-def validate_settings(space: SearchSpace, where: str = "settings") -> None:
-    """Check the search and resource settings (after CLI overrides too)."""
-    _require(isinstance(space.num_trials, int) and space.num_trials >= 1, f"{where}: search.num_trials", "must be an integer >= 1")
-    _require(isinstance(space.max_concurrent, int) and space.max_concurrent >= 1, f"{where}: search.max_concurrent", "must be an integer >= 1")
-    _require(space.sampler in SAMPLERS, f"{where}: search.sampler", f"{space.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    _require(space.scheduler in SCHEDULERS, f"{where}: search.scheduler", f"{space.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    _require(isinstance(space.reduction_factor, (int, float)) and space.reduction_factor >= 2,
-             f"{where}: search.reduction_factor", "must be >= 2")
-    _require(space.grace_period is None or (isinstance(space.grace_period, int) and space.grace_period >= 1),
-             f"{where}: search.grace_period", "must be an integer >= 1")
-    _require(isinstance(space.cpus_per_trial, (int, float)) and space.cpus_per_trial > 0, f"{where}: resources.cpus_per_trial", "must be > 0")
-    _require(isinstance(space.gpus_per_trial, (int, float)) and space.gpus_per_trial >= 0, f"{where}: resources.gpus_per_trial", "must be >= 0")
-    _require(space.gpus_per_trial <= 1 or float(space.gpus_per_trial).is_integer(), f"{where}: resources.gpus_per_trial",
-             "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs")
+def _parse_settings(raw: dict[str, Any], path: Path, space: SearchSpace) -> None:
+    """constraints, search and resources: each a mapping of known keys."""
+    for section, keys in (("constraints", CONSTRAINT_KEYS), ("search", SEARCH_KEYS), ("resources", RESOURCE_KEYS)):
+        values = raw.get(section) or {}
+        _require(isinstance(values, dict) and not set(values) - set(keys), f"{path}: {section}",
+                 f"unknown key; known keys: {', '.join(sorted(keys))}")
+        for key, value in values.items():
+            setattr(space, key, value)
+    fraction = _number(space.min_clean_fraction, f"{path}: constraints.min_clean_fraction")
+    _require(0 <= fraction < 1, f"{path}: constraints.min_clean_fraction", "must be in [0, 1)")
+    space.min_clean_fraction = fraction
+    space.validate_settings(str(path))

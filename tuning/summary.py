@@ -5,6 +5,7 @@ from typing import Any
 
 from analysis.pareto import front_of, tag_fronts
 from analysis.trials import best_trials_markdown, best_versus_preset, trial_records
+from derd.records import Tag
 
 
 def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: dict[str, Any], *,
@@ -16,7 +17,7 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
     parent = client.get_run(parent_run_id)
     records = trial_records(client, experiment_id, parent)
     front, _ = front_of(records)
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000)
+    children = client.search_runs([experiment_id], f"tags.`{Tag.PARENT}` = '{parent_run_id}'", max_results=50000)
     failed = sum(r.info.status == "FAILED" for r in children)
     stopped = sum(not r.full_budget for r in records)
     infeasible = sum(not r.feasible for r in records)
@@ -27,8 +28,8 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
     objectives = space.objectives
     text = (f"Best trials ({counts}; objectives {', '.join(m for m, _ in objectives)})\n\n"
             + best_trials_markdown(records, front, objectives) + "\n" + best_versus_preset(records) + "\n")
-    (plan.out / "best_trials.md").write_text(text)
-    client.log_artifact(parent_run_id, str(plan.out / "best_trials.md"))
+    plan.folder.best_trials.write_text(text)
+    client.log_artifact(parent_run_id, str(plan.folder.best_trials))
     metrics = {"trials_finished": len(records), "trials_failed": failed, "trials_stopped_early": stopped,
                "trials_infeasible": infeasible, "wall_time_s": wall,
                "trials_per_hour": (len(records) + failed) / max(wall, 1e-9) * 3600}

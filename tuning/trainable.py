@@ -2,7 +2,8 @@
 
 The teachers arrive through Ray's object store (``tune.with_parameters``), once for all
 trials. Each epoch the whole run state is written to ``<out>/trials/<number>/run.pt``
-(the trial's identity is its Optuna trial number, ``tuning.searcher.TRIAL_NUMBER``) and
+(``derd.records.SearchFolder``; the trial's identity is its Optuna trial number,
+``tuning.searcher.TRIAL_NUMBER``) and
 reported to Tune as a checkpoint, so a trial survives a worker failure (``FailureConfig``,
 from Tune's checkpoint) and a driver restart (``--resume``, from its own file). The
 stage-I cache lives in the search's folder, shared by all trials.
@@ -19,6 +20,8 @@ import torch
 
 from derd.config import apply_overrides, from_dict
 from derd.experts import Experts
+from derd.methods import total_epochs
+from derd.records import VAL_CLEAN, SearchFolder
 from derd.run import DistillationRun
 from tuning.searcher import TRIAL_NUMBER
 
@@ -35,7 +38,7 @@ def search_score(metrics: dict[str, float], objectives: list[tuple[str, str]], c
     every feasible one.
     """
     mean = sum(metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives) / len(objectives)
-    return mean - (INFEASIBLE_PENALTY if metrics["val/clean_acc"] < clean_threshold else 0.0)
+    return mean - (INFEASIBLE_PENALTY if metrics[VAL_CLEAN] < clean_threshold else 0.0)
 
 
 def trial_device() -> torch.device:
@@ -47,22 +50,19 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
-def trial_checkpoint(out: str | Path, number: int) -> Path:
-    return Path(out) / "trials" / f"{number:04d}" / "run.pt"
-
-
 def _open_run(config: dict[str, Any], base_config: dict[str, Any], experts: Experts, out: str,
               device: torch.device) -> DistillationRun:
     """Continue from Tune's checkpoint (worker retry), else from the trial's own file (driver
     restart), else start the sampled config."""
     from ray import tune
 
-    cache = Path(out) / "stage1_cache"
+    folder = SearchFolder(out)
+    cache = folder.stage1_cache
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             return DistillationRun.resume(Path(folder) / "run.pt", experts, device=device, stage1_cache=cache)
-    own = trial_checkpoint(out, config[TRIAL_NUMBER])
+    own = folder.trial_checkpoint(config[TRIAL_NUMBER])
     if own.is_file():
         return DistillationRun.resume(own, experts, device=device, stage1_cache=cache)
     sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
@@ -89,7 +89,7 @@ def derd_trainable(
     run = _open_run(config, base_config, experts, out, device)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
              "device": str(device)}
-    own = trial_checkpoint(out, config[TRIAL_NUMBER])
+    own = SearchFolder(out).trial_checkpoint(config[TRIAL_NUMBER])
     reports = Reports(objectives, clean_threshold, run.total_epochs, run.history)
     if run.epoch >= run.total_epochs and run.history:  # finished before the driver recorded it: report the end again
         results = [run.history[-1]]
@@ -113,7 +113,7 @@ class Reports:
                  past: list[dict[str, Any]] = ()) -> None:
         self.objectives, self.clean_threshold, self.total_epochs = objectives, clean_threshold, total_epochs
         self.latest = {m: PLACEHOLDER for m, _ in objectives}
-        self.latest["val/clean_acc"] = PLACEHOLDER
+        self.latest[VAL_CLEAN] = PLACEHOLDER
         for entry in past:
             self.latest.update({k: v for k, v in entry.items() if k.startswith("val/")})
 
@@ -123,20 +123,16 @@ class Reports:
         done = [h for h in history if h["epoch"] <= result["epoch"]]
         return {
             # the console's trial table shows these first
-            "val/clean_acc": self.latest["val/clean_acc"], **{m: self.latest[m] for m, _ in self.objectives},
+            VAL_CLEAN: self.latest[VAL_CLEAN], **{m: self.latest[m] for m, _ in self.objectives},
             "search/score": search_score(self.latest, self.objectives, self.clean_threshold), "stage": result["stage"],
             "epoch": result["epoch"], **result, **self.latest, "val_evaluated": bool(evaluated),
-            "search/feasible": self.latest["val/clean_acc"] >= self.clean_threshold, "total_epochs": self.total_epochs,
+            "search/feasible": self.latest[VAL_CLEAN] >= self.clean_threshold, "total_epochs": self.total_epochs,
             "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done),
         }
 
 
 def history_result(path: Path, objectives: list[tuple[str, str]], clean_threshold: float) -> list[dict[str, Any]]:
     """The reports a trial made, rebuilt from its checkpoint (for runs a killed driver left open)."""
-    from derd.methods import get_method
-
     state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = from_dict(state["config"])
-    total = sum(p.epochs for p in get_method(cfg.method).phases(cfg))
-    reports = Reports(objectives, clean_threshold, total)
+    reports = Reports(objectives, clean_threshold, total_epochs(from_dict(state["config"])))
     return [reports.next(entry, state["history"]) for entry in state["history"]]

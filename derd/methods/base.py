@@ -26,18 +26,27 @@ if TYPE_CHECKING:
 class Method:
     """Base of every registered method; subclasses set the class attributes and ``iteration``.
 
-    Class attributes:
+    Class attributes (everything the rest of the project derives from the registry):
     * ``name``: the registry key (``method`` in a run config);
-    * ``sections``: the config sections it reads (what a search may vary for it);
+    * ``label``: its row label in reports and the paper's tables;
+    * ``order``: its position in lists, searches over every method and the tables;
+    * ``table``: where the paper's tables put it (2: data-free methods, 3: DERD's variants);
+    * ``sections``: the config sections it reads, name -> dataclass (``derd.config`` adds them
+      to the run config; only they are searched or logged for it);
+    * ``metric_prefixes``: the prefixes of the metrics it logs beside ``loss/*`` and ``time/*``;
     * ``teachers``: the experts it needs (``natural`` and/or ``robust``);
-    * ``table``: where the paper's tables put it (1: real-data references, 2: data-free
-      methods, 3: DERD's variants).
+    * ``presets``: dataset -> its published values of its own keys there (a search's first
+      point and ``derd.config.preset``); a dataset not listed takes the sections' defaults.
     """
 
     name: ClassVar[str] = ""
-    sections: ClassVar[tuple[str, ...]] = ()
-    teachers: ClassVar[tuple[str, ...]] = ("robust",)
+    label: ClassVar[str] = ""
+    order: ClassVar[int] = 100
     table: ClassVar[int] = 2
+    sections: ClassVar[dict[str, type]] = {}
+    metric_prefixes: ClassVar[tuple[str, ...]] = ()
+    teachers: ClassVar[tuple[str, ...]] = ("robust",)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -48,10 +57,14 @@ class Method:
     # ---- schedule ---------------------------------------------------------------------
     @classmethod
     def phases(cls, cfg: "RunConfig") -> list[Phase]:
-        """Default: one main phase as long as DERD's two stages together (the same number of
-        student updates and pseudo images as DERD), with the stage-II iteration settings."""
-        s1, s2 = cfg.stage1, cfg.stage2
-        return [Phase(2, s1.epochs + s2.epochs, s2.iters_per_epoch, s2.batch_size, cfg.robust.lr_s)]
+        """Default: one main phase over the whole ``budget`` (the same number of student updates and
+        pseudo images as every other method), the student at the ``robust`` section's learning rate."""
+        b = cfg.budget
+        return [Phase(2, b.epochs, b.iters_per_epoch, b.batch_size, cfg.robust.lr_s)]
+
+    @classmethod
+    def check(cls, cfg: "RunConfig") -> None:
+        """Reject settings that are valid one by one but not together for this method (ConfigError)."""
 
     def start_phase(self, phase: Phase) -> None:
         """Called when a phase begins (and again when a run resumes inside it): set up optimisers."""

@@ -20,18 +20,41 @@ Budget as DFAD's, synthesis rounds on top (CMI costs more per student update).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from derd.methods import register_method
 from derd.methods.base import Context, Method, Phase, Terms
-from derd.objectives import rslad
+from derd.methods.registry import register_method
+from derd.objectives import RobustConfig, rslad
+from derd.settings import setting
 from derd.synthesis import ContrastiveSynthesizer
+
+
+@dataclass
+class CMIConfig:
+    """CMI's contrastive model inversion; defaults: the CIFAR-10 script."""
+
+    lambda_bn: float = setting(1.0, lo=0)
+    lambda_oh: float = setting(1.0, lo=0)
+    lambda_adv: float = setting(0.5, lo=0)
+    lambda_cr: float = setting(0.8, lo=0)
+    cr_tau: float = setting(0.2, lo=1e-3, doc="temperature of the contrastive loss")
+    synthesis_steps: int = setting(200, lo=1, doc="optimisation steps per synthesis round (CMI's g_steps)")
+    synthesis_every: int = setting(10, lo=1, doc="student iterations between synthesis rounds")
+    bank_size: int = setting(8192, lo=2, doc="images kept for the student (oldest dropped)")
+    negatives: int = setting(4096, lo=1, doc="contrastive negatives drawn from the feature memory bank")
+    lr_g: float = setting(1e-3, lo=1e-12)
 
 
 @register_method
 class CMI(Method):
     name = "cmi"
-    sections = ("cmi", "robust")
+    label = "CMI + RSLAD"
+    order = 7
+    sections = {"cmi": CMIConfig, "robust": RobustConfig}
+    metric_prefixes = ("kd/",)
+    # digits: 200 steps per round would cost 20x DERD's generator on 8x8 images
+    presets = {"digits": {"cmi.synthesis_steps": 50}}
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -10,19 +10,35 @@ adversarial. Defaults: the paper's MNIST weights (oh 1, a 0.1, ie 5); Adam for G
 
 Student: each iteration, one RSLAD step (``derd.objectives.robust_kd``) on the very batch
 the generator step produced (DAFL trains G and S on one batch per iteration). The run
-lasts stage1.epochs + stage2.epochs epochs (DERD's whole budget, in student updates).
+lasts the whole ``budget`` (as many student updates as every other method).
 """
 from __future__ import annotations
 
-from derd.methods import register_method
+from dataclasses import dataclass
+
 from derd.methods.base import GeneratorMethod, Phase, Terms
-from derd.objectives import rslad
+from derd.methods.registry import register_method
+from derd.objectives import RobustConfig, rslad
+from derd.settings import setting
+
+
+@dataclass
+class DAFLConfig:
+    """DAFL's generator; defaults: the paper's MNIST weights."""
+
+    lambda_oh: float = setting(1.0, lo=0)
+    lambda_act: float = setting(0.1, lo=0)
+    lambda_ie: float = setting(5.0, lo=0)
+    lr_g: float = setting(1e-3, lo=1e-12)
 
 
 @register_method
 class DAFL(GeneratorMethod):
     name = "dafl"
-    sections = ("dafl", "robust")
+    label = "DAFL + RSLAD"
+    order = 4
+    sections = {"dafl": DAFLConfig, "robust": RobustConfig}
+    metric_prefixes = ("kd/",)
 
     def generator_lr(self, phase: Phase) -> float:
         return self.cfg.dafl.lr_g

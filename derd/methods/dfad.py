@@ -6,20 +6,34 @@ no data prior. One generator step every ``dfad.student_steps`` iterations (DFAD'
 student steps per generator step); each iteration's student step uses a fresh batch.
 DFAD's own student loss (the L1 discrepancy) is replaced by one RSLAD step
 (``derd.objectives.robust_kd``), as DFARD's authors combined data-free methods with robust
-distillation. Budget: stage1.epochs + stage2.epochs epochs of student iterations, so the
-number of student updates equals DERD's (DFAD's k counts inside it).
+distillation. Budget: the shared ``budget`` of student iterations, so the number of student
+updates equals DERD's (DFAD's k counts inside it).
 """
 from __future__ import annotations
 
-from derd.methods import register_method
+from dataclasses import dataclass
+
 from derd.methods.base import GeneratorMethod, Phase, Terms
-from derd.objectives import rslad
+from derd.methods.registry import register_method
+from derd.objectives import RobustConfig, rslad
+from derd.settings import setting
+
+
+@dataclass
+class DFADConfig:
+    """DFAD's adversarial generator."""
+
+    student_steps: int = setting(5, lo=1, doc="student iterations per generator step (DFAD's k)")
+    lr_g: float = setting(1e-3, lo=1e-12)
 
 
 @register_method
 class DFAD(GeneratorMethod):
     name = "dfad"
-    sections = ("dfad", "robust")
+    label = "DFAD + RSLAD"
+    order = 5
+    sections = {"dfad": DFADConfig, "robust": RobustConfig}
+    metric_prefixes = ("kd/",)
 
     def generator_lr(self, phase: Phase) -> float:
         return self.cfg.dfad.lr_g

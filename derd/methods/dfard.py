@@ -20,11 +20,22 @@ this project's, chosen to follow that description; replace them here when the pa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from derd.methods import register_method
 from derd.methods.base import Context, GeneratorMethod, Phase, Terms
-from derd.objectives import rslad
+from derd.methods.registry import register_method
+from derd.objectives import RobustConfig, rslad
+from derd.settings import setting
+
+
+@dataclass
+class DFARDConfig:
+    """DFARD's generator with adaptive balance and interactive temperature."""
+
+    lr_g: float = setting(1e-3, lo=1e-12)
+    tau_min: float = setting(1.0, lo=1e-3, doc="ITA: the temperature when the student agrees with T_rob everywhere")
+    tau_max: float = setting(4.0, lo=1e-3, doc="ITA: the temperature when it agrees nowhere")
 
 
 def balanced(terms: Terms) -> Any:
@@ -36,7 +47,10 @@ def balanced(terms: Terms) -> Any:
 @register_method
 class DFARD(GeneratorMethod):
     name = "dfard"
-    sections = ("dfard", "robust")
+    label = "DFARD (reconstructed)"
+    order = 8
+    sections = {"dfard": DFARDConfig, "robust": RobustConfig}
+    metric_prefixes = ("kd/", "dfard/")
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -6,17 +6,22 @@ clean pseudo images: no adversary, no robust teacher. Shows what robustness DERD
 """
 from __future__ import annotations
 
-from derd.methods import register_method
+import torch
+
 from derd.methods.base import Phase, Terms
 from derd.methods.derd import DERD
+from derd.methods.registry import register_method
 from derd.objectives import natural_kd
 
 
 @register_method
 class Nature(DERD):
     name = "nature"
+    label = "nature (data-free KD, undefended)"
+    order = 3
+    table = 1
+    metric_prefixes = ()
     teachers = ("natural",)
-    table = 2
 
-    def student_step(self, x, phase: Phase) -> Terms:
+    def student_step(self, x: torch.Tensor, phase: Phase) -> Terms:
         return natural_kd(self.ctx, x, self.ctx.experts.natural, self.cfg.stage2.tau)

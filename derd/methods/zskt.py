@@ -13,17 +13,31 @@ any pair of architectures in the registry). Budget as DFAD's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from derd.methods import register_method
 from derd.methods.base import Context, GeneratorMethod, Phase, Terms
-from derd.objectives import rslad
+from derd.methods.registry import register_method
+from derd.objectives import RobustConfig, rslad
+from derd.settings import setting
+
+
+@dataclass
+class ZSKTConfig:
+    """ZSKT's adversarial generator and attention transfer."""
+
+    student_steps: int = setting(10, lo=1, doc="student iterations per generator step (ZSKT's n_S)")
+    lambda_at: float = setting(250.0, lo=0, doc="attention transfer weight (ZSKT's beta)")
+    lr_g: float = setting(1e-3, lo=1e-12)
 
 
 @register_method
 class ZSKT(GeneratorMethod):
     name = "zskt"
-    sections = ("zskt", "robust")
+    label = "ZSKT + RSLAD"
+    order = 6
+    sections = {"zskt": ZSKTConfig, "robust": RobustConfig}
+    metric_prefixes = ("kd/",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

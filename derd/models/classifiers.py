@@ -154,23 +154,25 @@ def mobilenet_v2(num_classes: int, in_channels: int = 3) -> nn.Module:
     return net
 
 
-@register("tv_resnet18")
-def tv_resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
-    """torchvision's ImageNet ResNet-18 (for ImageNet-100)."""
-    from torchvision.models import resnet18 as tv
-
-    net = tv(weights=None, num_classes=num_classes)
+def _torchvision_resnet(builder, num_classes: int, in_channels: int) -> nn.Module:
+    """A torchvision ImageNet ResNet (no pretrained weights), its stem widened or narrowed to ``in_channels``."""
+    net = builder(weights=None, num_classes=num_classes)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     return net
+
+
+@register("tv_resnet18")
+def tv_resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision's ImageNet ResNet-18 (for ImageNet-100)."""
+    from torchvision.models import resnet18
+
+    return _torchvision_resnet(resnet18, num_classes, in_channels)
 
 
 @register("tv_resnet50")
 def tv_resnet50(num_classes: int, in_channels: int = 3) -> nn.Module:
     """torchvision's ImageNet ResNet-50 (for ImageNet-100)."""
-    from torchvision.models import resnet50 as tv
+    from torchvision.models import resnet50
 
-    net = tv(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-    return net
+    return _torchvision_resnet(resnet50, num_classes, in_channels)

@@ -1,0 +1,138 @@
+"""The names a search's records use, in one place: MLflow tags and metrics, the objectives'
+encoding, and the layout of a search folder.
+
+``tuning/`` writes these records and ``analysis/`` reads them; both import the names from
+here (``analysis`` never imports ``tuning``). Nothing here talks to MLflow or Ray: they are
+strings and paths.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from derd.evaluate import COLUMNS, header
+
+
+def val(column: str) -> str:
+    """The val metric of a protocol column: ``val("aa_acc")`` is ``val/aa_acc``."""
+    return f"val/{column}"
+
+
+def test(column: str) -> str:
+    return f"test/{column}"
+
+
+VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
+VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
+
+# per trial, logged once at its end
+TRIAL_WALL = "trial/wall_time_s"
+TRIAL_DEVICE_HOURS = "trial/device_hours"
+TRIAL_EPOCHS = "trial/epochs"
+EPOCH_TIME = "time/epoch_s"  # logged every epoch: the record of which epochs MLflow holds
+
+
+class Tag:
+    """MLflow tag names."""
+
+    KIND = "derd.kind"  # search | trial | final
+    METHOD = "derd.method"
+    DATASET = "derd.dataset"
+    METHODS = "derd.methods"
+    OBJECTIVES = "derd.objectives"
+    SEARCH_DIR = "derd.search_dir"
+    TRIAL_ID = "derd.trial_id"
+    SEARCHED_KEYS = "derd.searched_keys"
+    PRESET = "derd.preset"
+    FEASIBLE = "derd.feasible"
+    BUDGET = "derd.budget"  # full | partial
+    STOPPED_EARLY = "derd.stopped_early"
+    ERROR = "derd.error"
+    TRAIN_DIR = "derd.train_dir"
+    ORIGIN_RUN_ID = "derd.origin_run_id"
+    STUDENT = "derd.student"
+    PARETO_FRONT = "pareto_front"
+    PARETO_RANK = "pareto_rank"
+    PARETO_EXCLUDED = "pareto_excluded"
+    TRIAL_NUMBER = "optuna.trial_number"
+    PARENT = "mlflow.parentRunId"
+    NOTE = "mlflow.note.content"
+
+
+FRONT_FILTER = f"tags.{Tag.PARETO_FRONT} = 'true'"
+
+Objectives = list[tuple[str, str]]  # [(metric, "max" | "min")]
+DEFAULT_OBJECTIVES: Objectives = [(VAL_CLEAN, "max"), (VAL_AA, "max")]
+
+
+def encode_objectives(objectives: Objectives) -> str:
+    """``val/clean_acc:max,val/aa_acc:max`` (the search run's ``derd.objectives`` tag)."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in objectives)
+
+
+def decode_objectives(text: str | None) -> Objectives:
+    if not text:
+        return list(DEFAULT_OBJECTIVES)
+    return [tuple(item.rsplit(":", 1)) for item in text.split(",")]  # type: ignore[misc]
+
+
+def column_header(metric: str) -> str:
+    """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
+    ``Clean (val)``); the metric itself when it is no val column."""
+    split, _, column = metric.partition("/")
+    if column not in COLUMNS or split != "val":
+        return metric
+    return header(column, "search", "val")
+
+
+class SearchFolder:
+    """The files of a search in its ``--out`` folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def record(self) -> Path:
+        """search.json: name, dataset, tracking URI, sessions, the driver's Ray processes."""
+        return self.root / "search.json"
+
+    @property
+    def space(self) -> Path:
+        """space.yaml: the space with the command line's overrides (what --resume reads)."""
+        return self.root / "space.yaml"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def stage1_cache(self) -> Path:
+        return self.root / "stage1_cache"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def best_trials(self) -> Path:
+        return self.root / "best_trials.md"
+
+    def trial_checkpoint(self, number: int) -> Path:
+        """trials/NNNN/run.pt: a trial's resumable state (its Optuna number names it)."""
+        return self.root / "trials" / f"{number:04d}" / "run.pt"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The default MLflow store: SQLite in the folder."""
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def optuna_uri(self) -> str:
+        return f"sqlite:///{self.optuna_db}"

@@ -1,0 +1,88 @@
+"""Typed config sections: a field with its range and documentation, and the validation they share.
+
+A section is a plain dataclass whose fields are made with ``setting(...)``; ``build_section``
+turns a mapping (as read from YAML) into one, rejecting unknown keys, wrong types and
+out-of-range values with the dotted key named. The run config (``derd.config``) assembles
+its own sections and each registered method's (``derd.methods``) from these.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import field
+from typing import Any, Callable
+
+from derd.errors import UserError
+
+
+class ConfigError(UserError):
+    """A bad config value or key; the message names the dotted key."""
+
+
+Choices = typing.Union[tuple, Callable[[], typing.Sequence[str]]]
+
+
+def setting(default: Any, lo: float | None = None, hi: float | None = None, choices: Choices = (), doc: str = "") -> Any:
+    """A config field with its range or choices (checked by ``build_section``) and a line of documentation.
+
+    ``choices`` may be a function returning the names of a registry (methods, datasets), so
+    that a name registered later is accepted.
+    """
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+def as_number(value: Any) -> Any:
+    """A string that spells a number becomes that number (YAML 1.1 reads ``1e-5`` as a string)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def allowed_choices(f: dataclasses.Field) -> tuple:
+    choices = f.metadata.get("choices") or ()
+    return tuple(choices()) if callable(choices) else tuple(choices)
+
+
+def check_value(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """``value`` for field ``f`` (type ``hint``) of dotted ``key``, converted where lossless, or ConfigError."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    if base is float and not isinstance(value, bool):
+        value = float(value) if isinstance(value, int) else as_number(value)
+    if base is dict and isinstance(value, dict):
+        return value
+    if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+    choices = allowed_choices(f)
+    meta = f.metadata
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise ConfigError(f"{key}: {value!r} is below its minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise ConfigError(f"{key}: {value!r} is above its maximum {meta['hi']}")
+    return value
+
+
+def build_section(cls: type, data: Any, prefix: str) -> Any:
+    """An instance of section dataclass ``cls`` from a mapping; missing keys take their defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {', '.join(fields)}")
+    return cls(**{name: check_value(f"{prefix}{name}", f, hints[name], data[name]) for name, f in fields.items() if name in data})
+
+
+def section_values(section: Any) -> dict[str, Any]:
+    """A section's values by field name, in declaration order."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}

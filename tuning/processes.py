@@ -1,0 +1,104 @@
+"""The local Ray processes a search driver starts, and their end when the driver dies.
+
+When ``ray.init`` starts a local instance, its processes (GCS, raylet, the dashboard and
+runtime-env agents, workers) are the driver's descendants. ``kill -9`` of the driver takes
+GCS and the raylet down with it but leaves the agents running with nothing to serve. Two
+guards, both by process id and start time (never by name, so no other Ray on the machine
+is touched):
+
+* a reaper (``python tuning/processes.py DRIVER_PID``, in its own session, holding the read
+  end of a pipe the driver writes nothing to) notes the driver's descendants every half
+  second; when the pipe closes (the driver ended, however it ended) it sends SIGTERM to
+  those still alive, then SIGKILL after three seconds;
+* the driver writes its descendants into ``search.json``; ``--resume`` ends those still
+  alive before it starts (if the reaper itself was killed too).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+Recorded = dict[int, float]  # pid -> process start time (psutil's create_time)
+
+
+def descendants(pid: int | None = None) -> Recorded:
+    """This process's (or ``pid``'s) descendants, with their start times."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    out: Recorded = {}
+    for child in children:
+        try:
+            out[child.pid] = child.create_time()
+        except psutil.Error:
+            continue
+    return out
+
+
+def end_processes(recorded: Recorded, grace: float = 3.0) -> int:
+    """SIGTERM the recorded processes that still run (same pid, same start time), SIGKILL those left
+    after ``grace`` seconds; returns how many were running."""
+    alive = []
+    for pid, started in recorded.items():
+        try:
+            proc = psutil.Process(int(pid))
+            if abs(proc.create_time() - float(started)) < 1e-3 and proc.pid != os.getpid():
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    for proc in alive:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(alive)
+
+
+def start_reaper() -> subprocess.Popen:
+    """Start the reaper of this process's descendants; it ends them if this process dies. Stop it
+    with ``stop_reaper`` once they have been shut down properly."""
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop_reaper(reaper: subprocess.Popen) -> None:
+    """After a clean shutdown: the reaper leaves (nothing of ours is left to end)."""
+    reaper.terminate()
+    try:
+        reaper.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+
+
+def _reap(driver: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the driver's terminal is the driver's to handle
+    seen: Recorded = {}
+    before = set(descendants(driver)) | {os.getpid()}  # the driver's own children before Ray started are not Ray's
+
+    def watch() -> None:
+        while True:
+            seen.update({p: t for p, t in descendants(driver).items() if p not in before})
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    sys.stdin.buffer.read()  # returns when the driver's end of the pipe closes: the driver ended
+    end_processes(dict(seen))
+
+
+if __name__ == "__main__":
+    _reap(int(sys.argv[1]))
