@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 
 from analysis.trials import TrialRecord, key_weights, with_se
-from derd.records import column_header
+from derd.records import column_header, run_link
 
 COLOURS = {"trial": "#b0b0b0", "front": "#d62728", "knee": "#1f77b4", "preset": "#2ca02c", "partial": "#ff7f0e",
            "infeasible": "#7f7f7f"}
@@ -86,77 +86,124 @@ def front_figure(records: list[TrialRecord], front: list[TrialRecord], knee: Tri
     return fig
 
 
+def _label_spots(points: list[tuple[float, float, str]], bounds: tuple[float, float, float, float],
+                 char_w: float = 6.0, text_h: float = 10.0, radius: float = 7.0) -> list[tuple[float, float] | None]:
+    """Where each point's label goes (its text's lower-left corner), or None where every spot beside the
+    point would cover another label or point or leave the plot: the hover text still names it."""
+    left, top, right, bottom = bounds
+    taken = [(x - radius, y - radius, x + radius, y + radius) for x, y, _ in points]
+    out: list[tuple[float, float] | None] = []
+    for x, y, text in points:
+        w = char_w * len(text)
+        spot = None
+        for dx, dy in ((radius, -radius), (radius, radius + text_h), (-radius - w, -radius), (-radius - w, radius + text_h)):
+            box = (x + dx, y + dy - text_h, x + dx + w, y + dy)
+            inside = left <= box[0] and box[2] <= right and top <= box[1] and box[3] <= bottom
+            own = (x - radius, y - radius, x + radius, y + radius)
+            if inside and not any(_overlap(box, other) for other in taken if other != own):
+                spot = (x + dx, y + dy)
+                taken.append(box)
+                break
+        out.append(spot)
+    return out
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _marker(kind: str, cx: float, cy: float) -> str:
+    if kind == "infeasible":
+        return (f'<path d="M{cx - 5:.1f},{cy - 5:.1f} L{cx + 5:.1f},{cy + 5:.1f} M{cx - 5:.1f},{cy + 5:.1f} '
+                f'L{cx + 5:.1f},{cy - 5:.1f}" stroke="{COLOURS[kind]}" stroke-width="2"/>')
+    if kind == "partial":
+        return (f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx - 6:.1f},{cy + 5:.1f} {cx + 6:.1f},{cy + 5:.1f}" '
+                f'fill="{COLOURS[kind]}"/>')
+    if kind == "knee":
+        return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="{COLOURS["knee"]}" stroke-width="2"/>'
+    if kind == "preset":
+        return f'<polygon points="{_star(cx, cy, 9)}" fill="none" stroke="{COLOURS["preset"]}" stroke-width="1.5"/>'
+    return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if kind == "front" else 5}" fill="{COLOURS[kind]}" stroke="#555"/>'
+
+
+LEGEND = (("front", "Pareto front (staircase)"), ("trial", "other trial"), ("partial", "stopped early"),
+          ("infeasible", "infeasible"), ("knee", "knee"), ("preset", "paper's preset"))
+
+
 def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: TrialRecord | None,
-               objectives: list[tuple[str, str]], experiment_id: str, width: int = 760, height: int = 520) -> str:
-    """A self-contained SVG page: every trial, the staircase front, knee and presets, hover text."""
+               objectives: list[tuple[str, str]], experiment_id: str, width: int = 760, height: int = 470) -> str:
+    """A self-contained page: every trial, the staircase front, knee and presets, hover text, links.
+
+    The plot is one SVG with a viewBox that scales to the frame it is shown in (MLflow's artifact
+    pane, a browser tab): the page never scrolls, whatever its width; the legend is part of the
+    plot, and point labels that would overlap are left to the hover text.
+    """
     mx, my = _axes(objectives)
     xs = [r.metrics[mx] for r in records] or [0.0, 100.0]
     ys = [r.metrics[my] for r in records] or [0.0, 100.0]
-    pad = 60
+    left, right, top, bottom = 62, width - 14, 12, height - 78  # the plot area; below it ticks, axis title, legend
     span_x, span_y = (max(xs) - min(xs)) or 10.0, (max(ys) - min(ys)) or 10.0
-    x0, x1 = min(xs) - 0.05 * span_x, max(xs) + 0.08 * span_x  # room for the labels on the right
-    y0, y1 = min(ys) - 0.05 * span_y, max(ys) + 0.08 * span_y
+    x0, x1 = min(xs) - 0.06 * span_x, max(xs) + 0.06 * span_x
+    y0, y1 = min(ys) - 0.06 * span_y, max(ys) + 0.08 * span_y
 
     def px(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0 or 1) * (width - 2 * pad)
+        return left + (x - x0) / (x1 - x0 or 1) * (right - left)
 
     def py(y: float) -> float:
-        return height - pad - (y - y0) / (y1 - y0 or 1) * (height - 2 * pad)
+        return bottom - (y - y0) / (y1 - y0 or 1) * (bottom - top)
 
     front_ids = {r.run_id for r in front}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-             f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="white" stroke="#999"/>']
+    parts = [f'<rect class="plot-area" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="white" '
+             f'stroke="#999"/>']
     for i in range(6):  # grid and tick labels
         gx, gy = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
-        parts.append(f'<line x1="{px(gx):.1f}" y1="{pad}" x2="{px(gx):.1f}" y2="{height - pad}" stroke="#eee"/>'
-                     f'<text x="{px(gx):.1f}" y="{height - pad + 16}" text-anchor="middle">{gx:.1f}</text>')
-        parts.append(f'<line x1="{pad}" y1="{py(gy):.1f}" x2="{width - pad}" y2="{py(gy):.1f}" stroke="#eee"/>'
-                     f'<text x="{pad - 6}" y="{py(gy) + 4:.1f}" text-anchor="end">{gy:.1f}</text>')
-    parts.append(f'<text x="{width / 2}" y="{height - 14}" text-anchor="middle">{html.escape(column_header(mx))} %</text>')
-    parts.append(f'<text x="16" y="{height / 2}" text-anchor="middle" transform="rotate(-90 16 {height / 2})">'
+        parts.append(f'<line x1="{px(gx):.1f}" y1="{top}" x2="{px(gx):.1f}" y2="{bottom}" stroke="#eee"/>'
+                     f'<text x="{px(gx):.1f}" y="{bottom + 16}" text-anchor="middle">{gx:.1f}</text>')
+        parts.append(f'<line x1="{left}" y1="{py(gy):.1f}" x2="{right}" y2="{py(gy):.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{py(gy) + 4:.1f}" text-anchor="end">{gy:.1f}</text>')
+    parts.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">{html.escape(column_header(mx))} %</text>')
+    mid = (top + bottom) / 2
+    parts.append(f'<text x="16" y="{mid}" text-anchor="middle" transform="rotate(-90 16 {mid})">'
                  f'{html.escape(column_header(my))} %</text>')
     if front:
         line = staircase([(r.metrics[mx], r.metrics[my]) for r in front])
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line)
         parts.append(f'<polyline class="front" points="{path}" fill="none" stroke="{COLOURS["front"]}" stroke-width="2"/>')
+    shown = sorted(records, key=lambda r: r.run_id not in front_ids)  # the front's labels are placed first
+    spots = dict(zip((r.run_id for r in shown), _label_spots(
+        [(px(r.metrics[mx]), py(r.metrics[my]), r.name.removeprefix("trial-")) for r in shown], (left, top, right, bottom))))
     for r in records:
         cx, cy = px(r.metrics[mx]), py(r.metrics[my])
         kind = ("front" if r.run_id in front_ids else "infeasible" if not r.feasible
                 else "partial" if not r.full_budget else "trial")
-        link = f"#/experiments/{experiment_id}/runs/{r.run_id}"
         weights = ", ".join(f"{k}={v}" for k, v in key_weights(r).items())
         n = r.n_images
         title = (f"{r.name} ({r.method}){' - paper preset' if r.preset else ''}{' - knee' if knee is r else ''}\n"
                  f"{column_header(mx)}: {with_se(r.metrics[mx], n)}\n{column_header(my)}: {with_se(r.metrics[my], n)}\n"
                  f"epochs: {r.epochs}{' (stopped early)' if not r.full_budget else ''}"
                  f"{' - infeasible' if not r.feasible else ''}\n{weights}\nrun: {r.run_id}")
-        if kind == "infeasible":
-            shape = (f'<path d="M{cx - 5:.1f},{cy - 5:.1f} L{cx + 5:.1f},{cy + 5:.1f} M{cx - 5:.1f},{cy + 5:.1f} '
-                     f'L{cx + 5:.1f},{cy - 5:.1f}" stroke="{COLOURS[kind]}" stroke-width="2"/>')
-        elif kind == "partial":
-            shape = (f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx - 6:.1f},{cy + 5:.1f} {cx + 6:.1f},{cy + 5:.1f}" '
-                     f'fill="{COLOURS[kind]}"/>')
-        else:
-            shape = f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if kind == "front" else 5}" fill="{COLOURS[kind]}" stroke="#555"/>'
-        extra = ""
-        if knee is r:
-            extra += f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="12" fill="none" stroke="{COLOURS["knee"]}" stroke-width="2"/>'
-        if r.preset:
-            extra += (f'<polygon points="{_star(cx, cy)}" fill="none" stroke="{COLOURS["preset"]}" stroke-width="1.5"/>')
-        parts.append(f'<a href="{link}" target="_top"><g class="trial {kind}" data-run="{r.run_id}"><title>{html.escape(title)}'
-                     f'</title>{shape}{extra}<text x="{cx + 7:.1f}" y="{cy - 7:.1f}" font-size="10" fill="#333">'
-                     f'{html.escape(r.name.removeprefix("trial-"))}</text></g></a>')
-    parts.append("</svg>")
-    legend = "".join(f'<span style="color:{COLOURS[k]}">&#9679;</span> {label} &nbsp; ' for k, label in (
-        ("front", "Pareto front (staircase)"), ("trial", "other trial"), ("partial", "stopped early (triangle)"),
-        ("infeasible", "infeasible (cross)"), ("knee", "knee (ring)"), ("preset", "paper's preset (hollow star)")))
+        marks = _marker(kind, cx, cy) + (_marker("knee", cx, cy) if knee is r else "") + (_marker("preset", cx, cy) if r.preset else "")
+        spot = spots[r.run_id]
+        label = (f'<text x="{spot[0]:.1f}" y="{spot[1]:.1f}" font-size="10" fill="#333">'
+                 f'{html.escape(r.name.removeprefix("trial-"))}</text>') if spot else ""
+        parts.append(f'<a href="{run_link(experiment_id, r.run_id)}" target="_top"><g class="trial {kind}" '
+                     f'data-run="{r.run_id}"><title>{html.escape(title)}</title>{marks}{label}</g></a>')
+    for i, (kind, text) in enumerate(LEGEND):  # two rows under the axis title
+        row_y = height - 26 + 16 * (i // 3)
+        col_x = left + (i % 3) * (right - left) / 3
+        parts.append(f'<g class="legend">{_marker(kind, col_x + 6, row_y - 4)}<text x="{col_x + 18:.1f}" '
+                     f'y="{row_y:.1f}">{html.escape(text)}</text></g>')
     n = max((r.n_images for r in records), default=0)
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Pareto front</title></head>"
-            "<body style='font-family:sans-serif'>"
-            f"<h3>Clean vs robust accuracy: {len(records)} finished trials, front of {len(front)}</h3>"
-            f"<p>Hover a point for its trial, scores (± one binomial standard error over {n} val images), key "
-            f"weights and run id; click to open the run. Only feasible trials that ran the full budget can be on "
-            f"the front.</p>{''.join(parts)}<p>{legend}</p></body></html>")
+    hint = (f"hover a point for its trial, scores (± one binomial standard error over {n} val images), weights and run id; "
+            "click it to open the run; only feasible trials that ran the full budget can be on the front")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            "<title>Pareto front</title><style>html,body{margin:0;height:100%;overflow:hidden;font-family:sans-serif}"
+            "body{display:flex;flex-direction:column}.head{font-size:13px;padding:4px 8px;white-space:nowrap;"
+            "overflow:hidden;text-overflow:ellipsis}svg{flex:1 1 auto;min-height:0;width:100%;display:block}</style>"
+            f"</head><body><div class='head' title='{html.escape(hint)}'><b>Clean vs robust accuracy: {len(records)} "
+            f"finished trials, front of {len(front)}</b> &middot; {html.escape(hint)}</div>"
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" preserveAspectRatio="xMidYMid meet" '
+            f'font-family="sans-serif" font-size="12">{"".join(parts)}</svg></body></html>')
 
 
 def _star(cx: float, cy: float, r: float = 13) -> str:

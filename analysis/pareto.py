@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -27,10 +28,11 @@ from typing import Any, Sequence
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.store import open_experiment
+from analysis.store import open_experiment, ui_instructions
 from analysis.trials import TrialRecord, search_trials
 from derd.errors import cli_errors
-from derd.records import FRONT_FILTER, VAL_N, Objectives, Tag
+from derd.records import (FRONT_FILTER, FRONT_PAGE, VAL_N, VIEW_TAG, Objectives, Tag, experiment_link, run_link,
+                          trials_view)
 
 Point = Sequence[float]
 
@@ -126,6 +128,7 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
 
     summaries = []
     for parent, objectives, records in search_trials(client, experiment_id):
+        client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(trials_view(objectives)))
         front, ranks = front_of(records)
         on_front = {r.run_id for r in front}
         for r in records:
@@ -141,7 +144,7 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
         client.log_metric(parent.info.run_id, "search/front_size", len(front))
         client.log_text(parent.info.run_id, front_csv(front, objectives), "pareto/front.csv")
         client.log_figure(parent.info.run_id, front_figure(records, front, knee, objectives), "pareto/front.png")
-        client.log_text(parent.info.run_id, front_html(records, front, knee, objectives, experiment_id), "pareto/front.html")
+        client.log_text(parent.info.run_id, front_html(records, front, knee, objectives, experiment_id), FRONT_PAGE)
         table = best_trials_markdown(records, front, objectives)
         note = describe(table, experiment_id, parent.info.run_id, len(front), len(records))
         client.set_tag(parent.info.run_id, Tag.NOTE, note)
@@ -153,11 +156,11 @@ def tag_fronts(client, experiment_id: str) -> list[dict[str, Any]]:
 
 def describe(table: str, experiment_id: str, parent_id: str, front_size: int, n_trials: int) -> str:
     """The Markdown description MLflow shows on the experiment and the search run."""
-    link = f"#/experiments/{experiment_id}/runs/{parent_id}/artifactPath/pareto/front.html"
     return (f"**Pareto front: {front_size} of {n_trials} finished trials** (feasible, full trial budget). "
-            f"[Open the interactive front]({link}) (the search run's artifact `pareto/front.html`).\n\n"
-            f"To list the front in the runs table, type `{FRONT_FILTER}` in the search box and expand the "
-            f"search run.\n\n{table}")
+            f"[Open the interactive front]({run_link(experiment_id, parent_id, FRONT_PAGE)}) (the search run's "
+            f"artifact `{FRONT_PAGE}`); [list every trial]({experiment_link(experiment_id)}) in the runs table "
+            f"(model-training mode, sorted by robustness); type `{FRONT_FILTER}` in its search box for the front "
+            f"alone.\n\n{table}")
 
 
 def front_csv(front: list[TrialRecord], objectives: Objectives) -> str:
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in tag_fronts(client, exp.experiment_id):
         print(f"search run {s['parent']}: {s['trials']} finished trials, front of {len(s['front'])}, "
               f"hypervolume {s['hypervolume']:.1f}")
+        print("\n".join(ui_instructions(client.tracking_uri, exp.experiment_id, s["parent"])))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from derd.errors import UserError
-from derd.records import SearchFolder
+from derd.records import FRONT_PAGE, SearchFolder, experiment_link, run_link, ui_url
+
+LOCAL_UI = "http://127.0.0.1:5000"
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -74,3 +76,16 @@ def check_artifact_root(experiment, folder: Path) -> None:
         if recorded != search.artifacts.resolve():
             raise UserError(f"the MLflow store in {folder} keeps its artifacts in {recorded} (the folder was copied or "
                             f"moved); run python analysis/relocate.py --out {folder} first")
+
+
+def ui_instructions(tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> list[str]:
+    """How to open a search in MLflow's UI: the command that serves a local store (on loopback), then
+    the direct URLs of every trial (the runs table in model-training mode) and of the interactive front."""
+    if urlparse(tracking_uri).scheme in ("http", "https"):
+        base, lines = tracking_uri, [f"MLflow UI: {tracking_uri}"]
+    else:
+        base, lines = LOCAL_UI, [f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"]
+    lines.append(f"  every trial: {ui_url(base, experiment_link(experiment_id))}")
+    if parent_run_id:
+        lines.append(f"  the front:   {ui_url(base, run_link(experiment_id, parent_run_id, FRONT_PAGE))}")
+    return lines

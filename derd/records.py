@@ -75,6 +75,43 @@ def decode_objectives(text: str | None) -> Objectives:
     return [tuple(item.rsplit(":", 1)) for item in text.split(",")]  # type: ignore[misc]
 
 
+# ---- links into MLflow's UI ------------------------------------------------------------------
+# MLflow 3's UI has a GenAI and a model-training mode; the workflowType parameter opens the latter.
+# The trials view is a shared view state stored on the experiment (its tag ``VIEW_TAG``): the trials
+# unnested and sorted by the robust objective, with the objectives' columns shown.
+TRIALS_VIEW = "derd-trials"
+FRONT_PAGE = "pareto/front.html"  # the search run's interactive front
+VIEW_TAG = f"mlflow.sharedViewState.{TRIALS_VIEW}"
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def experiment_link(experiment_id: str) -> str:
+    """The experiment's runs table in model-training mode, every trial listed (the trials view)."""
+    return f"#/experiments/{experiment_id}/runs?{MODEL_TRAINING}&viewStateShareKey={TRIALS_VIEW}"
+
+
+def run_link(experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """A run's page (or one of its artifacts) in model-training mode."""
+    path = f"/artifactPath/{artifact}" if artifact else ""
+    return f"#/experiments/{experiment_id}/runs/{run_id}{path}?{MODEL_TRAINING}"
+
+
+def ui_url(base: str, link: str) -> str:
+    """A full URL: the UI's address (``http://127.0.0.1:5000``) and a link above."""
+    return f"{base.rstrip('/')}/{link}"
+
+
+def trials_view(objectives: Objectives) -> dict:
+    """The trials view's state: sorted by the last objective (the robust one), best first; the
+    columns a user compares trials by."""
+    metric, mode = objectives[-1]
+    columns = ["params.`method`", *(f"metrics.`{m}`" for m in (VAL_CLEAN, VAL_PGD, VAL_AA)),
+               *(f"metrics.`{m}`" for m, _ in objectives if m not in (VAL_CLEAN, VAL_PGD, VAL_AA)),
+               f"tags.`{Tag.PARETO_FRONT}`", f"tags.`{Tag.FEASIBLE}`", f"tags.`{Tag.BUDGET}`", f"tags.`{Tag.PRESET}`"]
+    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
+            "selectedColumns": columns}
+
+
 def column_header(metric: str) -> str:
     """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
     ``Clean (val)``); the metric itself when it is no val column."""

@@ -211,13 +211,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The iframe of MLflow's artifact viewer, clipped by every ancestor that hides its overflow: the part a
+# user sees (the frame is sandboxed: its inside is measured from within).
+SHOWN_FRAME = """
+const frame = document.querySelector('iframe'), r = frame.getBoundingClientRect();
+let box = {left: 0, top: 0, right: window.innerWidth, bottom: window.innerHeight};
+for (let e = frame.parentElement; e; e = e.parentElement) {
+  if (getComputedStyle(e).overflowX !== 'visible') {
+    const q = e.getBoundingClientRect();
+    box = {left: Math.max(box.left, q.left), top: Math.max(box.top, q.top), right: Math.min(box.right, q.right),
+           bottom: Math.min(box.bottom, q.bottom)};
+  }
+}
+return [r.left, r.right, r.top, r.bottom, box.left, box.right, box.top, box.bottom];
+"""
+PLOT_IN_FRAME = """
+const root = document.documentElement, a = document.querySelector('rect.plot-area').getBoundingClientRect();
+return [root.scrollWidth, root.clientWidth, root.scrollHeight, root.clientHeight, a.left, a.right, a.top, a.bottom];
+"""
+
+
+def _assert_plot_fully_visible(driver) -> None:
+    """The front page does not scroll, its plot area lies within its frame, and the frame's part that
+    holds the plot is not clipped by MLflow's layout or the window."""
+    from selenium.webdriver.common.by import By
+
+    fl, fr, ft, fb, sl, sr, st, sb = driver.execute_script(SHOWN_FRAME)
+    driver.switch_to.frame(driver.find_elements(By.TAG_NAME, "iframe")[0])
+    sw, cw, sh, ch, al, ar, at, ab = driver.execute_script(PLOT_IN_FRAME)
+    driver.switch_to.default_content()
+    where = dict(frame=(fl, fr, ft, fb), shown=(sl, sr, st, sb), scroll=(sw, cw, sh, ch), plot=(al, ar, at, ab))
+    assert sw <= cw + 1 and sh <= ch + 1, where
+    assert 0 <= al and ar <= cw + 1 and 0 <= at and ab <= ch + 1, where
+    assert sl <= fl + al and fl + ar <= sr + 1 and st <= ft + at and ft + ab <= sb + 1, where
+
+
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_mlflow_ui_shows_the_front_page_and_the_description_in_a_real_browser(fabricated):
+def test_mlflow_ui_opens_on_the_trials_and_the_front_fits_in_a_real_browser(fabricated):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    from analysis.store import ui_instructions
 
     client, exp_id = fabricated["client"], fabricated["exp_id"]
     parent = client.search_runs([exp_id], "tags.`derd.kind` = 'search'")[0]
@@ -226,7 +263,18 @@ def test_mlflow_ui_shows_the_front_page_and_the_description_in_a_real_browser(fa
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", fabricated["uri"],
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    driver = None
+    drivers = []
+
+    def browser(width: int):
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = shutil.which("chromium")
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--window-size={width},860"):
+            opts.add_argument(arg)
+        drivers.append(webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts))
+        return drivers[-1], WebDriverWait(drivers[-1], 60)
+
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -238,16 +286,20 @@ def test_mlflow_ui_shows_the_front_page_and_the_description_in_a_real_browser(fa
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = shutil.which("chromium")
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1100"):
-            opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-        wait = WebDriverWait(driver, 60)
+        lines = ui_instructions(base, exp_id, parent.info.run_id)  # what the search and pareto.py print
+        trials_url = lines[1].split(": ", 1)[1].strip()
+        front_url = lines[2].split(": ", 1)[1].strip()
         ARTIFACTS.mkdir(exist_ok=True)
-        # 1. the interactive front, as MLflow's artifact viewer renders it
-        driver.get(f"{base}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifactPath/pareto/front.html")
+        driver, wait = browser(1500)
+        # 1. the printed URL opens the runs table in model-training mode, every trial listed (no expander)
+        driver.get(trials_url)
+        wait.until(lambda d: all(name in d.page_source for name, *_ in FABRICATED))
+        assert "workflowType=machine_learning" in driver.current_url
+        assert driver.find_elements(By.XPATH, "//*[normalize-space(text())='val/aa_acc']")  # the objectives' columns
+        assert not driver.find_elements(By.XPATH, "//*[contains(text(), 'Detect Issues')]")  # not the GenAI overview
+        driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_trials.png"))
+        # 2. the interactive front, as MLflow's artifact viewer renders it, beside the assistant panel (the default)
+        driver.get(front_url)
         wait.until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))
         driver.switch_to.frame(driver.find_elements(By.TAG_NAME, "iframe")[0])
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "g.trial")) == len(FABRICATED))
@@ -255,9 +307,10 @@ def test_mlflow_ui_shows_the_front_page_and_the_description_in_a_real_browser(fa
         titles = [t.get_attribute("textContent") for t in driver.find_elements(By.CSS_SELECTOR, "g.trial title")]
         assert any("trial-0003 (derd_no_nat)" in t and "± 1.84" in t for t in titles)  # hover text
         driver.switch_to.default_content()
+        _assert_plot_fully_visible(driver)
         driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_front_page.png"))
-        # 2. the experiment's description shows the best trials (one click on its expander)
-        driver.get(f"{base}/#/experiments/{exp_id}/runs")
+        # 3. the experiment's description shows the best trials (one click on its expander)
+        driver.get(trials_url)
         expand = "button[data-component-id='mlflow.experiment.metadata_editor.expand_button']"
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, expand))
         driver.find_element(By.CSS_SELECTOR, expand).click()
@@ -265,15 +318,24 @@ def test_mlflow_ui_shows_the_front_page_and_the_description_in_a_real_browser(fa
         cells = [c.text for c in driver.find_elements(By.TAG_NAME, "td")]
         assert cells[cells.index("trial-0001") + 3] == "80.22 ± 2.10"  # the front's best clean, with its s.e.
         driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_description.png"))
-        # 3. the tag filter leaves exactly the front
+        # 4. the tag filter leaves exactly the front, listed flat
         query = urllib.parse.quote("tags.pareto_front = 'true'")
-        driver.get(f"{base}/#/experiments/{exp_id}/runs?searchFilter={query}")
-        wait.until(lambda d: "search-fab" in d.page_source)
-        driver.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()  # expand
+        driver.get(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning&searchFilter={query}")
         wait.until(lambda d: all(r.info.run_name in d.page_source for r in front))
         driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_pareto_front.png"))
+        # 5. at 1,000 px the front fits too, once MLflow's assistant panel is closed (beside it, MLflow's own
+        # artifact pane, a 200 px file tree and a viewer of at least 400 px, no longer fits and is clipped)
+        driver, wait = browser(1000)
+        driver.get(front_url)
+        wait.until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))
+        close = "button[data-component-id='mlflow.assistant.chat_panel.close']"
+        if driver.find_elements(By.CSS_SELECTOR, close):
+            driver.find_element(By.CSS_SELECTOR, close).click()
+        time.sleep(1)
+        _assert_plot_fully_visible(driver)
+        driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_front_page_1000.png"))
     finally:
-        if driver is not None:
+        for driver in drivers:
             driver.quit()
         server.terminate()
         try:

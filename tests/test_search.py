@@ -120,8 +120,21 @@ def test_fractional_gpus_let_two_trials_share_one_gpu(tmp_path, cluster, teacher
     assert {r.data.tags["derd.device"] for r in trials} == {"cpu"}  # logical GPUs: no CUDA here
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+@pytest.fixture()
+def start():
+    """Start a search driver in its own session; a test that fails mid-way leaves no driver behind
+    (the driver's reaper then ends its Ray processes)."""
+    started: list[subprocess.Popen] = []
+
+    def run(cmd: list[str]) -> subprocess.Popen:
+        started.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        return started[-1]
+
+    yield run
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def _wait_for(predicate, timeout: float = 240) -> None:
@@ -154,19 +167,39 @@ def _assert_complete_and_unique(out: Path, n: int, name: str = "derd-digits") ->
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
-def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_args):
+def _listening(pid: int) -> set[str]:
+    """The addresses a process and its descendants listen on (TCP)."""
+    import psutil
+
+    found = set()
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                found |= {c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        pass
+    return found
+
+
+def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_args, start):
+    """A local search (no --address) listens on the loopback interface only; Ctrl-C then --resume."""
     space = write_space(tmp_path / "space.yaml", search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"})
     out = tmp_path / "s"
-    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--address", "local", *teacher_args]
-    proc = _start([*cmd, "--space", str(space)])
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), *teacher_args]
+    proc = start([*cmd, "--space", str(space)])
     _wait_for(lambda: _finished_trials(out) >= 1)
+    addresses = _listening(proc.pid)  # GCS, raylet, the driver's and the trial's workers, the runtime-env agent
+    assert addresses and addresses <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130  # interrupted: not success
     _, before, _ = _runs(out)
     finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
     first_params = _study(out).trials[0].params
-    subprocess.run([sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume", "--address", "local"],
+    subprocess.run([sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume"],
                    check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _assert_complete_and_unique(out, 3)
     _, after, _ = _runs(out)
@@ -176,7 +209,7 @@ def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_arg
     assert _study(out).trials[0].params == first_params
 
 
-def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args):
+def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args, start):
     """A driver killed with SIGKILL leaves no Ray process behind for more than a few seconds; --resume
     with --out only (no --name) finishes the search, counting both sessions."""
     import psutil
@@ -186,7 +219,7 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
     space = write_space(tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"})
     out = tmp_path / "s"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--address", "local"]
-    proc = _start([*cmd, "--space", str(space), "--name", "killed", *teacher_args])
+    proc = start([*cmd, "--space", str(space), "--name", "killed", *teacher_args])
     _wait_for(lambda: _finished_trials(out, "killed") >= 1)
     ray_processes = descendants(proc.pid)  # GCS, raylet, the agents, the trials' workers (and the reaper)
     assert len(ray_processes) >= 3
@@ -224,6 +257,37 @@ def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path,
     after = parents[0].data.metrics
     assert after["search/wall_time_s"] == pytest.approx(before["search/wall_time_s"])
     assert after["search/trials_per_hour"] == pytest.approx(before["search/trials_per_hour"])
+
+
+def test_a_finished_search_extended_with_num_trials_runs_only_the_new_trials(tmp_path, cluster, teacher_args, capsys):
+    """--resume --num-trials 6 on a finished 4-trial search: the same study samples trials 4 and 5; 6 Optuna
+    trials, 6 child runs, no duplicate, the first four untouched, the front over all six. Flags that would
+    change what the search compares are refused with the reason, and nothing is written."""
+    from tuning.search import main, run_search
+
+    space = write_space(tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "asha",
+                                                         "grace_period": 2, "sampler": "tpe", "seed": 3})
+    out = tmp_path / "s"
+    run_search(["--space", str(space), "--out", str(out), *teacher_args])
+    _, before, _ = _runs(out)
+    ended = {r.info.run_id: r.info.end_time for r in before}
+    summary = run_search(["--out", str(out), "--resume", "--num-trials", "6"])
+    assert "resuming with num_trials 4 -> 6" in capsys.readouterr().out
+    _assert_complete_and_unique(out, 6)
+    client, after, parents = _runs(out)
+    assert all(r.info.end_time == ended[r.info.run_id] for r in after if r.info.run_id in ended)  # not run again
+    assert all("pareto_front" in r.data.tags for r in after)  # the front was taken over all six
+    assert summary["trials_finished"] == 6 and "of 6 requested" in (out / "best_trials.md").read_text().splitlines()[0]
+    assert "num_trials: 6" in (out / "space.yaml").read_text()  # the next --resume continues from six
+    state = (out / "optuna.db").read_bytes()
+    for flag in (["--method", "dafl"], ["--scheduler", "none"], ["--seed", "1"], ["--dataset", "cifar10"],
+                 ["--teacher-robust", teacher_args[3]]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(out), "--resume", *flag])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag[0]} cannot change when resuming" in err[0], err
+    assert (out / "optuna.db").read_bytes() == state
 
 
 def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, capsys, cluster, teacher_args):

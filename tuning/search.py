@@ -35,7 +35,7 @@ from derd.config import from_dict, to_dict
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.records import SearchFolder, Tag, encode_objectives
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
-from analysis.store import check_mlflow_uri
+from analysis.store import check_mlflow_uri, ui_instructions
 from tuning.checks import check_cluster_resources, check_ray_address, check_search_folder, teacher_preflight
 from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path
 
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: asha (default) or none")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions (0.5) let trials share a GPU")
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--address", help="join an existing Ray cluster (HOST:PORT or auto), or 'local' for a new local "
-                                     "instance; default: Ray's own choice (a running local cluster, else a new one)")
+    p.add_argument("--address", help="join a Ray cluster (HOST:PORT, or auto for the one running here); default (or "
+                                     "'local'): a new Ray instance of this search's own, reachable from this machine only")
     p.add_argument("--storage-path", help="Ray's storage for trial checkpoints: a shared path or an object-store URI "
                                           "(s3://, gs://) for clusters (default: <out>)")
     p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: $MLFLOW_TRACKING_URI, "
@@ -234,6 +234,18 @@ def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold:
     return exp_id, run.info.run_id
 
 
+LOCAL = (None, "local")  # --address values that start the search's own Ray instance
+
+
+def _loopback_only(plan: Plan) -> None:
+    """A local search's own Ray instance listens on 127.0.0.1 only: Ray uses the loopback address as
+    its node's address (and every server binds to it) when its multi-machine mode is off, which
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` does on any platform. Ray reads it when first imported,
+    so this runs before that; a joined cluster (``--address``) is left as it is."""
+    if plan.address in LOCAL and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _init_ray(plan: Plan) -> bool:
     """Start or join Ray; returns whether this call started it (and so must shut it down)."""
     import ray
@@ -243,11 +255,8 @@ def _init_ray(plan: Plan) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter takes our metric columns
     # short epochs (digits) force frequent experiment snapshots: no warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
-    if plan.address:
-        ray.init(address=plan.address, **kwargs)  # "local" forces a new local instance
-    else:
-        ray.init(**kwargs)
+    ray.init(address="local" if plan.address in LOCAL else plan.address, include_dashboard=False, log_to_driver=True,
+             logging_level="WARNING")
     return True
 
 
@@ -267,6 +276,7 @@ def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     if plan.resume:
         processes.end_processes({int(p): t for p, t in plan.record.get("ray_processes", {}).items()})
     teachers, threshold = teacher_preflight(plan)
+    _loopback_only(plan)
     import ray
 
     reaper = None if ray.is_initialized() else processes.start_reaper()
@@ -386,12 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(summary["markdown"])
     print(f"Results in {summary['out']}")
-    if summary["tracking_uri"].startswith("sqlite"):
-        print(f"MLflow UI: mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 --port 5000")
-        print(f"  then open the experiment {summary['name']}: its description holds the best trials and a link to "
-              f"the interactive front (pareto/front.html of the search run)")
-    else:
-        print(f"MLflow: {summary['tracking_uri']} (experiment id {summary['experiment_id']})")
+    print("\n".join(ui_instructions(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"])))
     if summary["interrupted"]:
         print(f"search interrupted; continue it with: python tuning/search.py --out {summary['out']} --resume",
               file=sys.stderr)

@@ -30,7 +30,8 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
             + best_trials_markdown(records, front, objectives) + "\n" + best_versus_preset(records) + "\n")
     plan.folder.best_trials.write_text(text)
     client.log_artifact(parent_run_id, str(plan.folder.best_trials))
-    metrics = {"trials_finished": len(records), "trials_failed": failed, "trials_stopped_early": stopped,
+    metrics = {"trials_requested": space.num_trials, "trials_finished": len(records), "trials_failed": failed,
+               "trials_stopped_early": stopped,
                "trials_infeasible": infeasible, "wall_time_s": wall,
                "trials_per_hour": (len(records) + failed) / max(wall, 1e-9) * 3600}
     for key, value in metrics.items():
