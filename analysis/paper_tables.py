@@ -71,7 +71,7 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     from derd.config import apply_overrides, preset
     from derd.data import dataset_info, load_split, make_loader
     from derd.device import resolve_device
-    from derd.evaluate import evaluate
+    from derd.evaluate import eval_batch_size, evaluate
     from derd.data import dataset_spec
     from derd.teachers import train_teacher
 
@@ -81,7 +81,8 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     model = train_teacher(info, "natural" if kind == "nature_real" else "robust", cfg.student.arch,
                           epochs=dataset_spec(dataset).teacher_epochs, data_root=cfg.data.root, seed=seed, device=device, progress=progress)
     test = load_split(dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
-    metrics = evaluate(model, make_loader(test, cfg.data.val_batch_size), "full", eps=info.eps, device=device, seed=seed,
+    batch = eval_batch_size(cfg.data.val_batch_size, info.image_shape, device)
+    metrics = evaluate(model, make_loader(test, batch), "full", eps=info.eps, device=device, seed=seed,
                        progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "student.pt", model, {"arch": cfg.student.arch, "dataset": dataset, "num_classes": info.num_classes,

@@ -57,7 +57,7 @@ def build(setting: str, batch: int, device: torch.device, precision: str, method
                                 std=info.std).eval().requires_grad_(False)
     cfg = apply_overrides(preset(dataset, method), {
         "student.arch": student, "budget.batch_size": batch, "train.precision": precision,
-        "train.channels_last": "auto" if precision == "bf16" else "off", "train.compile": compile,
+        "train.channels_last": "auto" if precision == "bf16" else "off", "train.compile": "on" if compile else "off",
         "cmi.synthesis_steps": 20})
     val = torch.utils.data.TensorDataset(torch.rand(2, *info.image_shape), torch.zeros(2, dtype=torch.long))
     return DistillationRun(cfg, Experts(make(), make()), device=device, val_data=val)
@@ -76,13 +76,15 @@ def sync(device: torch.device) -> None:
 
 
 def time_phase(run: DistillationRun, index: int, iters: int) -> float:
-    """Pseudo images per second of the phase's iterations (after two warm-up iterations)."""
+    """Pseudo images per second of the phase's iterations, after warm-up iterations (two; compiled:
+    four, so that every graph of the phase, its recompilations included, is built first)."""
     run.enter_phase(index)
     run.method.start_epoch(run.phases[index])
-    iterate(run, index, 2)
+    warmup = 4 if run.compute.compile else 2
+    iterate(run, index, warmup)
     sync(run.device)
     start = time.perf_counter()
-    iterate(run, index, iters, start=2)
+    iterate(run, index, iters, start=warmup)
     sync(run.device)
     return iters * run.phases[index].batch_size / (time.perf_counter() - start)
 

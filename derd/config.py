@@ -44,7 +44,8 @@ class DataConfig:
     dataset: str = setting("digits", choices=available_datasets)
     root: typing.Optional[str] = setting(None, doc="data root (not needed for digits)")
     image_size: typing.Optional[int] = setting(None, lo=8, doc="ImageNet-100 resolution (224 if unset)")
-    val_batch_size: int = setting(256, lo=1)
+    val_batch_size: typing.Optional[int] = setting(None, lo=1, doc="images per evaluation batch; unset: 256 on the CPU, "
+                                                  "as many as fit on a GPU (derd.evaluate.eval_batch_size)")
 
 
 @dataclass
@@ -73,7 +74,9 @@ class TrainConfig:
 
     precision: str = setting("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: str = setting("auto", choices=("auto", "on", "off"), doc="auto: on for CUDA")
-    compile: bool = setting(False, doc="torch.compile the student and the teachers")
+    compile: str = setting("auto", choices=("auto", "on", "off"), doc="torch.compile the models; auto: on for CUDA")
+    fold_teachers: str = setting("auto", choices=("auto", "on", "off"),
+                                 doc="fold the frozen teachers' BatchNorm into their convolutions; auto: on for CUDA")
 
 
 @dataclass
@@ -175,7 +178,8 @@ def migrate(flat: dict[str, Any], reference: RunConfig | None = None) -> dict[st
     Before the shared ``budget`` section, DERD's stages held every method's length: stage II
     ran ``stage2.epochs`` after ``stage1.epochs``, so the budget is their sum (a missing
     ``stage1.epochs`` is the ``reference`` config's, else the default); both stages' iterations
-    and batch become the budget's, and must agree.
+    and batch become the budget's, and must agree. ``train.compile`` was true or false (the
+    default, now ``auto``).
     """
     out = dict(flat)
     for old, new in LEGACY_KEYS.items():
@@ -189,6 +193,9 @@ def migrate(flat: dict[str, Any], reference: RunConfig | None = None) -> dict[st
             if len(set(values.values()) | ({out[f"budget.{key}"]} if f"budget.{key}" in out else set())) > 1:
                 raise ConfigError(f"{', '.join(values)}: the budget is shared now; give one budget.{key}")
             out[f"budget.{key}"] = next(iter(values.values()))
+    compile_flag = out.get("train.compile")
+    if compile_flag in (True, False, "True", "False"):  # before auto: true asked for it, false was the default
+        out["train.compile"] = "on" if compile_flag in (True, "True") else "auto"
     if "stage2.epochs" in out:
         warmup = out.get("stage1.epochs", reference.stage1.epochs if reference is not None else None)
         if warmup is None:

@@ -7,7 +7,7 @@ and the methods that compose them can import it without importing one another.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -72,10 +72,11 @@ class Context:
     """
 
     def __init__(self, cfg: "RunConfig", info: "DatasetInfo", compute: "Compute", student: nn.Module,
-                 experts: "Experts", rng: torch.Generator) -> None:
+                 experts: "Experts", rng: torch.Generator, new_student: Callable[[], nn.Module]) -> None:
         self.cfg, self.info, self.compute = cfg, info, compute
         self.device = compute.device
         self.student, self.experts, self.rng = student, experts, rng
+        self.new_student = new_student  # an untrained model of the student's architecture
         self.trainer = StudentTrainer(student)
         self._hooks: dict[tuple[str, int], losses.Hooks] = {}
 

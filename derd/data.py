@@ -310,7 +310,7 @@ register_dataset(DatasetSpec(
     paper_weights={"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 20, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.1,
                    "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 1, "stage2.lambda_sga": 5e-4},
     budget={"student.arch": "tv_resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 100,
-            "budget.batch_size": 128, "student.latent_dim": 256, "data.val_batch_size": 128},
+            "budget.batch_size": 128, "student.latent_dim": 256},
     resizable=True))
 
 

@@ -1,26 +1,43 @@
-"""Where and how a run computes: the device, bf16 autocast, channels_last and compilation.
+"""Where and how a run computes: the device, bf16 autocast, channels_last, compilation and folded teachers.
 
 One place decides these for the run loop, teacher training and benchmarks, from the run
-config's ``train`` section:
+config's ``train`` section (``auto``: what pays on the device; the CPU keeps the plain path,
+so CPU results stay bit for bit what they were):
 
 * ``train.precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
   Autocast keeps softmax, log-softmax, KL and cross-entropy in fp32 and runs convolutions
   and matrix products in bf16. Evaluation attacks never run under it (they score models).
 * ``train.channels_last``: ``auto`` (on for CUDA), ``on`` or ``off``: NHWC memory layout
   for every convolutional model, which bf16 convolutions on tensor cores want.
-* ``train.compile``: ``torch.compile`` the student and the teachers in place (state_dict
-  keys unchanged). Off by default: the first iterations pay the compile time.
+* ``train.compile``: ``auto`` (on for CUDA), ``on`` or ``off``: ``torch.compile`` the
+  student, the generator and the teachers in place (state_dict keys unchanged). The first
+  iterations of each phase pay the compilation (the run logs it as ``time/compile_s``);
+  Inductor's cache lives in ``$DERD_CACHE/inductor``, shared by every trial of a node, so
+  only the first trial compiles from scratch. Evaluation runs the models eagerly
+  (``Compute.eager``), so scores never depend on compilation.
+* ``train.fold_teachers``: ``auto`` (on for CUDA), ``on`` or ``off``: each frozen teacher's
+  BatchNorm folded into the convolution before it (``derd.models.fold``), on a copy.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from derd.cache import cache_dir
 from derd.errors import UserError
+from derd.models.fold import fold_batchnorm
+
+SWITCHES = ("auto", "on", "off")
+
+
+def _switch(value: str, cuda: bool) -> bool:
+    return value == "on" or (value == "auto" and cuda)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,13 +68,15 @@ class Compute:
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
+    fold_teachers: bool = False
 
     @classmethod
     def from_config(cls, device: torch.device, precision: str = "auto", channels_last: str = "auto",
-                    compile: bool = False) -> "Compute":
+                    compile: str = "auto", fold_teachers: str = "auto") -> "Compute":
         cuda = device.type == "cuda"
         return cls(device, bf16=precision == "bf16" or (precision == "auto" and cuda),
-                   channels_last=channels_last == "on" or (channels_last == "auto" and cuda), compile=compile)
+                   channels_last=_switch(channels_last, cuda), compile=_switch(compile, cuda),
+                   fold_teachers=_switch(fold_teachers, cuda))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on this device, or nothing."""
@@ -65,12 +84,17 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def eager(self) -> contextlib.AbstractContextManager:
+        """Run compiled models eagerly inside (evaluation: its scores must not depend on compilation)."""
+        return torch.compiler.set_stance("force_eager") if self.compile else contextlib.nullcontext()
+
     def prepare(self, module: nn.Module) -> nn.Module:
         """Move a model to the device in the configured layout; compile it if asked (in place)."""
         module = module.to(self.device)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if self.compile:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
             # SGA takes three gradients from one graph (retain_graph=True), which donated buffers forbid
             import torch._functorch.config as functorch_config
 
@@ -78,10 +102,20 @@ class Compute:
             module.compile()
         return module
 
+    def prepare_teacher(self, module: nn.Module, image_shape: tuple[int, int, int]) -> nn.Module:
+        """A frozen teacher ready for the run: BatchNorm folded (a copy) and compiled (a copy: the caller's
+        model is never changed), on the device and in the layout."""
+        if self.fold_teachers:
+            module, _ = fold_batchnorm(module, torch.rand(2, *image_shape, device=next(module.parameters()).device))
+        elif self.compile:
+            module = copy.deepcopy(module)
+        return self.prepare(module)
+
     @property
     def label(self) -> str:
         return ", ".join(f for f, on in (("bf16", self.bf16), ("channels_last", self.channels_last),
-                                          ("compiled", self.compile)) if on) or "fp32"
+                                          ("compiled", self.compile), ("folded teachers", self.fold_teachers))
+                         if on) or "fp32"
 
 
 @contextlib.contextmanager

@@ -111,6 +111,17 @@ def column_attacks(eps: float, seed: int, aa_version: str, device: torch.device 
     }
 
 
+def eval_batch_size(requested: int | None, image_shape: tuple[int, int, int], device: torch.device | str) -> int:
+    """Images per evaluation batch: the config's ``data.val_batch_size`` when set; else 256 on the CPU
+    (the batch every CPU score was made with) and, on a GPU, as many as its attacks fit: 1,024 at
+    32 px and below, 256 above (``evaluate`` halves a batch that does not fit)."""
+    if requested is not None:
+        return requested
+    if torch.device(device).type != "cuda":
+        return 256
+    return 1024 if image_shape[-1] <= 32 else 256
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -125,14 +136,17 @@ def evaluate(
 
     The model's parameters, BN statistics and mode are left as they were, and the global
     RNG state is untouched (AutoAttack reseeds it internally), so evaluating in the middle
-    of a training run does not change that run.
+    of a training run does not change that run. A compiled model is evaluated eagerly, so a
+    score never depends on compilation. A batch that does not fit in GPU memory is scored in
+    halves.
     """
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     device = torch.device(device)
-    correct = {col: torch.zeros((), dtype=torch.long, device=device) for col in proto.columns}
+    correct = torch.zeros(len(proto.columns), dtype=torch.long, device=device)
     total = 0
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), attacks.eval_mode(model), no_autocast(device):
+    with torch.random.fork_rng(devices=devices), attacks.eval_mode(model), no_autocast(device), \
+            torch.compiler.set_stance("force_eager"):
         torch.manual_seed(seed)
         fns = column_attacks(eps, seed, proto.aa_version, device)
         bar = _progress(loader, progress, f"eval[{proto.name}]")
@@ -142,19 +156,33 @@ def evaluate(
                 if keep <= 0:
                     break
                 x, y = x[:keep], y[:keep]
-            x, y = x.to(device), y.to(device)
-            for col in proto.columns:
-                x_eval = fns[col](model, x, y)
-                with torch.no_grad():
-                    correct[col] += (model(x_eval).argmax(1) == y).sum()
+            correct += _score(model, fns, proto.columns, x.to(device), y.to(device))
             total += len(y)
     if total == 0:
         raise ValueError("evaluation loader is empty")
-    counts = torch.stack([correct[col] for col in proto.columns]).tolist()  # one host read
+    counts = correct.tolist()  # one host read
     result = {col: 100.0 * n / total for col, n in zip(proto.columns, counts)}
     if set(proto.columns) == set(COLUMNS) - {"ave_acc"}:
         result["ave_acc"] = sum(result.values()) / len(result)
     return result
+
+
+def _score(model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...], x: torch.Tensor,
+           y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions per column on one batch (halved, recursively, when it does not fit)."""
+    try:
+        counts = []
+        for col in columns:
+            x_eval = fns[col](model, x, y)
+            with torch.no_grad():
+                counts.append((model(x_eval).argmax(1) == y).sum())
+        return torch.stack(counts)
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(x) // 2
+        return _score(model, fns, columns, x[:half], y[:half]) + _score(model, fns, columns, x[half:], y[half:])
 
 
 def _progress(iterable, enabled: bool, desc: str):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from derd.models.fold import FoldedBatchNorm
 from derd.models.registry import Normalize
 
 
@@ -125,15 +126,24 @@ class Hooks:
 
     @contextlib.contextmanager
     def recording(self) -> Iterator["Hooks"]:
+        """Record the forward passes inside. They run eagerly even in a compiled model: compiled code does
+        not reliably replay the hooks' Python side effects (seen with PyTorch 2.14: a recording pass after
+        a backward through the same graph recorded nothing), and nothing else depends on them."""
         self.clear()
         self.active = True
         try:
-            yield self
+            with torch.compiler.set_stance("force_eager"):
+                yield self
         finally:
             self.active = False
 
     def clear(self) -> None:
         raise NotImplementedError
+
+    def __deepcopy__(self, memo: dict) -> "Hooks":
+        """A copied model (a folded or compiled teacher) keeps the entries of hook sets still registered on
+        its original; they stay this set, which records only while its own run records."""
+        return self
 
     def remove(self) -> None:
         for h in self.handles:
@@ -158,23 +168,30 @@ class BatchNormStatistics(Hooks):
         self.terms: list[torch.Tensor] = []
         self.features: list[torch.Tensor] = []
         self.handles = [
-            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, BATCHNORMS)
+            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, (*BATCHNORMS, FoldedBatchNorm))
         ]
         if not self.handles:
             raise ValueError("L_bn needs a teacher with BatchNorm layers")
 
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
         if not self.active:
-            return
+            return None
         x = inputs[0].float()
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)
+        folded = isinstance(module, FoldedBatchNorm)  # x is the folded convolution's output: recover the BN input's
+        if folded:
+            mean, var = module.input_mean(mean), module.input_var(var)
         self.terms.append(
             torch.linalg.vector_norm(mean - module.running_mean, 2) + torch.linalg.vector_norm(var - module.running_var, 2)
         )
         if self.keep_features:
-            self.features.append(x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x)
+            per_image = x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x
+            self.features.append(module.input_mean(per_image) if folded else per_image)
+        if folded:  # the statistics keep the folded convolution's output: an in-place ReLU after must not change it
+            return output.clone()
+        return None
 
     def clear(self) -> None:
         self.terms, self.features = [], []

@@ -34,7 +34,7 @@ from derd.config import RunConfig, from_dict, to_dict
 from derd.data import dataset_info, first_n, load_split, make_loader
 from derd.device import Compute, resolve_device
 from derd.errors import UserError
-from derd.evaluate import PROTOCOLS, evaluate
+from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
 from derd.experts import Experts
 from derd.methods import Context, Phase, get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
@@ -67,30 +67,38 @@ class DistillationRun:
         self.cfg = cfg
         self.info = dataset_info(cfg.data.dataset, cfg.data.image_size)
         device = resolve_device(cfg.device) if device is None else torch.device(device)
-        self.compute = Compute.from_config(device, cfg.train.precision, cfg.train.channels_last, cfg.train.compile)
+        t = cfg.train
+        self.compute = Compute.from_config(device, t.precision, t.channels_last, t.compile, t.fold_teachers)
         self.device = device
         method_cls = get_method(cfg.method)
         for role in method_cls.teachers:
             if getattr(experts, role) is None:
                 raise ValueError(f"method {cfg.method} needs the {role} teacher")
-        self.experts = Experts(*(self.compute.prepare(m) if m is not None else None for m in (experts.natural, experts.robust)))
+        self.experts = Experts(*(self.compute.prepare_teacher(m, self.info.image_shape) if m is not None else None
+                                 for m in (experts.natural, experts.robust)))
         self.stage1_cache = Path(stage1_cache) if stage1_cache is not None else None
         torch.manual_seed(cfg.seed)
-        c, _, _ = self.info.image_shape
-        self.student = self.compute.prepare(create_model(cfg.student.arch, self.info.num_classes, in_channels=c,
-                                                         mean=self.info.mean, std=self.info.std))
+        self.student = self.compute.prepare(self._new_student())
         self.rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.ctx = Context(cfg, self.info, self.compute, self.student, self.experts, self.rng)
+        self.ctx = Context(cfg, self.info, self.compute, self.student, self.experts, self.rng, self._new_student)
         self.method = method_cls(self.ctx)
         self.metric_prefixes = CORE_METRIC_PREFIXES + method_cls.metric_prefixes
         self.phases = [p for p in method_cls.phases(cfg) if p.epochs > 0]
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self._phase_index = -1  # the phase whose optimisers are set up
+        self._compiled_phases: set[int] = set()  # phases whose first iteration this process has compiled
         if val_data is None:
             val_data = load_split(self.info.name, "val", cfg.data.root, image_size=cfg.data.image_size)
         n = PROTOCOLS[cfg.eval.protocol].max_images
-        self.val_loader = make_loader(first_n(val_data, n), cfg.data.val_batch_size)
+        self.val_loader = make_loader(first_n(val_data, n), eval_batch_size(cfg.data.val_batch_size,
+                                                                              self.info.image_shape, device))
+
+    def _new_student(self) -> torch.nn.Module:
+        """An untrained student of the run's architecture (on the CPU, not prepared)."""
+        c = self.info.image_shape[0]
+        return create_model(self.cfg.student.arch, self.info.num_classes, in_channels=c, mean=self.info.mean,
+                            std=self.info.std)
 
     # ---- bookkeeping -------------------------------------------------------------------
     @property
@@ -121,6 +129,10 @@ class DistillationRun:
             self.method.start_phase(self.phases[index])
             self._phase_index = index
 
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def close(self) -> None:
         """Remove the hooks the method's parts put on the models."""
         self.ctx.close()
@@ -132,6 +144,7 @@ class DistillationRun:
         self.enter_phase(index)
         self.method.start_epoch(phase)
         first_step = (self.epoch - sum(p.epochs for p in self.phases[:index])) * phase.iters_per_epoch
+        compiling = self.compute.compile and index not in self._compiled_phases  # this process's first epoch of it
         start = time.time()
         records: dict[str, list[torch.Tensor]] = {}
         for it in range(phase.iters_per_epoch):
@@ -139,9 +152,16 @@ class DistillationRun:
                 terms = self.method.iteration(phase, first_step + it)
             for k, v in terms.items():
                 records.setdefault(k, []).append(v.detach().float().reshape(()))
+            if compiling and it == 0:
+                self._synchronize()
+                first = time.time() - start
         means = self._read_terms(records, phase)
         result: dict[str, Any] = {"epoch": self.epoch + 1, "stage": phase.stage, "cached": False,
                                   "time/epoch_s": time.time() - start, **means}
+        if compiling:  # the first iteration compiles; the others show what it would have cost compiled
+            rest = phase.iters_per_epoch - 1
+            result["time/compile_s"] = max(0.0, first - ((result["time/epoch_s"] - first) / rest if rest else 0.0))
+            self._compiled_phases.add(index)
         result.update(self._declared(self.method.end_epoch(phase, means)))
         self.epoch += 1
         if self.epoch % self.cfg.eval.every == 0 or self.epoch == self.total_epochs:

@@ -7,7 +7,6 @@ val table. The digits pair is trained on first use and cached (``$DERD_CACHE``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from derd.attacks import eval_mode, pgd
+from derd.cache import cache_dir
 from derd.checkpoints import build_model, load_checkpoint, save_checkpoint
 from derd.data import DatasetInfo, dataset_info, dataset_spec, download, load_split, make_loader
 from derd.device import Compute, check_device
@@ -27,11 +27,6 @@ from derd.losses import kl_attack_loss
 from derd.models import NormalizedClassifier
 
 KINDS = ("natural", "robust")
-
-
-def cache_dir() -> Path:
-    """Where trained digits teachers are kept: ``$DERD_CACHE`` or ``~/.cache/derd``."""
-    return Path(os.environ.get("DERD_CACHE", Path.home() / ".cache" / "derd"))
 
 
 def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, beta: float) -> torch.Tensor:

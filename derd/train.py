@@ -22,7 +22,7 @@ from derd.config import RunConfig, apply_overrides, from_dict, load_yaml, preset
 from derd.data import load_split, make_loader
 from derd.device import check_device
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import evaluate, markdown_table
+from derd.evaluate import eval_batch_size, evaluate, markdown_table
 from derd.experts import load_experts
 from derd.plots import save_accuracy_curve, save_sample_grid
 from derd.run import DistillationRun
@@ -76,7 +76,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     info = run.info
     meta = {"arch": cfg.student.arch, "dataset": info.name, "num_classes": info.num_classes, "kind": f"student-{cfg.method}"}
     protocol = test_protocol or cfg.eval.final_protocol
-    table = evaluate(run.student, make_loader(test, cfg.data.val_batch_size), protocol, eps=info.eps,
+    batch = eval_batch_size(cfg.data.val_batch_size, info.image_shape, run.device)
+    table = evaluate(run.student, make_loader(test, batch), protocol, eps=info.eps,
                      device=run.device, seed=cfg.seed, progress=progress)
     table = {f"test/{k}": v for k, v in table.items()}
     save_checkpoint(out / "student.pt", run.student, {**meta, "table": table})

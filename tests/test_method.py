@@ -300,3 +300,41 @@ def test_ctrl_c_in_train_says_how_to_resume_in_one_line_and_keeps_the_state(tmp_
     assert last.startswith("interrupted; run the same command again") and "Traceback" not in err
     epoch = torch.load(tmp_path / "out" / "run.pt", weights_only=True)["epoch"]
     assert 1 <= epoch < 32
+
+
+def test_folded_teachers_train_like_the_unfolded_ones(experts, val_data):
+    """train.fold_teachers: the same run (L_bn through folded layers followed by in-place ReLUs,
+    PGD and the generator's adversary through the teachers) to float rounding."""
+    plain = DistillationRun(tiny(**{"train.fold_teachers": "off"}), experts, val_data=val_data)
+    folded = DistillationRun(tiny(**{"train.fold_teachers": "on"}), experts, val_data=val_data)
+    assert not plain.compute.fold_teachers and folded.compute.fold_teachers
+    assert any(type(m).__name__ == "FoldedBatchNorm" for m in folded.experts.natural.modules())
+    assert not any(type(m).__name__ == "FoldedBatchNorm" for m in experts.natural.modules())  # the caller's teacher stays
+    a, b = plain.run()[-1], folded.run()[-1]
+    for run in (plain, folded):
+        run.close()
+    for key in a:
+        if key.startswith(("loss/", "sga/")):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+
+
+def test_compile_is_off_on_the_cpu_by_default_and_a_compiled_run_matches_the_eager_one(experts, val_data):
+    """train.compile: auto compiles on CUDA only. Compiled on the CPU (Inductor), DERD w/o T_nat (its frozen
+    student refreshed every epoch) gives the eager run's losses and scores, and logs the compile time of
+    each phase's first epoch; evaluation runs eagerly."""
+    assert DistillationRun(tiny(), experts, val_data=val_data).compute.compile is False
+    eager = DistillationRun(tiny(method="derd_no_nat"), experts, val_data=val_data)
+    compiled = DistillationRun(tiny(method="derd_no_nat", **{"train.compile": "on"}), experts, val_data=val_data)
+    want, got = eager.run(), compiled.run()
+    for run in (eager, compiled):
+        run.close()
+    assert [h.get("time/compile_s") is not None for h in got] == [True, False, True, False]
+    assert all(h.get("time/compile_s", 1.0) > 0 for h in got) and "time/compile_s" not in want[0]
+    for key in want[-1]:
+        if key.startswith(("loss/", "val/")):
+            assert got[-1][key] == pytest.approx(want[-1][key], rel=1e-3, abs=1e-4), key
+
+
+def test_configs_written_before_compile_had_auto_still_load():
+    assert from_dict({"train": {"compile": False}}).train.compile == "auto"
+    assert from_dict({"train": {"compile": True}}).train.compile == "on"

@@ -85,13 +85,13 @@ def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, fl
     from derd.config import from_dict
     from derd.data import dataset_info, first_n, load_split, make_loader
     from derd.device import resolve_device
-    from derd.evaluate import Protocol, evaluate, markdown_table
+    from derd.evaluate import Protocol, eval_batch_size, evaluate, markdown_table
 
     cfg = from_dict(plan.base_config)
     info = dataset_info(cfg.data.dataset, cfg.data.image_size)
     device = resolve_device(cfg.device)
     val = first_n(load_split(info.name, "val", cfg.data.root, image_size=cfg.data.image_size), n_images)
-    loader = make_loader(val, cfg.data.val_batch_size)
+    loader = make_loader(val, eval_batch_size(cfg.data.val_batch_size, info.image_shape, device))
     protocol = Protocol("preflight", ("clean_acc", "pgd_acc"), n_images, "fast")
     tables = {}
     for kind in ("natural", "robust"):

@@ -10,7 +10,6 @@ owns the loop: for each phase it sets up the student's optimiser and calls
 """
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -130,7 +129,3 @@ class GeneratorMethod(Method):
     def sample(self, n: int) -> torch.Tensor:
         return self.synth.sample(n)
 
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A frozen, eval-mode copy (the student standing in for T_nat in derd_no_nat)."""
-    return copy.deepcopy(model).eval().requires_grad_(False)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from derd.context import Context
-from derd.methods.base import GeneratorMethod, Phase, Terms, frozen_copy
+from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import expert_sga, natural_kd
 from derd.settings import ConfigError, setting
@@ -169,5 +169,9 @@ class DERDNoNat(DERD):
         return self.ctx.experts.robust if phase.stage == 1 else self.frozen_student
 
     def start_epoch(self, phase: Phase) -> None:
+        """Refresh the frozen copy of the student (one module, prepared once: compiled code stays its own)."""
         if phase.stage == 2:
-            self.frozen_student = frozen_copy(self.ctx.student)
+            if self.frozen_student is None:
+                with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten below
+                    self.frozen_student = self.ctx.compute.prepare(self.ctx.new_student().eval().requires_grad_(False))
+            self.frozen_student.load_state_dict(self.ctx.student.state_dict())
