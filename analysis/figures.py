@@ -178,7 +178,7 @@ def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: Trial
                 else "partial" if not r.full_budget else "trial")
         weights = ", ".join(f"{k}={v}" for k, v in key_weights(r).items())
         n = r.n_images
-        title = (f"{r.name} ({r.method}){' - paper preset' if r.preset else ''}{' - knee' if knee is r else ''}\n"
+        title = (f"{r.name} ({r.shown_method}){' - paper preset' if r.preset else ''}{' - knee' if knee is r else ''}\n"
                  f"{column_header(mx)}: {with_se(r.metrics[mx], n)}\n{column_header(my)}: {with_se(r.metrics[my], n)}\n"
                  f"epochs: {r.epochs}{' (stopped early)' if not r.full_budget else ''}"
                  f"{' - infeasible' if not r.feasible else ''}\n{weights}\nrun: {r.run_id}")

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from analysis.paper_results import PAPER_ROWS
 from derd.evaluate import COLUMNS
-from derd.methods import available_methods, get_method
+from derd.methods import available_methods, footnotes, get_method
 
 REFERENCES = {"nature_real": "Nature (real data, student arch)", "sat_real": "SAT (real data, PGD-AT, student arch)"}
 TABLES = {
@@ -128,7 +128,8 @@ def markdown(dataset: str, seeds: list[int], results: dict[str, list[dict[str, f
             if table == number:
                 cells = [f"{row[c]:.2f}" if c in row and not math.isnan(row[c]) else "-" for c in COLUMNS]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+        notes = footnotes(k for k in rows_of_table(number) if k not in REFERENCES)
+        parts.append("\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes))
     return "\n".join(parts)
 
 

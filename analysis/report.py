@@ -32,6 +32,7 @@ from analysis.store import open_experiment
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.evaluate import COLUMNS, PROTOCOLS, header
+from derd.methods import display_name, footnotes
 from derd.records import VAL_CLEAN, Tag, val
 from derd.train import add_teacher_flags, teacher_overrides
 
@@ -80,23 +81,29 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
     return run.info.run_id
 
 
-def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, float]], list[tuple[str, dict[str, str]]]]:
-    """(dataset, final-training rows with the paper's rows first, front rows as formatted cells)."""
+def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, float]], list[tuple[str, dict[str, str]]],
+                                                    list[str]]:
+    """(dataset, final-training rows with the paper's rows first, front rows as formatted cells, the
+    footnotes of starred methods among them)."""
     runs = client.search_runs([experiment_id], max_results=50000)
     datasets = {r.data.params.get("data.dataset") or r.data.params.get("dataset") for r in runs} - {None}
     dataset = sorted(datasets)[0] if datasets else "digits"
     finals: dict[str, dict[str, float]] = {name: row for _, name, row in PAPER_ROWS.get(dataset, [])}
     ours = [r for r in runs if r.data.tags.get(Tag.KIND) == "final"]
+    methods: list[str] = []
     for r in sorted(ours, key=lambda r: -r.data.metrics.get("test/clean_acc", 0.0)):
-        label = f"final: {r.data.tags.get(Tag.METHOD, r.data.tags.get('derd.variant'))} {r.data.tags.get(Tag.STUDENT, '')}"
+        method = r.data.tags.get(Tag.METHOD, r.data.tags.get("derd.variant"))
+        methods.append(method)
+        label = f"final: {display_name(method)} {r.data.tags.get(Tag.STUDENT, '')}"
         finals[label] = {k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}
     front_rows = []
     for _, _, records in search_trials(client, experiment_id):
         front, _ = front_of(records)
         for rec in sorted(front, key=lambda r: -r.metrics[VAL_CLEAN]):
             cells = {c: with_se(rec.metrics[val(c)], rec.n_images) if val(c) in rec.metrics else "-" for c in FRONT_COLUMNS}
-            front_rows.append((f"{rec.name} ({rec.method})", cells))
-    return dataset, finals, front_rows
+            front_rows.append((f"{rec.name} ({rec.shown_method})", cells))
+            methods.append(rec.method)
+    return dataset, finals, front_rows, footnotes(methods)
 
 
 def to_csv(rows: dict[str, dict[str, float]]) -> str:
@@ -114,7 +121,8 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows: list[tuple[str, dict[str, str]]]) -> str:
+def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows: list[tuple[str, dict[str, str]]],
+                  notes: list[str] = ()) -> str:
     final_rows = [(name, [f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "-" for c in COLUMNS])
                   for name, m in finals.items()]
     text = (f"Final trainings on {dataset} (test split, full protocol; AA = standard AutoAttack), the paper's "
@@ -124,7 +132,7 @@ def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows:
                  "standard error), by clean accuracy\n\n"
                  + _table(tuple(header(c, "search") for c in FRONT_COLUMNS),
                           [(n, [c[col] for col in FRONT_COLUMNS]) for n, c in front_rows]) + "\n")
-    return text
+    return text + "".join(f"\n{note}\n" for note in notes)
 
 
 @cli_errors
@@ -149,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client, exp = open_experiment(args.experiment, args.tracking_uri)
     for folder, data in trainings.items():
         add_training(client, exp.experiment_id, folder, data)
-    dataset, finals, front_rows = report_rows(client, exp.experiment_id)
-    text = search_report(dataset, finals, front_rows)
+    dataset, finals, front_rows, notes = report_rows(client, exp.experiment_id)
+    text = search_report(dataset, finals, front_rows, notes)
     print(text)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

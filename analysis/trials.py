@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from derd.methods import display_name, footnotes
 from derd.records import (TRIAL_EPOCHS, VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, Objectives, Tag, column_header,
                           decode_objectives)
 
@@ -55,6 +56,11 @@ class TrialRecord:
     @property
     def n_images(self) -> int:
         return int(self.metrics.get(VAL_N, 0))
+
+    @property
+    def shown_method(self) -> str:
+        """The method as tables print it (starred when it carries a footnote: DFARD*)."""
+        return display_name(self.method)
 
     @property
     def searched_keys(self) -> list[str]:
@@ -146,7 +152,7 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
     for r in shown:
         note = ", ".join(n for n, on in (("paper preset", r.preset), ("stopped early", not r.full_budget),
                                          ("infeasible", not r.feasible)) if on)
-        cells = [r.name, r.method, "yes" if r.run_id in on_front else "",
+        cells = [r.name, r.shown_method, "yes" if r.run_id in on_front else "",
                  *(with_se(r.metrics[m], r.n_images) if m in r.metrics else "-" for m in metrics), str(r.epochs), note,
                  *(_short(r.params[k]) if k in r.params else "-" for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -154,7 +160,8 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
     head_line = (f"Showing {len(shown)} of {len(records)} finished trials, the Pareto front ({len(front)}: feasible, "
                  f"full budget) first. Val split: {n} images (one image = {100 / n:.2f} points); ± is one binomial "
                  f"standard error." if n else f"Showing {len(shown)} of {len(records)} finished trials.")
-    return head_line + "\n\n" + "\n".join(lines) + "\n"
+    notes = "".join(f"\n{line}\n" for line in footnotes(r.method for r in shown))
+    return head_line + "\n\n" + "\n".join(lines) + "\n" + notes
 
 
 def _short(text: str) -> str:
@@ -173,13 +180,13 @@ def best_versus_preset(records: list[TrialRecord], metric: str = VAL_AA) -> str:
     presets = [r for r in records if r.preset]
     preset = next((r for r in presets if r.method == "derd"), presets[0] if presets else None)
     name = column_header(metric)
-    line = (f"Best feasible {name}: {best.name} ({best.method}) {with_se(best.metrics[metric], best.n_images)} at "
+    line = (f"Best feasible {name}: {best.name} ({best.shown_method}) {with_se(best.metrics[metric], best.n_images)} at "
             f"{best.metrics[VAL_CLEAN]:.2f} clean")
     if preset is None or metric not in preset.metrics:
         return line + "; the paper's preset did not finish."
     d_rob = best.metrics[metric] - preset.metrics[metric]
     d_clean = best.metrics[VAL_CLEAN] - preset.metrics[VAL_CLEAN]
     verdict = ("beats" if d_rob > 0 and d_clean >= -5 else "does not beat")
-    return (line + f"; it {verdict} the paper's preset ({preset.name}, {preset.method}: {preset.metrics[metric]:.2f} at "
+    return (line + f"; it {verdict} the paper's preset ({preset.name}, {preset.shown_method}: {preset.metrics[metric]:.2f} at "
             f"{preset.metrics[VAL_CLEAN]:.2f} clean) by {d_rob:+.2f} {name.split(' ')[0]} at {d_clean:+.2f} clean"
             f"{'' if preset.full_budget and preset.feasible else ' (the preset was ' + preset.exclusion() + ')'}.")

@@ -167,7 +167,8 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
 # ---- keys written by earlier versions ------------------------------------------------------------
 
 # old dotted key -> new dotted key (renamed on input only)
-LEGACY_KEYS = {"variant": "method", "stage2.inversion_steps": "derd_inv.steps", "stage2.inversion_lr": "derd_inv.lr"}
+LEGACY_KEYS = {"variant": "method", "stage2.inversion_steps": "derd_inv.steps", "stage2.inversion_lr": "derd_inv.lr",
+               "cmi.bank_size": "cmi.feature_bank"}  # CMI's one bank of images and embeddings, now two
 _LEGACY_BUDGET = {"iters_per_epoch": ("stage1.iters_per_epoch", "stage2.iters_per_epoch"),
                   "batch_size": ("stage1.batch_size", "stage2.batch_size")}
 

@@ -33,20 +33,25 @@ class Phase:
     batch_size: int
     lr_s: float
     updates_per_iter: int = 1  # student SGD steps per iteration (DERD's stage I: stage1.student_steps)
+    weight_decay: float = 5e-4
+    max_grad_norm: float | None = None  # clip the student's gradient to this L2 norm before each step (ZSKT)
 
 
 class StudentTrainer:
-    """The student and its optimiser for the current phase (SGD, momentum 0.9, wd 5e-4, cosine to
-    zero over the phase's updates)."""
+    """The student and its optimiser for the current phase (SGD, momentum 0.9, the phase's weight
+    decay, cosine to zero over the phase's updates; its gradient norm clipped if the phase says so)."""
 
     def __init__(self, student: nn.Module) -> None:
         self.student = student
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.max_grad_norm: float | None = None
 
     def start_phase(self, phase: Phase) -> None:
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=phase.lr_s, momentum=0.9, weight_decay=5e-4)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=phase.lr_s, momentum=0.9,
+                                         weight_decay=phase.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, phase.epochs * phase.iters_per_epoch * phase.updates_per_iter))
+        self.max_grad_norm = phase.max_grad_norm
 
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
@@ -59,6 +64,8 @@ class StudentTrainer:
 
     def step(self) -> None:
         """One SGD step on the gradients already in ``.grad`` (SGA writes them itself)."""
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params(), self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
 

@@ -8,6 +8,7 @@ sums them runs without a device synchronisation.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -22,6 +23,17 @@ def kl_divergence(target_logits: torch.Tensor, logits: torch.Tensor, tau: float 
     """KL(softmax(target/tau) || softmax(logits/tau)) * tau^2, averaged over the batch."""
     target = F.softmax(target_logits / tau, dim=1)
     return F.kl_div(F.log_softmax(logits / tau, dim=1), target, reduction="batchmean") * tau**2
+
+
+# RSLAD's distillation KL (zibojia/RSLAD, rslad_cifar10.py / rslad_cifar100.py): an element mean over
+# batch x classes on CIFAR-10 (10 classes) and ten times that on CIFAR-100 (100 classes): a tenth of
+# the batch-mean KL on both. Kept at that tenth on every dataset.
+RSLAD_KL_SCALE = 0.1
+
+
+def rslad_divergence(target_logits: torch.Tensor, logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """RSLAD's KL(softmax(target/tau) || softmax(logits/tau)) * tau^2: a tenth of ``kl_divergence``."""
+    return RSLAD_KL_SCALE * kl_divergence(target_logits, logits, tau)
 
 
 def kl_attack_loss(tau: float = 1.0):
@@ -47,10 +59,12 @@ def adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
     return -kl_divergence(teacher_logits, student_logits, tau)
 
 
-def information_entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
-    """L_ie = -H(mean over the batch of softmax T(x)) (DAFL): minimising it balances classes."""
+def information_entropy_loss(teacher_logits: torch.Tensor, base: float | None = None) -> torch.Tensor:
+    """L_ie = -H(mean over the batch of softmax T(x)): minimising it balances classes. The entropy is in
+    nats (DERD, METHOD.md); DAFL's code takes it in base 10 (``base=10``), 1/ln 10 of it."""
     mean_prob = F.softmax(teacher_logits, dim=1).mean(dim=0)
-    return (mean_prob * torch.log(mean_prob + 1e-12)).sum()
+    neg_entropy = (mean_prob * torch.log(mean_prob + 1e-12)).sum()
+    return neg_entropy if base is None else neg_entropy / math.log(base)
 
 
 def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -107,14 +121,17 @@ def attention_transfer_loss(student_acts: list[torch.Tensor], teacher_acts: list
     return total
 
 
-def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
-    """InfoNCE instance discrimination (CMI): row i of ``anchors`` must pick row i of ``positives``.
-
-    Both are L2-normalised embeddings; every other row of ``positives`` (the current batch
-    and the memory bank's negatives) is a negative.
-    """
-    logits = anchors @ positives.t() / tau
-    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+def contrastive_loss(anchors: torch.Tensor, keys: torch.Tensor, tau: float, current: int | None = None) -> torch.Tensor:
+    """CMI's InfoNCE instance discrimination (contrastive.py 320-326): row i of ``anchors`` must pick row i
+    of ``keys`` among all keys; the keys are detached (the head and the generator learn through the
+    anchors only). Both are L2-normalised embeddings. With ``current`` (the current batch's rows
+    first, memory-bank rows after), the loss is the mean over the current rows plus the mean over
+    the bank's, as CMI sums them."""
+    logits = anchors @ keys.detach().t() / tau
+    per_row = F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device), reduction="none")
+    if current is None or current >= len(anchors):
+        return per_row.mean()
+    return per_row[:current].mean() + per_row[current:].mean()
 
 
 class Hooks:
@@ -227,18 +244,21 @@ class PenultimateFeatures(Hooks):
 
 
 class ResolutionActivations(Hooks):
-    """The last 4-D activation a model computes at each spatial size (ZSKT's attention layers).
+    """The output of a model's last residual block at each spatial size (ZSKT's attention layers).
 
-    Modules finish in forward order, so the last one to produce a given spatial size is the
-    output of that resolution's final block (a residual group, or the last conv-BN-ReLU of a
-    plain CNN). Works unchanged across the registry's architectures.
+    ZSKT's WRNs return the outputs of their three groups of blocks (the residual sums, before any
+    BatchNorm-ReLU; ZeroShotKnowledgeTransfer ``models/wresnet.py`` 88-99). The rule that gives
+    exactly those and works across the registry: hook every residual block (``RESIDUAL_BLOCKS``)
+    and keep, per spatial size, the last one to finish (modules finish in forward order). A model
+    without residual blocks (the digits CNNs) gives its last 4-D activation at each size.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.by_size: dict[tuple[int, int], torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
-                        if m is not model and not isinstance(m, Normalize)]
+        blocks = [m for m in model.modules() if isinstance(m, residual_blocks())]
+        candidates = blocks or [m for m in model.modules() if m is not model and not isinstance(m, Normalize)]
+        self.handles = [m.register_forward_hook(self._hook) for m in candidates]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if self.active and isinstance(output, torch.Tensor) and output.dim() == 4:
@@ -252,3 +272,14 @@ def matched_activations(student: ResolutionActivations, teacher: ResolutionActiv
     """The two models' activations at the spatial sizes both produce, largest first."""
     sizes = sorted(set(student.by_size) & set(teacher.by_size), reverse=True)
     return [student.by_size[s] for s in sizes], [teacher.by_size[s] for s in sizes]
+
+
+def residual_blocks() -> tuple[type, ...]:
+    """The residual block classes of the registry's architectures (theirs and torchvision's)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock as TVBasicBlock
+    from torchvision.models.resnet import Bottleneck
+
+    from derd.models.classifiers import BasicBlock, PreActBlock, WideBlock
+
+    return BasicBlock, PreActBlock, WideBlock, TVBasicBlock, Bottleneck, InvertedResidual

@@ -3,8 +3,10 @@
 * ``natural_kd``: KL(T(x) || S(x)) (plain data-free KD; DERD's stage I, the nature baseline);
 * ``robust_kd``: RSLAD-style robust distillation from one teacher: PGD against S on
   KL(T(x) || S(x_adv)), then (1 - a) KL(T(x) || S(x_adv)) + a KL(T(x) || S(x)) (Zi et al.,
-  ICCV 2021: a = 1/6, start 0.001*N(0, I), steps of eps/4), optionally plus ZSKT's
-  attention transfer; the student objective of every baseline combined with robustness;
+  ICCV 2021: a = 1/6, start 0.001*N(0, I), steps of eps/4, the KL on RSLAD's scale:
+  ``losses.rslad_divergence``), optionally plus ZSKT's attention transfer; the student
+  objective of every baseline combined with robustness, with RSLAD's SGD (lr 0.1, weight
+  decay 2e-4; its step schedule replaced by the run's cosine);
 * ``expert_sga``: DERD's stage II: two experts, PGD on KL(T_rob(x) || S(x_adv)), and SGA of
   the experts' gradients plus lambda_sga * grad L_cons.
 
@@ -35,7 +37,8 @@ class RobustConfig:
     natural_weight: float = setting(1 / 6, lo=0, hi=1,
                                     doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term")
     tau: float = setting(1.0, lo=1e-3)
-    lr_s: float = setting(0.05, lo=1e-12, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
+    lr_s: float = setting(0.1, lo=1e-12, doc="SGD, momentum 0.9, cosine schedule (RSLAD: 0.1)")
+    weight_decay: float = setting(2e-4, lo=0, doc="the student's SGD weight decay (RSLAD: 2e-4)")
 
 
 def natural_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, tau: float) -> Terms:
@@ -71,7 +74,7 @@ def robust_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, *, tau: float, 
             s_clean = student(x)
     else:
         s_clean = student(x)
-    terms = {"rob": losses.kl_divergence(target, s_adv, tau), "nat": losses.kl_divergence(target, s_clean, tau)}
+    terms = {"rob": losses.rslad_divergence(target, s_adv, tau), "nat": losses.rslad_divergence(target, s_clean, tau)}
     loss = (1 - natural_weight) * terms["rob"] + natural_weight * terms["nat"]
     if attend:
         terms["at"] = losses.attention_transfer_loss(*losses.matched_activations(s_acts, t_acts))

@@ -27,10 +27,14 @@ from derd.context import Context, Terms
 from derd.models import Generator
 
 
-def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam with betas (0.5, 0.999), the data-free literature's generator optimiser; fused on CUDA
-    (its step counter stays on the device: no host read per step)."""
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=device.type == "cuda")
+GAN_BETAS = (0.5, 0.999)  # the generator optimiser of DERD, DFARD and CMI's synthesis
+DEFAULT_BETAS = (0.9, 0.999)  # PyTorch's default, which DAFL, DFAD and ZSKT keep
+
+
+def adam(params, lr: float, device: torch.device, betas: tuple[float, float] = GAN_BETAS) -> torch.optim.Adam:
+    """Adam for a generator (or image logits, a projection head); fused on CUDA (its step counter stays
+    on the device: no host read per step)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=device.type == "cuda")
 
 
 class Signals:
@@ -42,8 +46,9 @@ class Signals:
     """
 
     def __init__(self, ctx: Context, x: torch.Tensor, z: torch.Tensor | None, prior: nn.Module,
-                 natural: nn.Module | None, tau: float, needs: set[str]) -> None:
+                 natural: nn.Module | None, tau: float, needs: set[str], student_train: bool = False) -> None:
         self.ctx, self.x, self.z, self.prior, self.natural, self.tau = ctx, x, z, prior, natural, tau
+        self.student_train = student_train
         self.bn = ctx.hooks(losses.BatchNormStatistics, prior) if "bn" in needs else None
         self.penultimate = ctx.hooks(losses.PenultimateFeatures, prior) if "act" in needs else None
 
@@ -61,6 +66,9 @@ class Signals:
 
     @cached_property
     def student_logits(self) -> torch.Tensor:
+        """The student on x: in eval mode, or as it is (train mode: batch statistics, updated; DFAD and ZSKT)."""
+        if self.student_train:
+            return self.ctx.student(self.x)
         with eval_mode(self.ctx.student):
             return self.ctx.student(self.x)
 
@@ -81,6 +89,7 @@ GENERATOR_TERMS: dict[str, Callable[[Signals], torch.Tensor]] = {
     "adv": lambda s: losses.adversarial_loss(s.natural_logits, s.student_logits, s.tau),
     "adv_l1": lambda s: -losses.l1_discrepancy(s.natural_logits, s.student_logits),
     "ie": lambda s: losses.information_entropy_loss(s.prior_logits),
+    "ie_log10": lambda s: losses.information_entropy_loss(s.prior_logits, base=10.0),
     "bn": lambda s: s.bn_loss,
     "d": lambda s: losses.diversity_loss(s.z, s.x),
     "act": lambda s: losses.activation_loss(s.features),
@@ -97,36 +106,55 @@ def weighted_sum(terms: Terms, weights: dict[str, float]) -> torch.Tensor:
 
 
 class GeneratorSynthesizer:
-    """A generator trained on weighted named terms; its optimiser is set per phase."""
+    """A generator trained on weighted named terms; its optimiser is set per phase.
 
-    def __init__(self, ctx: Context) -> None:
+    A method may set the generator's noise size (``latent_dim``, else ``student.latent_dim``),
+    its Adam's ``betas``, a gradient-norm clip (``max_grad_norm``) and whether the student runs
+    in train mode while the generator learns against it (``student_train``: DFAD, ZSKT).
+    """
+
+    def __init__(self, ctx: Context, *, latent_dim: int | None = None, betas: tuple[float, float] = GAN_BETAS,
+                 max_grad_norm: float | None = None, student_train: bool = False) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
-        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, cfg.student.latent_dim,
-                                                       cfg.student.generator_width))
+        self.latent_dim = latent_dim or cfg.student.latent_dim
+        self.betas, self.max_grad_norm, self.student_train = betas, max_grad_norm, student_train
+        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, self.latent_dim, cfg.student.generator_width))
         self.optimizer: torch.optim.Optimizer | None = None
 
     def start_phase(self, lr: float) -> None:
-        self.optimizer = adam(self.generator.parameters(), lr, self.ctx.device)
+        self.optimizer = adam(self.generator.parameters(), lr, self.ctx.device, self.betas)
+
+    def noise(self, n: int) -> torch.Tensor:
+        """n latent vectors z ~ N(0, I) from the run's stream."""
+        return torch.randn(n, self.latent_dim, generator=self.ctx.rng, device=self.ctx.device)
 
     def step(self, batch_size: int, weights: dict[str, float], *, prior: nn.Module, natural: nn.Module | None,
-             tau: float, combine: Callable[[Terms], torch.Tensor] | None = None) -> tuple[Terms, torch.Tensor]:
-        """One update of G on ``combine(terms)`` (default: the weighted sum); returns (terms incl. ``G``, x)."""
-        z = self.ctx.noise(batch_size)
+             tau: float, combine: Callable[[Terms], torch.Tensor] | None = None,
+             z: torch.Tensor | None = None) -> tuple[Terms, torch.Tensor]:
+        """One update of G on ``combine(terms)`` (default: the weighted sum) at noise ``z`` (default: fresh);
+        returns (terms incl. ``G``, x = G(z) before the update)."""
+        z = self.noise(batch_size) if z is None else z
         self.generator.train()
         x = self.generator(z)
-        signals = Signals(self.ctx, x, z, prior, natural, tau, set(weights))
+        signals = Signals(self.ctx, x, z, prior, natural, tau, set(weights), self.student_train)
         terms = {name: GENERATOR_TERMS[name](signals) for name in weights}
         total = combine(terms) if combine is not None else weighted_sum(terms, weights)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.ctx.student.zero_grad(set_to_none=True)
         return {**{k: v.detach() for k, v in terms.items()}, "G": total.detach()}, x.detach()
 
-    def sample(self, n: int) -> torch.Tensor:
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """G(z) without a gradient (the generator in its current mode)."""
         with torch.no_grad():
-            return self.generator(self.ctx.noise(n))
+            return self.generator(z)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.render(self.noise(n))
 
 
 class InversionSynthesizer:
@@ -158,15 +186,21 @@ class InversionSynthesizer:
         return None if self.last is None else self.last[:n]
 
 
-def random_views(x: torch.Tensor, generator: torch.Generator, min_scale: float, pad_frac: float) -> torch.Tensor:
+def random_views(x: torch.Tensor, generator: torch.Generator, min_scale: float, pad_frac: float,
+                 whole_pixels: bool = False) -> torch.Tensor:
     """Per-image random crop (area scale in [min_scale, 1], shifted up to ``pad_frac`` of the side)
-    and horizontal flip, resampled to the input size: CMI's local (min_scale 0.25) and global
-    (RandomCrop with 4/32 padding: min_scale 1, pad_frac 0.125) views, on the device."""
-    n = x.shape[0]
+    and horizontal flip, resampled to the input size, on the device: CMI's local view
+    (RandomResizedCrop, scale [0.25, 1]: min_scale 0.25) and its global view and the student's
+    augmentation (RandomCrop with 4/32 zero padding: min_scale 1, pad_frac 0.125, ``whole_pixels``:
+    shifts by whole pixels, so the crop copies pixels exactly)."""
+    n, _, h, w = x.shape
     u = torch.rand(n, 4, generator=generator, device=x.device)
     side = torch.sqrt(min_scale + (1 - min_scale) * u[:, 0])  # crop side as a fraction of the image
     room = (1 - side) + 2 * pad_frac
     shift = (u[:, 1:3] * room.unsqueeze(1) - room.unsqueeze(1) / 2) * 2  # in [-1, 1] grid units
+    if whole_pixels:
+        pixel = torch.tensor([2 / w, 2 / h], device=x.device, dtype=shift.dtype)
+        shift = torch.round(shift / pixel) * pixel
     flip = torch.where(u[:, 3] < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = side * flip
@@ -177,45 +211,63 @@ def random_views(x: torch.Tensor, generator: torch.Generator, min_scale: float, 
 
 
 class ProjectionHead(nn.Module):
-    """CMI's head: Linear(d, h) -> ReLU -> Linear(h, 128), L2-normalised; h = min(d, 512) (our choice)."""
+    """CMI's head: Linear(d, d) -> ReLU -> Linear(d, out), L2-normalised (datafree/synthesis/contrastive.py
+    17-31, out = 256 as datafree_kd.py 276 sets it)."""
 
-    def __init__(self, dim: int, out: int = 128) -> None:
+    def __init__(self, dim: int, out: int = 256) -> None:
         super().__init__()
-        hidden = min(dim, 512)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(f.float()), dim=1)
 
 
 class ContrastiveSynthesizer:
-    """CMI: rounds of inversion through a freshly initialised generator, kept in an image bank.
+    """CMI's contrastive model inversion (zju-vipa/CMI @9e79fa9, ``datafree/synthesis/contrastive.py``).
 
-    A round: re-initialise G (N(0, 0.02) weights, BN N(1, 0.02)), draw z and random target
-    classes, optimise G and z with Adam for ``synthesis_steps`` on
-    ``bn*L_bn + oh*CE(T(x_g), targets) + adv*L_adv + cr*L_cr``; keep the iterate with the
-    lowest loss. ``L_adv`` = -mean of KL(T||S) over images where S still agrees with T (CMI).
-    ``L_cr``: InfoNCE between the head's embeddings of a local and a global view of each
-    image, against the current batch and ``negatives`` entries of a feature memory bank of
-    earlier rounds. Features: per-image channel means of every BN input of the teacher.
-    The student trains on batches drawn uniformly from the image bank (newest ``bank_size``).
+    A round (lines 261-357): re-initialise every layer of G (N(0, 0.02) weights, BN weights
+    N(1, 0.02), zero biases), draw z and random target classes, optimise G and z with a fresh
+    Adam (betas (0.5, 0.999)) for ``synthesis_steps`` on
+    ``bn*L_bn + oh*CE(T(x_g), targets) + adv*L_adv + cr*L_cr`` and keep the iterate with the
+    lowest loss. x_g, the global view, is a random crop (zero padding of 4/32) and flip of x;
+    x_l, the local view, a random resized crop (scale [0.25, 1]) and flip. L_bn reads T's BN
+    inputs on x_g; L_adv = -mean over the batch of [argmax S = argmax T] KL(T(x_g) || S(x_g)): the
+    student sees the very view the teacher sees (line 288).
+
+    L_cr (lines 298-326): features f are the per-image channel means of every BN input of T
+    (raw, before the head). Anchors are head(f(x_l)) and keys head(f(x_g)), detached, of the
+    current batch and of ``negatives`` rows drawn without replacement from a memory of the raw
+    [local | global] features of earlier rounds' kept iterates (``feature_bank`` rows, a ring),
+    re-projected through the current head every step; ``losses.contrastive_loss``. The head and
+    its Adam (PyTorch's default betas) persist across rounds.
+
+    The kept iterate of every round joins the image bank, which keeps every image (as CMI's
+    8-bit PNGs do: stored as uint8, truncated). The student draws batches from it without
+    replacement within a pass over a fresh shuffle (a new pass after each round, as CMI builds
+    a new loader), each batch randomly cropped and flipped (CMI's training transform).
     """
 
     def __init__(self, ctx: Context, teacher: nn.Module) -> None:
         self.ctx, self.teacher = ctx, teacher
-        cfg = ctx.cfg
+        cfg, c = ctx.cfg, ctx.cfg.cmi
         self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, cfg.student.latent_dim,
                                                        cfg.student.generator_width))
         self.bn = ctx.hooks(losses.BatchNormStatistics, teacher, keep_features=True)
         with torch.no_grad(), self.bn.recording():
             teacher(torch.zeros(2, *ctx.info.image_shape, device=ctx.device))
             dim = self.bn.feature_vector().shape[1]
-        self.head = ProjectionHead(dim).to(ctx.device)
-        self.head_optimizer = adam(self.head.parameters(), cfg.cmi.lr_g, ctx.device)
-        c, h, w = ctx.info.image_shape
-        self.images = torch.zeros(cfg.cmi.bank_size, c, h, w, device=ctx.device)
-        self.memory = torch.zeros(cfg.cmi.bank_size, 2, self.head.net[-1].out_features, device=ctx.device)
-        self.count = 0  # images ever added (host-side: no device read needed)
+        self.head = ProjectionHead(dim, c.head_dim).to(ctx.device)
+        self.head_optimizer = adam(self.head.parameters(), c.lr_g, ctx.device, DEFAULT_BETAS)
+        self.features = torch.zeros(c.feature_bank, 2 * dim, device=ctx.device)  # raw [local | global]
+        self.rows = 0  # feature rows ever added (host-side counts: no device read)
+        self.images = torch.zeros(0, *ctx.info.image_shape, dtype=torch.uint8, device=ctx.device)
+        self.order: torch.Tensor | None = None  # this pass's shuffle of the image bank
+        self.position = 0
+
+    @property
+    def count(self) -> int:
+        """Images in the bank."""
+        return len(self.images)
 
     def _reset_generator(self) -> None:
         for m in self.generator.modules():
@@ -229,10 +281,10 @@ class ContrastiveSynthesizer:
                     m.weight.normal_(1.0, 0.02, generator=self.ctx.rng)
                     m.bias.zero_()
 
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(teacher logits of the global view, its L_bn, [local, global] embeddings)."""
+    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(global view, T's logits on it, its L_bn, raw features of the local view, of the global view)."""
         ctx = self.ctx
-        x_global = random_views(x, ctx.rng, 1.0, 0.125)
+        x_global = random_views(x, ctx.rng, 1.0, 0.125, whole_pixels=True)
         x_local = random_views(x, ctx.rng, 0.25, 0.0)
         with self.bn.recording():
             logits = self.teacher(x_global)
@@ -241,7 +293,7 @@ class ContrastiveSynthesizer:
         with self.bn.recording():
             self.teacher(x_local)
             f_local = self.bn.feature_vector()
-        return logits, bn_loss, torch.stack([self.head(f_local), self.head(f_global)], dim=1)
+        return x_global, logits, bn_loss, f_local, f_global
 
     def synthesize(self, batch_size: int) -> Terms:
         """One round: optimise a batch, add its best iterate to the banks; returns the last step's terms."""
@@ -250,59 +302,72 @@ class ContrastiveSynthesizer:
         z = ctx.noise(batch_size).requires_grad_(True)
         targets = torch.randint(0, ctx.info.num_classes, (batch_size,), generator=ctx.rng, device=ctx.device)
         opt = adam([z, *self.generator.parameters()], c.lr_g, ctx.device)
-        n_neg = min(c.negatives, self.count, len(self.memory))
-        best_loss, best_x, best_emb = None, None, None
+        held = min(self.rows, len(self.features))
+        n_neg = min(c.negatives, held)
+        dim = self.features.shape[1] // 2
+        best_loss, best_x, best_f = None, None, None
         self.generator.train()
         for _ in range(c.synthesis_steps):
             x = self.generator(z)
-            logits, bn_loss, emb = self._embed(x)
+            x_global, logits, bn_loss, f_local, f_global = self._views(x)
             with eval_mode(ctx.student):
-                s_logits = ctx.student(x)
+                s_logits = ctx.student(x_global)
+            cached = self.features[torch.randperm(held, generator=ctx.rng, device=ctx.device)[:n_neg]]
+            anchors = self.head(torch.cat([f_local, cached[:, :dim]]))
+            keys = self.head(torch.cat([f_global, cached[:, dim:]]))
             terms = {"bn": bn_loss, "oh": losses.target_class_loss(logits, targets),
-                     "adv": losses.agreeing_adversarial_loss(logits, s_logits)}
-            if n_neg > 0:
-                idx = torch.randint(0, min(self.count, len(self.memory)), (n_neg,), generator=ctx.rng, device=ctx.device)
-                bank = self.memory[idx]
-                terms["cr"] = losses.contrastive_loss(emb[:, 0], torch.cat([emb[:, 1], bank[:, 1]]), c.cr_tau)
-            else:
-                terms["cr"] = losses.contrastive_loss(emb[:, 0], emb[:, 1], c.cr_tau)
+                     "adv": losses.agreeing_adversarial_loss(logits, s_logits),
+                     "cr": losses.contrastive_loss(anchors, keys, c.cr_tau, current=batch_size)}
             total = (c.lambda_bn * terms["bn"] + c.lambda_oh * terms["oh"] + c.lambda_adv * terms["adv"]
                      + c.lambda_cr * terms["cr"])
+            with torch.no_grad():  # keep the best iterate (its loss before its update) without a host read
+                better = total.detach() if best_loss is None else torch.minimum(best_loss, total.detach())
+                take = better == total.detach()
+                f = torch.cat([f_local, f_global], dim=1).detach()
+                best_x = x.detach() if best_x is None else torch.where(take, x.detach(), best_x)
+                best_f = f if best_f is None else torch.where(take, f, best_f)
+                best_loss = better
             opt.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             self.head_optimizer.step()
-            with torch.no_grad():  # keep the best iterate without reading the loss on the host
-                better = total.detach() if best_loss is None else torch.minimum(best_loss, total.detach())
-                take = better == total.detach()
-                best_x = x.detach() if best_x is None else torch.where(take, x.detach(), best_x)
-                best_emb = emb.detach() if best_emb is None else torch.where(take, emb.detach(), best_emb)
-                best_loss = better
         ctx.student.zero_grad(set_to_none=True)
-        self._add(best_x, best_emb)
+        self._add(best_x, best_f)
         return {**{f"cmi_{k}": v.detach() for k, v in terms.items()}, "G": total.detach()}
 
-    def _add(self, x: torch.Tensor, emb: torch.Tensor) -> None:
+    def _add(self, x: torch.Tensor, f: torch.Tensor) -> None:
         n = len(x)
-        positions = torch.arange(self.count, self.count + n, device=x.device) % len(self.images)
-        self.images[positions] = x
-        self.memory[positions] = emb
-        self.count += n
+        positions = torch.arange(self.rows, self.rows + n, device=x.device) % len(self.features)
+        self.features[positions] = f
+        self.rows += n
+        self.images = torch.cat([self.images, (x.clamp(0, 1) * 255).to(torch.uint8)])  # truncated, as CMI's PNGs
+        self.order, self.position = None, 0  # a new pass over the grown bank
+
+    def batch(self, n: int) -> torch.Tensor:
+        """The student's next batch: up to n images of this pass (the last of a pass may be smaller),
+        randomly cropped and flipped."""
+        if self.order is None or self.position >= len(self.order):
+            self.order, self.position = torch.randperm(self.count, generator=self.ctx.rng, device=self.ctx.device), 0
+        idx = self.order[self.position: self.position + n]
+        self.position += len(idx)
+        x = self.images[idx].float() / 255
+        return random_views(x, self.ctx.rng, 1.0, 0.125, whole_pixels=True)
 
     def sample(self, n: int) -> torch.Tensor:
-        """n images drawn uniformly (with replacement) from the bank."""
-        held = min(self.count, len(self.images))
-        idx = torch.randint(0, held, (n,), generator=self.ctx.rng, device=self.ctx.device)
-        return self.images[idx]
+        """The bank's first n images (figures; draws nothing from the run's stream)."""
+        return self.images[:n].float() / 255
 
     def state(self) -> dict[str, Any]:
-        held = min(self.count, len(self.images))
-        return {"images": self.images[:held].cpu(), "memory": self.memory[:held].cpu(), "count": self.count}
+        held = min(self.rows, len(self.features))
+        return {"images": self.images.cpu(), "features": self.features[:held].cpu(), "rows": self.rows,
+                "order": None if self.order is None else self.order.cpu(), "position": self.position}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        held = len(state["images"])
-        self.images[:held] = state["images"].to(self.images.device)
-        self.memory[:held] = state["memory"].to(self.memory.device)
-        self.count = int(state["count"])
-
+        device = self.ctx.device
+        held = len(state["features"])
+        self.features[:held] = state["features"].to(device)
+        self.rows = int(state["rows"])
+        self.images = state["images"].to(device)
+        self.order = None if state["order"] is None else state["order"].to(device)
+        self.position = int(state["position"])

@@ -11,12 +11,12 @@ import importlib
 import pkgutil
 
 from derd.methods.base import Context, Method, Phase
-from derd.methods.registry import (available_methods, get_method, logged_prefixes, method_sections, register_method,
-                                   total_epochs, unregister_method, uses_key)
+from derd.methods.registry import (available_methods, display_name, footnotes, get_method, logged_prefixes,
+                                   method_sections, register_method, total_epochs, unregister_method, uses_key)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base", "registry"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Context", "Method", "Phase", "available_methods", "get_method", "logged_prefixes", "method_sections",
-           "register_method", "total_epochs", "unregister_method", "uses_key"]
+__all__ = ["Context", "Method", "Phase", "available_methods", "display_name", "footnotes", "get_method", "logged_prefixes",
+           "method_sections", "register_method", "total_epochs", "unregister_method", "uses_key"]

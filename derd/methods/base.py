@@ -35,7 +35,9 @@ class Method:
     * ``metric_prefixes``: the prefixes of the metrics it logs beside ``loss/*`` and ``time/*``;
     * ``teachers``: the experts it needs (``natural`` and/or ``robust``);
     * ``presets``: dataset -> its published values of its own keys there (a search's first
-      point and ``derd.config.preset``); a dataset not listed takes the sections' defaults.
+      point and ``derd.config.preset``); a dataset not listed takes the sections' defaults;
+    * ``note``: a footnote every table, report and summary shows with it (its name then carries
+      a star: ``derd.methods.display_name``), e.g. that it is a reconstruction.
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +48,7 @@ class Method:
     metric_prefixes: ClassVar[tuple[str, ...]] = ()
     teachers: ClassVar[tuple[str, ...]] = ("robust",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    note: ClassVar[str] = ""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -58,8 +61,8 @@ class Method:
     def phases(cls, cfg: "RunConfig") -> list[Phase]:
         """Default: one main phase over the whole ``budget`` (the same number of student updates and
         pseudo images as every other method), the student at the ``robust`` section's learning rate."""
-        b = cfg.budget
-        return [Phase(2, b.epochs, b.iters_per_epoch, b.batch_size, cfg.robust.lr_s)]
+        b, r = cfg.budget, cfg.robust
+        return [Phase(2, b.epochs, b.iters_per_epoch, b.batch_size, r.lr_s, weight_decay=r.weight_decay)]
 
     @classmethod
     def check(cls, cfg: "RunConfig") -> None:
@@ -111,13 +114,18 @@ class Method:
 
 
 class GeneratorMethod(Method):
-    """A method whose pseudo images come from one generator (``GeneratorSynthesizer``), whose
-    Adam is set up at each phase with ``generator_lr(phase)``."""
+    """A method whose pseudo images come from one generator (``GeneratorSynthesizer``, configured by
+    ``generator_settings``), whose Adam is set up at each phase with ``generator_lr(phase)``."""
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx)
+        self.synth = GeneratorSynthesizer(ctx, **self.generator_settings())
         self.modules["generator"] = self.synth.generator
+
+    def generator_settings(self) -> dict[str, Any]:
+        """``GeneratorSynthesizer``'s options for this method (noise size, Adam's betas, clipping, the
+        student's mode); default: the data-free literature's generator at ``student.latent_dim``."""
+        return {}
 
     def generator_lr(self, phase: Phase) -> float:
         raise NotImplementedError

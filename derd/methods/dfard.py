@@ -17,6 +17,16 @@ this project's, chosen to follow that description; replace them here when the pa
   adversarial pseudo examples on which the student agreed with T_rob's prediction on the
   clean image, tau_{e+1} = tau_min + (tau_max - tau_min) * (1 - a_e): a student that lags
   gets softer targets, one that keeps up gets sharper ones. tau_0 = tau_max.
+
+What the full text would settle, and so may change here: the form of AGB's balance (here the
+ratio of the two terms' current magnitudes; the paper may adapt it differently, or balance
+other terms), which data-information term AGB protects (here L_bn), ITA's feedback signal
+(here the agreement on adversarial pseudo examples), its mapping to a temperature (here linear
+between two hand-set bounds, tau_min and tau_max, which sit oddly with the abstract's "adaptive
+hyperparameters"; the paper's rule may need neither), how often the temperature changes (here
+per epoch), whether the generator sees the natural or the adversarial discrepancy, and the
+generator's optimiser and schedule (here DERD's: Adam, betas (0.5, 0.999)). Every table,
+report and summary marks the method "DFARD*" with this reconstruction's footnote (``note``).
 """
 from __future__ import annotations
 
@@ -47,7 +57,9 @@ def balanced(terms: Terms) -> Any:
 @register_method
 class DFARD(GeneratorMethod):
     name = "dfard"
-    label = "DFARD (reconstructed)"
+    label = "DFARD*"
+    note = ("reconstructed from the paper's abstract (Wang et al., AAAI 2024; the full text was not available): "
+            "its AGB and ITA rules are this project's (derd/methods/dfard.py)")
     order = 8
     sections = {"dfard": DFARDConfig, "robust": RobustConfig}
     metric_prefixes = ("kd/", "dfard/")

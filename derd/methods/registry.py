@@ -79,6 +79,17 @@ def logged_prefixes() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*CORE_METRIC_PREFIXES, *extra]))
 
 
+def display_name(name: str) -> str:
+    """A method's name as tables and summaries print it: starred when it carries a note."""
+    return f"{name}*" if name in _REGISTRY and _REGISTRY[name].note else name
+
+
+def footnotes(names) -> list[str]:
+    """The notes of the starred methods among ``names`` (each once), as footnote lines."""
+    seen = dict.fromkeys(n for n in names if n in _REGISTRY and _REGISTRY[n].note)
+    return [f"{display_name(n)}: {_REGISTRY[n].note}" for n in seen]
+
+
 def total_epochs(cfg: "RunConfig") -> int:
     """Epochs a run of ``cfg`` trains in all (the sum of its method's phases)."""
     return sum(p.epochs for p in get_method(cfg.method).phases(cfg))
