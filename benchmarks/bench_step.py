@@ -70,6 +70,11 @@ def iterate(run: DistillationRun, index: int, n: int, start: int = 0) -> None:
             run.method.iteration(phase, step)
 
 
+def device_name(device: torch.device) -> str:
+    """The device as the figures' header names it (the GPU's model, or the CPU's thread count)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -143,8 +148,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="train.compile: torch.compile the student and teachers")
     args = p.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}, method {args.method}{', compiled' if args.compile else ''}")
+    print(f"torch {torch.__version__}, {device_name(device)}, method {args.method}{', compiled' if args.compile else ''}")
     print("| setting | batch | precision | stage I img/s | stage II img/s | GFLOP/img (II) | TFLOP/s (II) | % of peak | "
           "host reads/iter | CUDA syncs/iter |")
     print("|---|---|---|---|---|---|---|---|---|---|")

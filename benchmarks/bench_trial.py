@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
-from bench_step import SETTINGS  # noqa: E402
+from bench_step import SETTINGS, device_name  # noqa: E402
 
 from derd.config import apply_overrides  # noqa: E402
 from derd.data import dataset_info, load_split  # noqa: E402
@@ -97,8 +97,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = p.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}; setting {args.setting}, DERD, {args.stage1_epochs} + {args.stage2_epochs} epochs")
+    print(f"torch {torch.__version__}, {device_name(device)}; setting {args.setting}, DERD, {args.stage1_epochs} + {args.stage2_epochs} epochs")
     print("| mode | wall s | compile s | stage I s | stage II s | validation s | s/epoch I | s/epoch II | s/validation | "
           "device-min per trial (space budget) | validation share | eval.every for <= 20% (space's) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

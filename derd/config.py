@@ -68,14 +68,17 @@ class StudentConfig:
     generator_width: int = setting(128, lo=8)
 
 
+SWITCHES = ("auto", "on", "off")  # a train.* choice that only changes how fast a run computes
+
+
 @dataclass
 class TrainConfig:
     """How the run computes (derd/device.py); never changes what it computes beyond float rounding."""
 
     precision: str = setting("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA, fp32 on CPU")
-    channels_last: str = setting("auto", choices=("auto", "on", "off"), doc="auto: on for CUDA")
-    compile: str = setting("auto", choices=("auto", "on", "off"), doc="torch.compile the models; auto: on for CUDA")
-    fold_teachers: str = setting("auto", choices=("auto", "on", "off"),
+    channels_last: str = setting("auto", choices=SWITCHES, doc="auto: on for CUDA")
+    compile: str = setting("auto", choices=SWITCHES, doc="torch.compile the models; auto: on for CUDA")
+    fold_teachers: str = setting("auto", choices=SWITCHES,
                                  doc="fold the frozen teachers' BatchNorm into their convolutions; auto: on for CUDA")
 
 
@@ -179,8 +182,8 @@ def migrate(flat: dict[str, Any], reference: RunConfig | None = None) -> dict[st
     Before the shared ``budget`` section, DERD's stages held every method's length: stage II
     ran ``stage2.epochs`` after ``stage1.epochs``, so the budget is their sum (a missing
     ``stage1.epochs`` is the ``reference`` config's, else the default); both stages' iterations
-    and batch become the budget's, and must agree. ``train.compile`` was true or false (the
-    default, now ``auto``).
+    and batch become the budget's, and must agree. ``train.compile`` was true or false, as YAML
+    reads a bare ``on``/``off``: a bool in a ``train`` switch means ``on``/``off``.
     """
     out = dict(flat)
     for old, new in LEGACY_KEYS.items():
@@ -191,12 +194,13 @@ def migrate(flat: dict[str, Any], reference: RunConfig | None = None) -> dict[st
     for key, olds in _LEGACY_BUDGET.items():
         values = {o: out.pop(o) for o in olds if o in out}
         if values:
-            if len(set(values.values()) | ({out[f"budget.{key}"]} if f"budget.{key}" in out else set())) > 1:
+            given = [*values.values(), *([out[f"budget.{key}"]] if f"budget.{key}" in out else [])]
+            if any(v != given[0] for v in given):
                 raise ConfigError(f"{', '.join(values)}: the budget is shared now; give one budget.{key}")
             out[f"budget.{key}"] = next(iter(values.values()))
-    compile_flag = out.get("train.compile")
-    if compile_flag in (True, False, "True", "False"):  # before auto: true asked for it, false was the default
-        out["train.compile"] = "on" if compile_flag in (True, "True") else "auto"
+    for key in ("train.channels_last", "train.compile", "train.fold_teachers"):
+        if out.get(key) in (True, False, "True", "False"):  # YAML reads a bare on/off as a bool; so was compile
+            out[key] = "on" if out[key] in (True, "True") else "off"
     if "stage2.epochs" in out:
         warmup = out.get("stage1.epochs", reference.stage1.epochs if reference is not None else None)
         if warmup is None:

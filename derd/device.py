@@ -14,7 +14,7 @@ so CPU results stay bit for bit what they were):
   iterations of each phase pay the compilation (the run logs it as ``time/compile_s``);
   Inductor's cache lives in ``$DERD_CACHE/inductor``, shared by every trial of a node, so
   only the first trial compiles from scratch. Evaluation runs the models eagerly
-  (``Compute.eager``), so scores never depend on compilation.
+  (``derd.evaluate``), so scores never depend on compilation.
 * ``train.fold_teachers``: ``auto`` (on for CUDA), ``on`` or ``off``: each frozen teacher's
   BatchNorm folded into the convolution before it (``derd.models.fold``), on a copy.
 """
@@ -32,9 +32,6 @@ from torch import nn
 from derd.cache import cache_dir
 from derd.errors import UserError
 from derd.models.fold import fold_batchnorm
-
-SWITCHES = ("auto", "on", "off")
-
 
 def _switch(value: str, cuda: bool) -> bool:
     return value == "on" or (value == "auto" and cuda)
@@ -84,10 +81,6 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def eager(self) -> contextlib.AbstractContextManager:
-        """Run compiled models eagerly inside (evaluation: its scores must not depend on compilation)."""
-        return torch.compiler.set_stance("force_eager") if self.compile else contextlib.nullcontext()
-
     def prepare(self, module: nn.Module) -> nn.Module:
         """Move a model to the device in the configured layout; compile it if asked (in place)."""
         module = module.to(self.device)
@@ -103,8 +96,9 @@ class Compute:
         return module
 
     def prepare_teacher(self, module: nn.Module, image_shape: tuple[int, int, int]) -> nn.Module:
-        """A frozen teacher ready for the run: BatchNorm folded (a copy) and compiled (a copy: the caller's
-        model is never changed), on the device and in the layout."""
+        """A frozen teacher ready for the run: BatchNorm folded and compiled on a copy (so compiling or
+        folding never changes the caller's model), on the device and in the layout (in place when
+        neither applies, as for any module of the run)."""
         if self.fold_teachers:
             module, _ = fold_batchnorm(module, torch.rand(2, *image_shape, device=next(module.parameters()).device))
         elif self.compile:

@@ -17,10 +17,6 @@ def val(column: str) -> str:
     return f"val/{column}"
 
 
-def test(column: str) -> str:
-    return f"test/{column}"
-
-
 VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
 VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
 
@@ -54,6 +50,11 @@ class Tag:
     PARETO_RANK = "pareto_rank"
     PARETO_EXCLUDED = "pareto_excluded"
     TRIAL_NUMBER = "optuna.trial_number"
+    RAY_TRIAL_ID = "derd.ray_trial_id"
+    DEVICE = "derd.device"  # where a trial ran: the device, Ray's node and GPU ids, what a device-hour counts
+    NODE_ID = "derd.node_id"
+    GPU_IDS = "derd.gpu_ids"
+    DEVICE_UNIT = "derd.device_unit"
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"
 
@@ -152,10 +153,6 @@ class SearchFolder:
     @property
     def stage1_cache(self) -> Path:
         return self.root / "stage1_cache"
-
-    @property
-    def tune(self) -> Path:
-        return self.root / "tune"
 
     @property
     def best_trials(self) -> Path:

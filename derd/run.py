@@ -39,6 +39,7 @@ from derd.experts import Experts
 from derd.methods import Context, Phase, get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
+from derd.records import VAL_N
 
 RUN_FORMAT = "derd-run/2"
 
@@ -204,7 +205,7 @@ class DistillationRun:
         with the number of images scored (``val/n_images``: a figure's binomial uncertainty)."""
         metrics = evaluate(self.student, self.val_loader, self.cfg.eval.protocol, eps=self.info.eps,
                            device=self.device, seed=self.cfg.seed)
-        return {**{f"val/{k}": v for k, v in metrics.items()}, "val/n_images": len(self.val_loader.dataset)}
+        return {**{f"val/{k}": v for k, v in metrics.items()}, VAL_N: len(self.val_loader.dataset)}
 
     def epochs(self) -> Iterator[dict[str, Any]]:
         """Run to the end, yielding each epoch's results (cached stage-I epochs first, marked)."""

@@ -336,5 +336,8 @@ def test_compile_is_off_on_the_cpu_by_default_and_a_compiled_run_matches_the_eag
 
 
 def test_configs_written_before_compile_had_auto_still_load():
-    assert from_dict({"train": {"compile": False}}).train.compile == "auto"
+    assert from_dict({"train": {"compile": False}}).train.compile == "off"
     assert from_dict({"train": {"compile": True}}).train.compile == "on"
+    # a bare on/off in YAML is a bool: it keeps its meaning in every switch
+    train = from_dict(yaml.safe_load("train: {compile: off, fold_teachers: off, channels_last: on}")).train
+    assert (train.compile, train.fold_teachers, train.channels_last) == ("off", "off", "on")

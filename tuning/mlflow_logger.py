@@ -89,7 +89,7 @@ class MLflowSearchLogger(Callback):
         run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
                                      tags={Tag.PARENT: self.parent_run_id, Tag.TRIAL_NUMBER: str(number),
                                            Tag.TRIAL_ID: trial_run_name(number), Tag.KIND: "trial",
-                                           Tag.METHOD: cfg.method, "derd.ray_trial_id": ray_trial_id})
+                                           Tag.METHOD: cfg.method, Tag.RAY_TRIAL_ID: ray_trial_id})
         params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -173,10 +173,10 @@ class MLflowSearchLogger(Callback):
         tags = [RunTag(Tag.STOPPED_EARLY, str(stopped_early).lower()),
                 RunTag(Tag.BUDGET, "partial" if stopped_early else "full"),
                 RunTag(Tag.FEASIBLE, str(bool(result.get("search/feasible", False))).lower()),
-                RunTag("derd.device", str(result.get("device", ""))),
-                RunTag("derd.node_id", str(result.get("node_id", ""))),
-                RunTag("derd.gpu_ids", str(result.get("gpu_ids", ""))),
-                RunTag("derd.device_unit", "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
+                RunTag(Tag.DEVICE, str(result.get("device", ""))),
+                RunTag(Tag.NODE_ID, str(result.get("node_id", ""))),
+                RunTag(Tag.GPU_IDS, str(result.get("gpu_ids", ""))),
+                RunTag(Tag.DEVICE_UNIT, "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:

@@ -6,8 +6,9 @@ GCS and the raylet down with it but leaves the agents running with nothing to se
 guards, both by process id and start time (never by name, so no other Ray on the machine
 is touched):
 
-* a reaper (``python tuning/processes.py DRIVER_PID``, in its own session, holding the read
-  end of a pipe the driver writes nothing to) notes the driver's descendants every half
+* a reaper (``python tuning/processes.py DRIVER_PID [PID ...]``, the PIDs being the driver's
+  children before Ray started, which are not Ray's), in its own session and holding the read
+  end of a pipe the driver writes nothing to, notes the driver's other descendants every half
   second; when the pipe closes (the driver ended, however it ended) it sends SIGTERM to
   those still alive, then SIGKILL after three seconds;
 * the driver writes its descendants into ``search.json``; ``--resume`` ends those still
@@ -71,7 +72,8 @@ def end_processes(recorded: Recorded, grace: float = 3.0) -> int:
 def start_reaper() -> subprocess.Popen:
     """Start the reaper of this process's descendants; it ends them if this process dies. Stop it
     with ``stop_reaper`` once they have been shut down properly."""
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid())],
+    before = descendants()  # taken here, before Ray can start: those children are not Ray's
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid()), *map(str, before)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -85,10 +87,10 @@ def stop_reaper(reaper: subprocess.Popen) -> None:
         reaper.kill()
 
 
-def _reap(driver: int) -> None:
+def _reap(driver: int, before: set[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the driver's terminal is the driver's to handle
     seen: Recorded = {}
-    before = set(descendants(driver)) | {os.getpid()}  # the driver's own children before Ray started are not Ray's
+    before = before | {os.getpid()}
 
     def watch() -> None:
         while True:
@@ -101,4 +103,4 @@ def _reap(driver: int) -> None:
 
 
 if __name__ == "__main__":
-    _reap(int(sys.argv[1]))
+    _reap(int(sys.argv[1]), {int(p) for p in sys.argv[2:]})

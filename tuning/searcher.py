@@ -26,6 +26,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from derd.records import VAL_CLEAN
 from tuning.space import SearchSpace
 
 TRIAL_NUMBER = "trial_number"  # key in a Ray trial's config: the Optuna trial number
@@ -168,7 +169,7 @@ class StudySearcher(Searcher):
         if not finished and ot.number not in self.stopped_early:
             return  # interrupted with the driver: stays RUNNING, resumed by the next session
         ot.set_user_attr("epochs", int(result["epoch"]))
-        ot.set_user_attr("constraint", [self.clean_threshold - result["val/clean_acc"]])
+        ot.set_user_attr("constraint", [self.clean_threshold - result[VAL_CLEAN]])
         if finished:
             self.study.tell(ot, [result[m] for m in self.space.objective_names()])
         else:

@@ -29,7 +29,8 @@ class Method:
     * ``name``: the registry key (``method`` in a run config);
     * ``label``: its row label in reports and the paper's tables;
     * ``order``: its position in lists, searches over every method and the tables;
-    * ``table``: where the paper's tables put it (2: data-free methods, 3: DERD's variants);
+    * ``table``: which of the paper's tables lists it (1: against real data, 2: data-free robust
+      distillation methods, 3: DERD's variants);
     * ``sections``: the config sections it reads, name -> dataclass (``derd.config`` adds them
       to the run config; only they are searched or logged for it);
     * ``metric_prefixes``: the prefixes of the metrics it logs beside ``loss/*`` and ``time/*``;

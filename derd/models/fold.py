@@ -96,17 +96,16 @@ def _fold_into(folded: nn.Module, conv_name: str, bn_name: str) -> Callable[[], 
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) -> tuple[nn.Module, int]:
-    """A copy of an eval-mode model with each BatchNorm2d that directly follows a convolution folded into
+    """An eval-mode copy of a model with each BatchNorm2d that directly follows a convolution folded into
     it; returns (the copy, how many were folded). A BatchNorm with a zero gamma stays (its input could
     not be recovered), and so does one whose convolution's output also feeds something else (a
     residual shortcut): each fold is checked against the model's logits on ``example`` and undone if
-    they differ by more than float rounding."""
-    model.eval()
+    they differ by more than float rounding. The model itself is not changed (not even its mode)."""
+    folded, count = copy.deepcopy(model).eval(), 0
     with torch.no_grad():
-        want = model(example)
+        want = folded(example)
     tolerance = rtol * float(want.abs().max()) + 1e-6
-    folded, count = copy.deepcopy(model), 0
-    for conv_name, bn_name in _conv_bn_pairs(model, example):
+    for conv_name, bn_name in _conv_bn_pairs(folded, example):
         bn = dict(folded.named_modules())[bn_name]
         if not bn.affine or not bn.track_running_stats or bool((bn.weight == 0).any()):
             continue
@@ -117,4 +116,4 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) 
             count += 1
         else:
             undo()
-    return folded.eval(), count
+    return folded, count
