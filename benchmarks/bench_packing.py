@@ -23,19 +23,21 @@ def worker(setting: str, batch: int, device: str, precision: str, seconds: float
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_step import iterate, sync, build
+    from bench_step import build, iterate
+
+    from derd.device import synchronize
 
     torch.set_num_threads(threads)
     run = build(setting, batch, torch.device(device), precision, "derd", False)
     index = len(run.phases) - 1
     run.enter_phase(index)
     iterate(run, index, 2)
-    sync(run.device)
+    synchronize(run.device)
     start.wait()  # every process starts timing together
     images, began = 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
         iterate(run, index, 1, start=images)
-        sync(run.device)
+        synchronize(run.device)
         images += batch
     queue.put(images / (time.perf_counter() - began))
 

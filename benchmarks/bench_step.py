@@ -38,6 +38,7 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from derd.config import apply_overrides, preset  # noqa: E402
 from derd.data import dataset_info  # noqa: E402
+from derd.device import synchronize  # noqa: E402
 from derd.experts import Experts  # noqa: E402
 from derd.models import create_model  # noqa: E402
 from derd.run import DistillationRun  # noqa: E402
@@ -75,11 +76,6 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_phase(run: DistillationRun, index: int, iters: int) -> float:
     """Pseudo images per second of the phase's iterations, after warm-up iterations (two; compiled:
     four, so that every graph of the phase, its recompilations included, is built first)."""
@@ -87,10 +83,10 @@ def time_phase(run: DistillationRun, index: int, iters: int) -> float:
     run.method.start_epoch(run.phases[index])
     warmup = 4 if run.compute.compile else 2
     iterate(run, index, warmup)
-    sync(run.device)
+    synchronize(run.device)
     start = time.perf_counter()
     iterate(run, index, iters, start=warmup)
-    sync(run.device)
+    synchronize(run.device)
     return iters * run.phases[index].batch_size / (time.perf_counter() - start)
 
 
@@ -123,7 +119,7 @@ def host_reads(run: DistillationRun, index: int) -> tuple[int, int]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         iterate(run, index, 1, start=200)
-        sync(run.device)
+        synchronize(run.device)
     reads = 0
     for event in prof.events():
         if event.name == "aten::_local_scalar_dense":

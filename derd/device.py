@@ -112,6 +112,12 @@ class Compute:
                          if on) or "fp32"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): for timing only."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @contextlib.contextmanager
 def no_autocast(device: torch.device) -> Iterator[None]:
     """Leave any enclosing autocast (evaluation attacks run in fp32)."""

@@ -32,7 +32,7 @@ import torch
 from derd.checkpoints import atomic_save
 from derd.config import RunConfig, from_dict, to_dict
 from derd.data import dataset_info, first_n, load_split, make_loader
-from derd.device import Compute, resolve_device
+from derd.device import Compute, resolve_device, synchronize
 from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
 from derd.experts import Experts
@@ -130,10 +130,6 @@ class DistillationRun:
             self.method.start_phase(self.phases[index])
             self._phase_index = index
 
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def close(self) -> None:
         """Remove the hooks the method's parts put on the models."""
         self.ctx.close()
@@ -154,7 +150,7 @@ class DistillationRun:
             for k, v in terms.items():
                 records.setdefault(k, []).append(v.detach().float().reshape(()))
             if compiling and it == 0:
-                self._synchronize()
+                synchronize(self.device)
                 first = time.time() - start
         means = self._read_terms(records, phase)
         result: dict[str, Any] = {"epoch": self.epoch + 1, "stage": phase.stage, "cached": False,
