@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import pickle
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -194,34 +193,50 @@ def _digits(split: str, root: Path | None, size: int, augment: bool, download: b
     return TensorDataset(images[idx], torch.tensor(bunch.target, dtype=torch.long)[idx])
 
 
+class _CIFARFiles(Dataset):
+    """CIFAR's python batches under ``root`` as (PIL image, label) pairs, read by the restricted
+    unpickler of ``derd.cifar_files`` (a batch file that holds code is refused, never run)."""
+
+    def __init__(self, folder: Path, files: list[str], label_key: str) -> None:
+        from derd.cifar_files import load_batch
+
+        parts = [load_batch(folder / f, label_key) for f in files]
+        self.data = np.concatenate([images for images, _ in parts])
+        self.targets = [label for _, labels in parts for label in labels]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(self.data[i]), self.targets[i]
+
+
 def _cifar(name: str, val_per_class: int, split: str, root: Path, size: int, augment: bool, download: bool) -> Dataset:
     from torchvision import datasets, transforms
 
+    from derd.cifar_files import MalformedBatch, load_classes
+
     base_cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-
-    class LocalCIFAR(base_cls):  # type: ignore[misc, valid-type]
-        """torchvision's CIFAR reader; integrity means the files exist (md5 only on download)."""
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            path = Path(self.root) / self.base_folder / self.meta["filename"]
-            if not path.is_file():
-                raise RuntimeError(f"missing {path}")
-            with open(path, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
     folder = root / base_cls.base_folder
+    files = [f for f, _ in (base_cls.train_list if split != "test" else base_cls.test_list)]
+    expected = ", ".join(f for f, _ in base_cls.train_list + base_cls.test_list)
     try:
-        base = LocalCIFAR(str(root), train=split != "test", download=download)
-    except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        files = ", ".join(f for f, _ in base_cls.train_list + base_cls.test_list)
+        if download:  # torchvision fetches and checks the archive's md5; reading stays ours
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            if not all((folder / f).is_file() for f, _ in base_cls.train_list + base_cls.test_list):
+                download_and_extract_archive(base_cls.url, str(root), filename=base_cls.filename, md5=base_cls.tgz_md5)
+        missing = [f for f in files + [base_cls.meta["filename"]] if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"missing {folder / missing[0]}")
+        load_classes(folder / base_cls.meta["filename"], base_cls.meta["key"])
+        base = _CIFARFiles(folder, files, "labels" if name == "cifar10" else "fine_labels")
+    except (MalformedBatch, OSError, RuntimeError) as err:
         raise UserError(
             f"{name} not found or malformed under {folder} ({err}); expected torchvision's "
-            f"files {files}, {base_cls.meta['filename']}; pass --download to fetch them"
+            f"files {expected}, {base_cls.meta['filename']}; pass --download to fetch them"
         ) from None
     to_tensor = transforms.ToTensor()
     if split == "test":

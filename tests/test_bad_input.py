@@ -159,3 +159,60 @@ def test_every_bad_input_gives_one_line_exit_2_and_writes_nothing(inputs, capsys
         if not ok:
             failures.append((cli, argv, exc.value.code, err, sorted(map(str, written))))
     assert not failures, "\n".join(map(str, failures))
+
+
+class Marker:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("cli", ["search", "teachers", "evaluate"])
+def test_a_cifar_batch_holding_code_is_refused_and_its_code_never_runs(tmp_path, cli, teacher_args, capsys):
+    """Every path that reads CIFAR reads the batches with the restricted unpickler."""
+    write_cifar(tmp_path / "c10", "cifar10")
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "c10" / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({"data": Marker(marker), "labels": [0]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": Marker(marker)}, f)
+    root = str(tmp_path / "c10")
+    checkpoint = tmp_path / "cifar_model.pt"
+    if cli == "evaluate":
+        from derd.checkpoints import save_checkpoint
+        from derd.models import create_model
+
+        save_checkpoint(checkpoint, create_model("digits_cnn_small", 10, in_channels=3),
+                        {"arch": "digits_cnn_small", "num_classes": 10, "kind": "natural"})
+    argv = {"search": ["--dataset", "cifar10", "--data-root", root, "--out", str(tmp_path / "s"), *teacher_args],
+            "teachers": ["--dataset", "cifar10", "--kind", "natural", "--data-root", root, "--out", str(tmp_path / "t.pt")],
+            "evaluate": ["--dataset", "cifar10", "--data-root", root, "--checkpoint", str(checkpoint), "--split", "val"]}[cli]
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(ENTRY[cli]).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and "system: a CIFAR file holds data, never code" in err[0]
+    assert not marker.exists() and not (tmp_path / "s").exists() and not (tmp_path / "t.pt").exists()
+
+
+def test_the_restricted_unpickler_reads_a_real_format_batch_and_refuses_other_globals(tmp_path):
+    from derd.cifar_files import MalformedBatch, load_batch
+
+    import numpy as np
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):  # the real files are Python 2 pickles (protocol 2)
+        with open(tmp_path / "b", "wb") as f:
+            pickle.dump({"batch_label": "training batch 1 of 5", "data": data, "labels": [3, 7],
+                         "filenames": ["a.png", "b.png"]}, f, protocol=protocol)
+        images, labels = load_batch(tmp_path / "b", "labels")
+        assert images.shape == (2, 32, 32, 3) and labels == [3, 7]
+        assert (images[1].transpose(2, 0, 1).reshape(-1) == data[1]).all()
+    with open(tmp_path / "b", "wb") as f:
+        pickle.dump({"data": data, "labels": [3, 7], "x": Path("/")}, f)
+    with pytest.raises(MalformedBatch, match="pathlib"):
+        load_batch(tmp_path / "b", "labels")
