@@ -30,6 +30,23 @@ from tuning.searcher import TRIAL_NUMBER
 TIME_ATTR, METRIC = "epoch", "search/score"
 
 
+def make_scheduler(space, base_config: dict[str, Any], study) -> TrialScheduler:
+    """The space's early stopping: ASHA on ``search/score`` by epoch, its rungs rebuilt from the
+    study's stored scores and the paper's presets protected; FIFO when early stopping is off.
+    The grace period defaults to the first evaluation after DERD's stage I."""
+    from derd.config import from_dict
+
+    if space.scheduler != "asha":
+        return FIFOScheduler()
+    max_epochs = max(space.total_epochs().values())
+    history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
+    base_cfg = from_dict(base_config)
+    grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
+    presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
+    return ResumableASHA(history=history, protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
+                         reduction_factor=space.reduction_factor)
+
+
 class ResumableASHA(FIFOScheduler):
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
                  history: dict[int, dict[int, float]] | None = None, protected: set[int] = frozenset()) -> None:

@@ -26,12 +26,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: import the repo's packages
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from derd.config import from_dict, to_dict
+from derd.config import to_dict
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.records import SearchFolder, Tag, encode_objectives
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
@@ -266,8 +266,14 @@ def _write_record(plan: Plan, record: dict[str, Any]) -> None:
     write_record(plan.folder.record, record)
 
 
-def run_search(argv: list[str] | None = None) -> dict[str, Any]:
-    """Plan, then run (or resume) the search; returns a summary dict. Raises UserError on bad input."""
+def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | None = None,
+               trainable_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan, then run (or resume) the search; returns a summary dict. Raises UserError on bad input.
+
+    ``trainable`` replaces the trial (``tuning.trainable.derd_trainable``, called with the same
+    keyword arguments plus ``trainable_params``): the simulator's faithfulness test runs the real
+    search over a stand-in that reports the tabulated benchmark's curves
+    (``tuning.tabular.table_trainable``)."""
     from tuning import processes
 
     args = build_parser().parse_args(argv)
@@ -283,7 +289,7 @@ def run_search(argv: list[str] | None = None) -> dict[str, Any]:
     started = _init_ray(plan)
     try:
         check_cluster_resources(plan.space.cpus_per_trial, plan.space.gpus_per_trial)
-        return _fit(plan, teachers, threshold, processes.descendants() if started else {})
+        return _fit(plan, teachers, threshold, processes.descendants() if started else {}, trainable, trainable_params)
     finally:
         if started:
             ray.shutdown()
@@ -291,14 +297,15 @@ def run_search(argv: list[str] | None = None) -> dict[str, Any]:
             processes.stop_reaper(reaper)
 
 
-def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
-         ray_processes: dict[int, float]) -> dict[str, Any]:
+def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ray_processes: dict[int, float],
+         trainable: Callable[..., None] | None = None, trainable_params: dict[str, Any] | None = None) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
     from ray import tune
 
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.searcher import StudySearcher, open_study
+    from tuning.scheduler import make_scheduler
+    from tuning.searcher import StudySearcher, enqueue_presets, open_study
     from tuning.session import SessionClock
     from tuning.summary import finish_search
     from tuning.trainable import derd_trainable
@@ -313,9 +320,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
     folder.stage1_cache.mkdir(exist_ok=True)
     exp_id, parent_id = _mlflow_parent(plan, teachers, threshold)
     study = open_study(space, folder.optuna_uri, plan.name)
-    if not study.trials:
-        for point in space.presets:
-            study.enqueue_trial(point, user_attrs={"preset": True})
+    enqueue_presets(study, space)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     remaining = space.num_trials - len(done)
     client = MlflowClient(plan.tracking_uri)
@@ -327,13 +332,14 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
         print(f"search {plan.name} already finished ({len(done)} trials); nothing to run", flush=True)
         return finish_search(client, exp_id, parent_id, plan, record, interrupted=False)
 
-    scheduler = _scheduler(plan, study)
+    scheduler = make_scheduler(space, plan.base_config, study)
     stopped = getattr(scheduler, "stopped_early", set())
     searcher = StudySearcher(space, folder.optuna_uri, plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped
     trainable = tune.with_resources(
-        tune.with_parameters(derd_trainable, base_config=plan.base_config, experts=plan.experts, out=str(plan.out),
-                             objectives=space.objectives, clean_threshold=threshold, cpus_per_trial=space.cpus_per_trial),
+        tune.with_parameters(trainable or derd_trainable, base_config=plan.base_config, experts=plan.experts,
+                             out=str(plan.out), objectives=space.objectives, clean_threshold=threshold,
+                             cpus_per_trial=space.cpus_per_trial, **(trainable_params or {})),
         {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
     )
     record.update(ray_processes=ray_processes, driver_pid=os.getpid())
@@ -356,25 +362,6 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
     unfinished = [t for t in study.trials if t.state == TrialState.RUNNING]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
     return finish_search(client, exp_id, parent_id, plan, record, interrupted=bool(unfinished) or finished < space.num_trials)
-
-
-def _scheduler(plan: Plan, study):
-    """ASHA on ``search/score`` by epoch, its rungs rebuilt from the study's stored scores and the
-    paper's presets protected (``tuning.scheduler``); FIFO when early stopping is off."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    from tuning.scheduler import ResumableASHA
-
-    space = plan.space
-    if space.scheduler != "asha":
-        return FIFOScheduler()
-    max_epochs = max(space.total_epochs().values())
-    history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
-    base_cfg = from_dict(plan.base_config)
-    grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
-    presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
-    return ResumableASHA(history=history, protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
-                         reduction_factor=space.reduction_factor)
 
 
 def _reporter(space: SearchSpace):

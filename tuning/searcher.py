@@ -64,14 +64,23 @@ def open_study(space: SearchSpace, storage, name: str):
     return study
 
 
+def enqueue_presets(study, space: SearchSpace) -> None:
+    """A new study's first trials: the space's presets (the paper's weights per searched method)."""
+    if not study.trials:
+        for point in space.presets:
+            study.enqueue_trial(point, user_attrs={"preset": True})
+
+
 class StudyRecords:
     """A study's trials by number, through Optuna's public storage interface: the handle of a trial
     a killed driver left RUNNING, and user attributes of any trial."""
 
-    def __init__(self, storage_url: str, name: str) -> None:
+    def __init__(self, storage: Any, name: str) -> None:
+        """``storage``: a database URL (a search's ``optuna.db``), or an Optuna storage object (the
+        simulator's in-memory one)."""
         import optuna
 
-        self.storage = optuna.storages.RDBStorage(storage_url)
+        self.storage = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
         self.name = name
 
     def trial_id(self, number: int) -> int:
@@ -90,7 +99,7 @@ class StudyRecords:
 class StudySearcher(Searcher):
     """Suggests Ray trials from an Optuna study (define-by-run over the space) and tells it results."""
 
-    def __init__(self, space: SearchSpace, storage_url: str, study_name: str, clean_threshold: float,
+    def __init__(self, space: SearchSpace, storage_url: Any, study_name: str, clean_threshold: float,
                  stopped_early: set[int]) -> None:
         super().__init__(metric=None, mode=None)
         self.space, self.storage_url, self.study_name = space, storage_url, study_name
@@ -179,9 +188,16 @@ class StudySearcher(Searcher):
         """For the MLflow logger: the trial's MLflow run id beside its Optuna record."""
         self.records.set_user_attr(number, key, value)
 
+    def close(self) -> None:
+        """Release the study's database connections (a simulator opens one study per search)."""
+        engine = getattr(self._records and self._records.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+        self._study, self._records = None, None
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:  # the state lives in the Optuna study
-            json.dump({"study": self.study_name, "storage": self.storage_url}, f)
+            json.dump({"study": self.study_name, "storage": str(self.storage_url)}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         pass

@@ -1,0 +1,190 @@
+"""Every search strategy replayed against the tabulated digits benchmark, over many seeds.
+
+    python benchmarks/tabular/simulate.py [--seeds 20] [--answers surrogate|nearest] [--strategies ...]
+                                          [--plot docs/search_efficiency.png] [--table FILE]
+
+First the table's own figures: its size, its noise floor (the seed-to-seed Kendall tau of final
+val AA over the configurations trained at three seeds) and the held-out Kendall tau of each way
+of answering a configuration that is not in the table (5-fold cross-validation over the seed-0
+rows: the random-forest surrogate, and the nearest row, i.e. what snapping does). Then each
+strategy searches the table at every seed (``tuning.simulator``: the project's own searcher and
+scheduler on a simulated clock, two trials at a time as the digits space runs them) until its
+trials have spent the reference's trial-epochs: random search without early stopping over 64
+full-budget trials (768 trial-epochs). Per strategy, over the seeds (median [interquartile range]):
+
+* P1: trial-epochs to reach 95% of the reference's final hypervolume at the same seed, as a
+  fraction of the reference's (never reached: counted as infinite, so it moves the median up);
+* the final hypervolume of the choosable front (feasible, full budget; reference point (0, 0) in
+  (val clean %, val AA %));
+* regret: the table's best feasible final val AA minus the best feasible AA the search chose
+  (a surrogate answer can exceed every measured row, so the regret can be negative).
+
+A new strategy is one line in ``STRATEGIES``. Figures are printed (a markdown table) and drawn
+(hypervolume against trial-epochs, median and interquartile band). Nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tuning.simulator import SimResult, Strategy, simulate  # noqa: E402
+from tuning.space import SearchSpace, default_space_path  # noqa: E402
+from tuning.tabular import TABLE, TableAnswers, fit_models, features, forest_predict, read_rows  # noqa: E402
+
+REFERENCE = Strategy("random, full budget", "random", "none")
+STRATEGIES = [
+    REFERENCE,
+    Strategy("random + ASHA", "random", "asha"),
+    Strategy("TPE, no early stopping", "tpe", "none"),
+    Strategy("TPE + ASHA (default)", "tpe", "asha"),
+    Strategy("NSGA-II + ASHA", "nsga2", "asha"),
+]
+REFERENCE_TRIALS = 64
+TARGET = 0.95
+
+
+def kendall(a: list[float], b: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def noise_floor(rows: list[dict]) -> tuple[float, int]:
+    """Mean seed-to-seed Kendall tau of final val AA over configurations trained at every seed."""
+    by_config: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if not r["preset"]:
+            by_config.setdefault(r["id"].rsplit("-s", 1)[0], {})[r["seed"]] = r["epochs"][-1]["aa_acc"]
+    seeds = sorted({r["seed"] for r in rows})
+    full = [v for v in by_config.values() if len(v) == len(seeds)]
+    if len(full) < 3 or len(seeds) < 2:
+        return float("nan"), len(full)
+    taus = [kendall([v[a] for v in full], [v[b] for v in full]) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+    return statistics.mean(taus), len(full)
+
+
+def held_out_tau(rows: list[dict], space: SearchSpace, folds: int = 5) -> dict[str, float]:
+    """Out-of-fold Kendall tau of final val AA: the surrogate's prediction, and the nearest row's."""
+    import random
+
+    pool = [r for r in rows if r["seed"] == 0 and not r["preset"]]
+    order = list(range(len(pool)))
+    random.Random(0).shuffle(order)
+    actual, forest, nearest = [], [], []
+    eval_epochs = [e["epoch"] for e in pool[0]["epochs"] if "aa_acc" in e]
+    last = eval_epochs[-1]
+    for k in range(folds):
+        test = [pool[i] for i in order[k::folds]]
+        train = [pool[i] for i in order if i not in set(order[k::folds])]
+        x = [features(space, r["keys"]) for r in train]
+        models, _ = fit_models(x, train, [last])
+        for r in test:
+            point = features(space, r["keys"])
+            actual.append(r["epochs"][-1]["aa_acc"])
+            forest.append(float(forest_predict(models[last], point)[2]))
+            same = [j for j, t in enumerate(train) if t["method"] == r["method"]]
+            j = min(same, key=lambda j: sum((a - b) ** 2 for a, b in zip(x[j], point)))
+            nearest.append(train[j]["epochs"][-1]["aa_acc"])
+    return {"surrogate": kendall(actual, forest), "nearest": kendall(actual, nearest), "n": len(actual)}
+
+
+def epochs_to_reach(curve: list[tuple[float, float]], target: float) -> float:
+    return next((e for e, hv in curve if hv >= target), math.inf)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    finite = sorted(values)
+    q = statistics.quantiles(finite, n=4, method="inclusive") if len(finite) > 1 else [finite[0]] * 3
+    return q[1], q[0], q[2]
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    med, lo, hi = quartiles(values)
+    show = lambda v: "never" if v == math.inf else f"{v:.{digits}f}"  # noqa: E731
+    return f"{show(med)} [{show(lo)}, {show(hi)}]"
+
+
+def plot(results: dict[str, list[SimResult]], budget: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.linspace(0, budget, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, runs in results.items():
+        curves = []
+        for run in runs:
+            xs, ys = zip(*run.curve())
+            curves.append(np.interp(grid, xs, ys, left=0.0))
+        curves = np.array(curves)
+        med, lo, hi = np.percentile(curves, [50, 25, 75], axis=0)
+        line, = ax.plot(grid, med, label=name)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("cumulative trial-epochs")
+    ax.set_ylabel("hypervolume (val clean % x val AA %)")
+    ax.set_title(f"digits, simulated over {len(next(iter(results.values())))} seeds (median, IQR)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=20, help="seeds 0 .. N-1 per strategy")
+    p.add_argument("--answers", choices=("surrogate", "nearest"), default="surrogate")
+    p.add_argument("--strategies", nargs="+", help="names from STRATEGIES (default: all)")
+    p.add_argument("--plot", default=str(REPO / "docs" / "search_efficiency.png"))
+    p.add_argument("--table", default=str(TABLE))
+    args = p.parse_args(argv)
+    space = SearchSpace.from_yaml(default_space_path("digits"))
+    rows = read_rows(args.table)
+    threshold = rows[0]["clean_threshold"]
+    seeds = sorted({r["seed"] for r in rows})
+    floor, n_floor = noise_floor(rows)
+    taus = held_out_tau(rows, space)
+    made = sorted({(r["made"]["commit"], r["made"]["torch"], r["made"]["machine"]) for r in rows})
+    print(f"table {args.table}: {sum(r['seed'] == 0 for r in rows)} configurations at seed 0 "
+          f"({sum(r['seed'] == 0 and not r['preset'] for r in rows)} drawn, the rest presets), "
+          f"{len(rows)} rows over seeds {seeds}; made by {'; '.join(' / '.join(m) for m in made)}")
+    print(f"noise floor (seed-to-seed Kendall tau of final val AA, {n_floor} configurations at {len(seeds)} seeds): "
+          f"{floor:.3f}")
+    print(f"held-out Kendall tau of final val AA (5-fold, {taus['n']} rows): surrogate {taus['surrogate']:.3f}, "
+          f"nearest row {taus['nearest']:.3f}; answering with: {args.answers}")
+    answers = TableAnswers(rows, space, mode=args.answers)
+    best_in_table = max(r["epochs"][-1]["aa_acc"] for r in answers.rows if r["epochs"][-1]["clean_acc"] >= threshold)
+    budget = REFERENCE_TRIALS * max(space.total_epochs().values())
+    chosen = [s for s in STRATEGIES if args.strategies is None or s.name in args.strategies]
+    if REFERENCE not in chosen:
+        chosen.insert(0, REFERENCE)
+    results: dict[str, list[SimResult]] = {s.name: [] for s in chosen}
+    for seed in range(args.seeds):
+        for strategy in chosen:
+            results[strategy.name].append(simulate(space, strategy, answers, seed=seed, clean_threshold=threshold,
+                                                   budget_epochs=budget))
+    print(f"\n{args.seeds} seeds per strategy, {budget} trial-epochs each; median [IQR]; two trials at a time\n")
+    print("| strategy | P1 (fraction of random's trial-epochs to 95% of its final hypervolume) | final hypervolume "
+          "| regret (val AA points) | trials |")
+    print("|---|---|---|---|---|")
+    reference = {r.seed: r.curve()[-1] for r in results[REFERENCE.name]}
+    for strategy in chosen:
+        runs = results[strategy.name]
+        p1 = [epochs_to_reach(r.curve(), TARGET * reference[r.seed][1]) / reference[r.seed][0] for r in runs]
+        hv = [r.curve()[-1][1] for r in runs]
+        regret = [best_in_table - (r.best(1) if r.best(1) is not None else 0.0) for r in runs]
+        print(f"| {strategy.name} | {fmt(p1)} | {fmt(hv, 0)} | {fmt(regret)} | {fmt([len(r.trials) for r in runs], 0)} |")
+    plot(results, budget, Path(args.plot))
+    print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
