@@ -59,6 +59,24 @@ def pareto_ranks(points: Sequence[Point]) -> list[int]:
     return ranks
 
 
+def crowding_distances(points: Sequence[Point]) -> list[float]:
+    """NSGA-II's crowding distance of each point within one front: per objective, the gap between
+    its two neighbours over the objective's span, summed; the ends of each objective get infinity.
+    Larger means a less crowded part of the front."""
+    n = len(points)
+    if n < 3:
+        return [math.inf] * n
+    distance = [0.0] * n
+    for d in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][d])
+        span = points[order[-1]][d] - points[order[0]][d]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        for k in range(1, n - 1):
+            if span > 0:
+                distance[order[k]] += (points[order[k + 1]][d] - points[order[k - 1]][d]) / span
+    return distance
+
+
 def hypervolume(points: Sequence[Point], reference: Point | None = None) -> float:
     """Volume dominated by ``points`` and bounded below by ``reference`` (exact, any dimension).
 

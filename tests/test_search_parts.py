@@ -169,3 +169,56 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
     for key in ("loss/G", "time/epoch_s"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3, 4, 5, 6], key
     assert sorted(m.step for m in client.get_metric_history(run_id, "val/clean_acc")) == [2, 4, 6]
+
+
+OBJECTIVES = [("val/clean_acc", "max"), ("val/aa_acc", "max")]
+
+
+def _rung_result(clean: float, aa: float, epoch: int = 4) -> dict:
+    from tuning.trainable import search_score
+
+    metrics = {"val/clean_acc": clean, "val/aa_acc": aa}
+    return {"epoch": epoch, "total_epochs": 8, **metrics, "search/score": search_score(metrics, OBJECTIVES, 50.0)}
+
+
+def test_moasha_keeps_a_trial_on_the_front_that_asha_stops_by_a_hand_computed_rung():
+    """Rung at epoch 4 holds (clean, AA) = (90, 2), (80, 5), (60, 4). A newcomer at (70, 12) is on the
+    front (the most robust), but its mean 41 is below ASHA's cutoff, the median of 46, 42.5 and 32.
+    MO-ASHA: the front is {(70, 12), (90, 2), (80, 5)} and (60, 4) is behind it; in the front the
+    ends of each objective, (70, 12) and (90, 2), have infinite crowding distance, the newcomer
+    wins the tie, so it ranks first of 4 and is inside the top ceil(4 / 2) = 2."""
+    from tuning.scheduler import ResumableMOASHA, rung_order, rung_point
+
+    rung = {0: (90.0, 2.0), 1: (80.0, 5.0), 2: (60.0, 4.0)}
+    asha = ResumableASHA(history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
+                         max_t=8, grace_period=4, reduction_factor=2)
+    moasha = ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=8, grace_period=4, reduction_factor=2,
+                             history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()})
+    assert asha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "STOP"
+    assert moasha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "CONTINUE"
+    assert rung_order([rung_point([70, 12], OBJECTIVES, 50), *(rung_point(list(p), OBJECTIVES, 50) for p in rung.values())]) \
+        == [0, 1, 2, 3]
+    # a dominated trial and an infeasible one (below 50 clean, however robust) rank last and stop
+    assert moasha.on_trial_result(None, _trial(4), _rung_result(55, 1)) == "STOP"
+    assert moasha.on_trial_result(None, _trial(5), _rung_result(40, 30)) == "STOP"
+    assert moasha.stopped_early == {4, 5}
+
+
+def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
+    """A resumed search judges the next trial against the rung it had: the objectives the study
+    stores per evaluated epoch (``intermediate``)."""
+    from types import SimpleNamespace
+
+    from derd.config import to_dict
+    from tuning.scheduler import make_scheduler
+
+    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", search={"scheduler": "moasha", "grace_period": 2}))
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for clean, aa in ((90, 2), (80, 5), (60, 4)):
+        trial = study.ask()
+        trial.set_user_attr("intermediate", {"2": [clean, aa]})
+    resumed = make_scheduler(space, to_dict(space.base_config()), study, clean_threshold=50.0)
+    fresh = make_scheduler(space, to_dict(space.base_config()), optuna.create_study(directions=["maximize"] * 2), 50.0)
+    late = SimpleNamespace(config={TRIAL_NUMBER: 7})
+    assert resumed.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "STOP"  # behind the rebuilt rung
+    assert fresh.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "CONTINUE"  # first at an empty rung

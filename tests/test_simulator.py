@@ -71,3 +71,33 @@ def test_a_simulated_search_is_reproducible_and_spends_its_budget(space, answers
     assert [t.number for t in a.trials[:2]] == [0, 1] and all(not t.stopped_early for t in a.trials[:2])  # presets
     curve = a.curve()
     assert all(h1 <= h2 for (_, h1), (_, h2) in zip(curve, curve[1:]))  # the front only grows
+
+
+def test_the_stage1_pool_offers_only_trained_stage1_runs_and_alpha_0_never_shares():
+    from tuning.stage1_pool import Stage1Pool
+
+    objectives = [("val/clean_acc", "max"), ("val/aa_acc", "max")]
+    params = {"method": "derd", "stage1.lambda_adv": 0.1, "stage2.lambda_nat": 1.0}
+    pool = Stage1Pool(alpha=0.5, seed=0, objectives=objectives)
+    assert pool.choose() is None  # nothing trained yet
+    assert not pool.observe(0, params, {"stage": 1, "epoch": 1})
+    assert pool.observe(0, params, {"stage": 2, "epoch": 5})  # past its stage I: trained, once
+    assert not pool.observe(0, params, {"stage": 2, "epoch": 6})
+    picks = [pool.choose() for _ in range(200)]
+    reused = [p for p in picks if p is not None]
+    assert reused and all(p == (0, {"method": "derd", "stage1.lambda_adv": 0.1}) for p in reused)
+    assert 0.55 < len(reused) / 200 < 0.8  # reused with probability 1 - 0.5 / (0.5 + 1) = 2/3
+    assert Stage1Pool(alpha=0.0, seed=0, objectives=objectives).choose() is None
+
+
+def test_a_shared_stage1_costs_a_simulated_trial_nothing(space, answers):
+    """With sharing on, trials that reuse a trained stage I run only their stage II (8 of 12 epochs)
+    and are told with the reused stage-I keys."""
+    shared = simulate(space, Strategy("shared", "tpe", "none", {"share_stage1": 0.5}), answers, seed=0,
+                      clean_threshold=49.22, num_trials=12)
+    reused = [t for t in shared.trials if t.epochs == 8]
+    assert reused and all(t.full_budget for t in reused)
+    firsts = {json.dumps({k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True)
+              for t in shared.trials if t.epochs == 12}
+    assert all(json.dumps({k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True)
+               in firsts for t in reused)

@@ -30,21 +30,27 @@ from tuning.searcher import TRIAL_NUMBER
 TIME_ATTR, METRIC = "epoch", "search/score"
 
 
-def make_scheduler(space, base_config: dict[str, Any], study) -> TrialScheduler:
-    """The space's early stopping: ASHA on ``search/score`` by epoch, its rungs rebuilt from the
-    study's stored scores and the paper's presets protected; FIFO when early stopping is off.
-    The grace period defaults to the first evaluation after DERD's stage I."""
+def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: float) -> TrialScheduler:
+    """The space's early stopping: ``asha`` on ``search/score``, ``moasha`` on the objectives, each
+    by epoch with its rungs rebuilt from what the study stores and the paper's presets protected;
+    FIFO when early stopping is off. The grace period defaults to the first evaluation after
+    DERD's stage I."""
     from derd.config import from_dict
 
-    if space.scheduler != "asha":
+    if space.scheduler not in ("asha", "moasha"):
         return FIFOScheduler()
     max_epochs = max(space.total_epochs().values())
-    history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
     base_cfg = from_dict(base_config)
     grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
     presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
-    return ResumableASHA(history=history, protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
-                         reduction_factor=space.reduction_factor)
+    settings = dict(protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
+                    reduction_factor=space.reduction_factor)
+    if space.scheduler == "moasha":
+        history = {t.number: {int(e): rung_point(values, space.objectives, clean_threshold)
+                              for e, values in t.user_attrs.get("intermediate", {}).items()} for t in study.trials}
+        return ResumableMOASHA(objectives=space.objectives, clean_threshold=clean_threshold, history=history, **settings)
+    history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
+    return ResumableASHA(history=history, **settings)
 
 
 class ResumableASHA(FIFOScheduler):
@@ -71,24 +77,32 @@ class ResumableASHA(FIFOScheduler):
             return None
         return float(np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100))
 
-    def record(self, number: int, epoch: int, score: float) -> str:
-        """ASHA's rule for one result: record the score at the rung it reaches first, STOP if it is
-        below that rung's cutoff."""
+    def keeps(self, recorded: dict[int, Any], value: Any) -> bool:
+        """ASHA's rule: a trial goes on unless its score is below the rung's cutoff."""
+        cutoff = self.cutoff(recorded)
+        return cutoff is None or value >= cutoff
+
+    def value(self, result: dict[str, Any]) -> Any:
+        """What a rung records of a result (None: the result carries nothing to judge)."""
+        return result.get(METRIC)
+
+    def record(self, number: int, epoch: int, value: Any) -> str:
+        """One result: record its value at the rung it reaches first, STOP if the rung does not keep it."""
         for milestone, recorded in self.rungs:
             if epoch < milestone or number in recorded:
                 continue
-            cutoff = self.cutoff(recorded)
-            recorded[number] = score
-            return TrialScheduler.STOP if cutoff is not None and score < cutoff else TrialScheduler.CONTINUE
+            kept = self.keeps(recorded, value)
+            recorded[number] = value
+            return TrialScheduler.CONTINUE if kept else TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        if TIME_ATTR not in result or METRIC not in result:
+        if TIME_ATTR not in result or self.value(result) is None:
             return TrialScheduler.CONTINUE
         number = trial.config[TRIAL_NUMBER]
         if result[TIME_ATTR] >= self.max_t:
             return TrialScheduler.STOP
-        action = self.record(number, result[TIME_ATTR], result[METRIC])
+        action = self.record(number, result[TIME_ATTR], self.value(result))
         if action == TrialScheduler.STOP and result[TIME_ATTR] < result.get("total_epochs", 0):
             if number in self.protected:
                 return TrialScheduler.CONTINUE  # its score still sets the rung's cutoff for the others
@@ -96,5 +110,58 @@ class ResumableASHA(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
-        if TIME_ATTR in result and METRIC in result:
-            self.record(trial.config[TRIAL_NUMBER], result[TIME_ATTR], result[METRIC])
+        if TIME_ATTR in result and self.value(result) is not None:
+            self.record(trial.config[TRIAL_NUMBER], result[TIME_ATTR], self.value(result))
+
+
+RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed so that larger is better)
+
+
+def rung_point(values: list[float], objectives: list[tuple[str, str]], clean_threshold: float) -> RungPoint:
+    """A trial's objectives at a rung (in the space's order, as the study stores them) as MO-ASHA
+    compares them."""
+    from derd.records import VAL_CLEAN
+
+    named = dict(zip((m for m, _ in objectives), values))
+    return named[VAL_CLEAN] >= clean_threshold, tuple(v if mode == "max" else -v for v, (_, mode) in zip(values, objectives))
+
+
+def rung_order(points: list[RungPoint]) -> list[int]:
+    """Indices of ``points`` best first: feasible before infeasible, then by Pareto rank
+    (non-dominated sorting), then by crowding distance within the front (larger first: the ends
+    of a front and its sparse parts), then by position (an earlier index first)."""
+    from analysis.pareto import crowding_distances, pareto_ranks
+
+    key: dict[int, tuple] = {}
+    for feasible in (True, False):
+        group = [i for i, p in enumerate(points) if p[0] == feasible]
+        ranks = pareto_ranks([points[i][1] for i in group])
+        for rank in set(ranks):
+            front = [i for i, r in zip(group, ranks) if r == rank]
+            for i, d in zip(front, crowding_distances([points[i][1] for i in front])):
+                key[i] = (not feasible, rank, -d, i)
+    return sorted(range(len(points)), key=lambda i: key[i])
+
+
+class ResumableMOASHA(ResumableASHA):
+    """MO-ASHA (Schmucker et al., 2021) on the same rungs, resume and protection as ``ResumableASHA``:
+    at a rung a trial goes on if, among the trials recorded there and itself, it ranks within the
+    top ``ceil(n / reduction_factor)`` by ``rung_order`` (feasibility, then non-dominated sorting
+    of the objectives, ties broken by crowding distance, then in the newcomer's favour, as ASHA's
+    ``>=`` cutoff does). No single score mixes the objectives, so a trial on the front at a rung
+    is stopped only when the rung's front alone is larger than the trials it keeps; the first
+    trial at a rung always goes on. Rungs are rebuilt on resume from the study's ``intermediate``
+    objectives."""
+
+    def __init__(self, *, objectives: list[tuple[str, str]], clean_threshold: float, **kwargs: Any) -> None:
+        self.objectives, self.clean_threshold = objectives, clean_threshold
+        super().__init__(**kwargs)
+
+    def value(self, result: dict[str, Any]) -> RungPoint | None:
+        if not all(m in result for m, _ in self.objectives):
+            return None
+        return rung_point([result[m] for m, _ in self.objectives], self.objectives, self.clean_threshold)
+
+    def keeps(self, recorded: dict[int, RungPoint], value: RungPoint) -> bool:
+        points = [value, *recorded.values()]  # the newcomer first: ties go its way
+        return rung_order(points).index(0) < math.ceil(len(points) / self.reduction_factor)

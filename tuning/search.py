@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-trials", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe: multivariate TPE with constant liar)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: asha (default) or none")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: asha (default: the mean of the objectives), "
+                                                               "moasha (non-dominated sorting of the objectives) or none")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions (0.5) let trials share a GPU")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--address", help="join a Ray cluster (HOST:PORT, or auto for the one running here); default (or "
@@ -332,7 +333,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
         print(f"search {plan.name} already finished ({len(done)} trials); nothing to run", flush=True)
         return finish_search(client, exp_id, parent_id, plan, record, interrupted=False)
 
-    scheduler = make_scheduler(space, plan.base_config, study)
+    scheduler = make_scheduler(space, plan.base_config, study, threshold)
     stopped = getattr(scheduler, "stopped_early", set())
     searcher = StudySearcher(space, folder.optuna_uri, plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped

@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 
 from derd.records import VAL_CLEAN
 from tuning.space import SearchSpace
+from tuning.stage1_pool import SHARED_FROM, TRAINED, Stage1Pool
 
 TRIAL_NUMBER = "trial_number"  # key in a Ray trial's config: the Optuna trial number
 
@@ -110,9 +111,12 @@ class StudySearcher(Searcher):
         self._live: dict[str, Any] = {}  # Ray trial id -> optuna.Trial
         self._orphans: list[int] | None = None
         self._attrs: dict[int, dict[str, dict]] = {}
+        self._params: dict[str, dict[str, Any]] = {}  # Ray trial id -> its sampled parameters
+        self.pool = Stage1Pool(space.share_stage1, space.seed, space.objectives)
+        self._pool_built = False
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the search algorithm with its experiment
-        return {**self.__dict__, "_study": None, "_records": None, "_live": {}}
+        return {**self.__dict__, "_study": None, "_records": None, "_live": {}, "_params": {}}
 
     @property
     def records(self) -> StudyRecords:
@@ -144,10 +148,27 @@ class StudySearcher(Searcher):
             params = dict(frozen.params)
             self._attrs[frozen.number] = {k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")}
         else:
+            self._share_stage1()
             ot = self.study.ask()
             params = self.space.sample(ot)
-        self._live[trial_id] = ot
+        self._live[trial_id], self._params[trial_id] = ot, params
         return {**params, TRIAL_NUMBER: ot.number}
+
+    def _share_stage1(self) -> None:
+        """With the pool's probability, fix the next trial's stage-I keys to a trained stage I's
+        (``tuning.stage1_pool``): enqueued, so the sampler samples the rest around them. Never
+        while presets wait (they are asked first)."""
+        from optuna.trial import TrialState
+
+        if not self._pool_built:
+            self.pool.rebuild(self.study)
+            self._pool_built = True
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        choice = self.pool.choose()
+        if choice is not None:
+            source, part = choice
+            self.study.enqueue_trial(part, user_attrs={SHARED_FROM: source})
 
     def _set(self, ot, key: str, epoch: int, value: Any) -> None:
         record = self._attrs.setdefault(ot.number, {}).setdefault(key, {})
@@ -159,6 +180,8 @@ class StudySearcher(Searcher):
         if ot is None or "epoch" not in result:
             return
         self._set(ot, "scores", result["epoch"], result["search/score"])
+        if self.pool.observe(ot.number, self._params.get(trial_id, {}), result):
+            ot.set_user_attr(TRAINED, True)
         if result.get("val_evaluated"):
             self._set(ot, "intermediate", result["epoch"], [result[m] for m in self.space.objective_names()])
 
@@ -166,14 +189,15 @@ class StudySearcher(Searcher):
         from optuna.trial import TrialState
 
         ot = self._live.pop(trial_id, None)
+        params = self._params.pop(trial_id, {})
         if ot is None:
             return
         if error or not result or "epoch" not in result:
             self.study.tell(ot, state=TrialState.FAIL)
             return
-        self._live[trial_id] = ot
+        self._live[trial_id], self._params[trial_id] = ot, params
         self.on_trial_result(trial_id, result)  # Tune hands the last result to on_trial_complete only
-        del self._live[trial_id]
+        del self._live[trial_id], self._params[trial_id]
         finished = result["epoch"] >= result["total_epochs"]
         if not finished and ot.number not in self.stopped_early:
             return  # interrupted with the driver: stays RUNNING, resumed by the next session

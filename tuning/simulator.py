@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +35,7 @@ from derd.methods import total_epochs
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
 from tuning.scheduler import make_scheduler
 from tuning.space import SearchSpace
+from tuning.stage1_pool import Stage1Pool, stage1_part
 from tuning.tabular import TableAnswers, epoch_results
 from tuning.trainable import Reports
 
@@ -121,7 +121,7 @@ def simulate(space: SearchSpace, strategy: Strategy, answers: TableAnswers, *, s
     stopped: set[int] = set()
     searcher = StudySearcher(space, storage, f"sim-{strategy.name}-{seed}", clean_threshold, stopped)
     enqueue_presets(searcher.study, space)
-    scheduler = make_scheduler(space, base_config, searcher.study)
+    scheduler = make_scheduler(space, base_config, searcher.study, clean_threshold)
     searcher.stopped_early = stopped = getattr(scheduler, "stopped_early", stopped)
     trials, clock = _event_loop(space, answers, searcher, scheduler, stopped, clean_threshold, budget_epochs)
     return SimResult(strategy.name, seed, trials, clock)
@@ -188,6 +188,7 @@ def _duration(result: dict[str, Any]) -> float:
 
 def warmup_id(keys: dict[str, Any]) -> str:
     """What a stage-I run is keyed by within one simulated search (seed, teachers and budget are
-    the search's): the method and its stage-I keys (the run loop's cache key may also match
-    across methods with the same prior teacher; the simulator never counts on that)."""
-    return json.dumps([keys.get("method"), sorted((k, v) for k, v in keys.items() if k.startswith("stage1."))])
+    the search's): the method and its stage-I keys, as the stage-I pool keys it (the run loop's
+    cache key may also match across methods with the same prior teacher; the simulator never
+    counts on that)."""
+    return Stage1Pool.key(stage1_part(keys) or {})

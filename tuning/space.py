@@ -48,8 +48,9 @@ from derd.settings import as_number
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("asha", "none")
-SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed")
+SCHEDULERS = ("asha", "moasha", "none")
+SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed",
+               "share_stage1")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 CONSTRAINT_KEYS = ("min_clean_fraction",)
 TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "constraints", "search", "resources", "description"}
@@ -101,6 +102,7 @@ class SearchSpace:
     scheduler: str = "asha"
     grace_period: int | None = None
     reduction_factor: int = 2
+    share_stage1: float = 0.0  # the stage-I pool's alpha (tuning.stage1_pool); 0: every trial trains its own
     seed: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -184,6 +186,9 @@ class SearchSpace:
             (self.scheduler in SCHEDULERS, "search.scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"),
             (isinstance(self.reduction_factor, (int, float)) and self.reduction_factor >= 2, "search.reduction_factor",
              "must be >= 2"),
+            (isinstance(self.share_stage1, (int, float)) and not isinstance(self.share_stage1, bool)
+             and 0 <= self.share_stage1 < math.inf, "search.share_stage1",
+             "must be a finite number >= 0 (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)"),
             (self.grace_period is None or (isinstance(self.grace_period, int) and self.grace_period >= 1),
              "search.grace_period", "must be an integer >= 1"),
             (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0, "resources.cpus_per_trial",

@@ -29,6 +29,18 @@ def read_rows(path: str | Path = TABLE) -> list[dict[str, Any]]:
     return rows
 
 
+def unit_to_value(param, u: float) -> Any:
+    """A point of [0, 1) as a value of a searched key (log scale for log-uniform keys): how the
+    table's configurations are drawn from the space's ranges."""
+    import math
+
+    if param.distribution == "loguniform":
+        return float(math.exp(math.log(param.low) + u * (math.log(param.high) - math.log(param.low))))
+    if param.distribution == "int":
+        return int(min(param.high, math.floor(param.low + u * (param.high - param.low + 1))))
+    return float(param.low + u * (param.high - param.low))
+
+
 # ---- the answer for a configuration --------------------------------------------------------
 
 CURVE = ("clean_acc", "pgd_acc", "aa_acc")
@@ -117,8 +129,26 @@ class TableAnswers:
         return {**self.template, "id": "surrogate", "keys": dict(keys), "method": keys["method"], "epochs": epochs,
                 "stage1_keys": {k: v for k, v in keys.items() if k.startswith("stage1.")}, "preset": False}
 
-    def final_aa(self, keys: dict[str, Any]) -> float:
-        return self.row_for(keys)["epochs"][-1]["aa_acc"]
+    def best_feasible_aa(self, clean_threshold: float, samples: int = 2048) -> float:
+        """The best final val AA a feasible configuration gets from these answers: over the table's
+        rows (``nearest``: every answer is one), or (``surrogate``) over the predictions at
+        ``samples`` Sobol points of the space per method (a power of two: Sobol's balance), the best a search can be answered."""
+        def best(rows):
+            return max((r["epochs"][-1]["aa_acc"] for r in rows if r["epochs"][-1]["clean_acc"] >= clean_threshold),
+                       default=0.0)
+
+        if self.mode == "nearest":
+            return best(self.rows)
+        from scipy.stats import qmc
+
+        searched = [p for p in self.space.params if p.key != "method"]
+        cube = qmc.Sobol(len(searched), scramble=True, seed=0).random(samples)
+        made = []
+        for method in self.space.methods:
+            for u in cube:
+                keys = {"method": method, **{p.key: unit_to_value(p, x) for p, x in zip(searched, u)}}
+                made.append(self.predicted_row(keys, features(self.space, keys)))
+        return best(made)
 
 
 def fit_models(x: list[list[float]], rows: list[dict[str, Any]], eval_epochs: list[int], seed: int = 0):

@@ -42,18 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from derd.config import apply_overrides  # noqa: E402
 from tuning.space import SearchSpace, default_space_path  # noqa: E402
-from tuning.tabular import TABLE, ROW_FORMAT, read_rows  # noqa: E402
+from tuning.tabular import TABLE, ROW_FORMAT, read_rows, unit_to_value  # noqa: E402
 
 SEEDS = (0, 1, 2)
-
-
-def unit_to_value(param, u: float) -> Any:
-    """A point of [0, 1) as a value of a searched key (log scale for log-uniform keys)."""
-    if param.distribution == "loguniform":
-        return float(math.exp(math.log(param.low) + u * (math.log(param.high) - math.log(param.low))))
-    if param.distribution == "int":
-        return int(min(param.high, math.floor(param.low + u * (param.high - param.low + 1))))
-    return float(param.low + u * (param.high - param.low))
 
 
 def plan_rows(space: SearchSpace, groups: int, seed_groups: int) -> list[list[dict[str, Any]]]:
