@@ -120,10 +120,11 @@ RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed s
 def rung_point(values: list[float], objectives: list[tuple[str, str]], clean_threshold: float) -> RungPoint:
     """A trial's objectives at a rung (in the space's order, as the study stores them) as MO-ASHA
     compares them."""
+    from analysis.trials import signed
     from derd.records import VAL_CLEAN
 
     named = dict(zip((m for m, _ in objectives), values))
-    return named[VAL_CLEAN] >= clean_threshold, tuple(v if mode == "max" else -v for v, (_, mode) in zip(values, objectives))
+    return named[VAL_CLEAN] >= clean_threshold, tuple(signed(named, objectives))
 
 
 def rung_order(points: list[RungPoint]) -> list[int]:

@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import TrialScheduler
 
+from analysis.trials import signed
 from derd.config import apply_overrides, to_dict
 from derd.methods import total_epochs
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
@@ -172,7 +173,7 @@ def _event_loop(space: SearchSpace, answers: TableAnswers, searcher: StudySearch
             finished.append(SimTrial(
                 number, {k: v for k, v in trial.shim.config.items() if k != TRIAL_NUMBER}, sum(trial.cost[:len(trial.history)]),
                 clock, metrics["epoch"] >= metrics["total_epochs"], bool(metrics["search/feasible"]),
-                [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives], number in stopped))
+                signed(metrics, objectives), number in stopped))
             del running[trial_id]
         else:
             heapq.heappush(events, (clock + _duration(trial.results[len(trial.history)]), seq, trial_id))

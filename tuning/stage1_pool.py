@@ -21,6 +21,7 @@ import random
 from typing import Any
 
 from analysis.pareto import pareto_ranks
+from analysis.trials import signed
 
 STAGE1_PREFIX = "stage1."
 SHARED_FROM = "stage1_shared_from"  # Optuna user attribute: the trial whose stage I a trial reused
@@ -62,7 +63,7 @@ class Stage1Pool:
                 self._note(t.number, part, latest[max(latest, key=int)])
 
     def _note(self, number: int, part: dict[str, Any], values: list[float]) -> None:
-        self.latest[number] = (self.key(part), [v if mode == "max" else -v for v, (_, mode) in zip(values, self.objectives)])
+        self.latest[number] = (self.key(part), signed(dict(zip((m for m, _ in self.objectives), values)), self.objectives))
 
     def observe(self, number: int, params: dict[str, Any], result: dict[str, Any]) -> bool:
         """A trial's report; True when it shows the trial's stage I finished for the first time."""

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tuning.simulator import SimResult, Strategy, simulate  # noqa: E402
 from tuning.space import SearchSpace, default_space_path  # noqa: E402
-from tuning.tabular import TABLE, TableAnswers, fit_models, features, forest_predict, read_rows  # noqa: E402
+from tuning.tabular import TABLE, TableAnswers, read_rows  # noqa: E402
 
 REFERENCE = Strategy("random, full budget", "random", "none")
 STRATEGIES = [
@@ -74,28 +74,25 @@ def noise_floor(rows: list[dict]) -> tuple[float, int]:
 
 
 def held_out_tau(rows: list[dict], space: SearchSpace, folds: int = 5) -> dict[str, float]:
-    """Out-of-fold Kendall tau of final val AA: the surrogate's prediction, and the nearest row's."""
+    """Out-of-fold Kendall tau of final val AA: the surrogate's answer, and the nearest row's
+    (``TableAnswers`` fitted on the other folds, as a simulation would answer)."""
     import random
 
     pool = [r for r in rows if r["seed"] == 0 and not r["preset"]]
     order = list(range(len(pool)))
     random.Random(0).shuffle(order)
-    actual, forest, nearest = [], [], []
-    eval_epochs = [e["epoch"] for e in pool[0]["epochs"] if "aa_acc" in e]
-    last = eval_epochs[-1]
+    actual: list[float] = []
+    answered: dict[str, list[float]] = {"surrogate": [], "nearest": []}
     for k in range(folds):
-        test = [pool[i] for i in order[k::folds]]
-        train = [pool[i] for i in order if i not in set(order[k::folds])]
-        x = [features(space, r["keys"]) for r in train]
-        models, _ = fit_models(x, train, [last])
-        for r in test:
-            point = features(space, r["keys"])
-            actual.append(r["epochs"][-1]["aa_acc"])
-            forest.append(float(forest_predict(models[last], point)[2]))
-            same = [j for j, t in enumerate(train) if t["method"] == r["method"]]
-            j = min(same, key=lambda j: sum((a - b) ** 2 for a, b in zip(x[j], point)))
-            nearest.append(train[j]["epochs"][-1]["aa_acc"])
-    return {"surrogate": kendall(actual, forest), "nearest": kendall(actual, nearest), "n": len(actual)}
+        held = set(order[k::folds])
+        train = [pool[i] for i in order if i not in held]
+        answers = {mode: TableAnswers(train, space, mode=mode) for mode in answered}
+        for i in sorted(held):
+            actual.append(pool[i]["epochs"][-1]["aa_acc"])
+            for mode, a in answers.items():
+                a.reset()
+                answered[mode].append(a.row_for(pool[i]["keys"])["epochs"][-1]["aa_acc"])
+    return {**{mode: kendall(actual, values) for mode, values in answered.items()}, "n": len(actual)}
 
 
 def epochs_to_reach(curve: list[tuple[float, float]], target: float) -> float:
