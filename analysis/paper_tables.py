@@ -27,6 +27,7 @@ from typing import Any, Callable
 from analysis.paper_results import PAPER_ROWS
 from derd.evaluate import COLUMNS
 from derd.methods import available_methods, footnotes, get_method
+from derd.train import read_table
 
 REFERENCES = {"nature_real": "Nature (real data, student arch)", "sat_real": "SAT (real data, PGD-AT, student arch)"}
 TABLES = {
@@ -52,7 +53,7 @@ def run_method(dataset: str, method: str, seed: int, folder: Path, progress: boo
     """Test table of one method at one seed: read back if finished, else train (resuming)."""
     table = folder / "table.json"
     if table.is_file():
-        return {k.removeprefix("test/"): v for k, v in json.loads(table.read_text())["test"].items()}
+        return {k.removeprefix("test/"): v for k, v in read_table(table)["test"].items()}
     from derd.config import apply_overrides, preset
     from derd.train import train
 
@@ -66,7 +67,7 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     """Real-data reference: the student architecture trained on the teacher split (natural or PGD-AT)."""
     table = folder / "table.json"
     if table.is_file():
-        return json.loads(table.read_text())["test"]
+        return read_table(table)["test"]
     from derd.checkpoints import save_checkpoint
     from derd.config import apply_overrides, preset
     from derd.data import dataset_info, load_split, make_loader

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,27 +20,37 @@ from pathlib import Path
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.store import check_mlflow_uri
+from analysis.store import MLFLOW_TABLES, check_sqlite_store, read_search_record
 from derd.errors import UserError, cli_errors
 from derd.records import SearchFolder, Tag
 
 
 def relocate(folder: Path) -> tuple[str, str]:
-    """Rewrite the folder's records from its old location to ``folder``; returns (old, new)."""
+    """Rewrite the folder's records from its old location to ``folder``; returns (old, new). Everything
+    it reads or rewrites is checked first (a search folder, a whole MLflow store, a well-formed record,
+    writable files), so a bad folder is one line and nothing is half rewritten."""
     search = SearchFolder(folder.resolve())
     folder, record_file, db = search.root, search.record, search.mlflow_db
     if not record_file.is_file() or not db.is_file():
         raise UserError(f"{folder} is not a search folder (needs {record_file.name} and {db.name})")
-    check_mlflow_uri(search.mlflow_uri)
-    record = json.loads(record_file.read_text())
+    check_sqlite_store(db, "the MLflow store", MLFLOW_TABLES, "restore the folder from the original search")
+    record = read_search_record(search, required=("out",))
     old, new = str(Path(record["out"])), str(folder)
     if old == new:
         return old, new
-    with sqlite3.connect(db) as con:
-        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
-                        (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"))
-        con.execute("UPDATE tags SET value = ? WHERE key = ? AND value = ?", (new, Tag.SEARCH_DIR, old))
+    for path in (folder, record_file, db):
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{path} is read-only, and relocating rewrites it; make the copy writable "
+                            f"(chmod -R u+w {folder}) and run again")
+    try:
+        with sqlite3.connect(db) as con:
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
+                            (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"))
+            con.execute("UPDATE tags SET value = ? WHERE key = ? AND value = ?", (new, Tag.SEARCH_DIR, old))
+        con.close()
+    except sqlite3.Error as err:  # locked by a running search, or a disk that is full
+        raise UserError(f"cannot rewrite {db} ({err}); stop whatever uses the folder and run again") from None
     record["out"] = new
     if record.get("tracking_uri") == SearchFolder(old).mlflow_uri:
         record["tracking_uri"] = search.mlflow_uri

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,13 +27,14 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 from analysis.paper_results import PAPER_ROWS
 from analysis.pareto import front_of
-from analysis.store import open_experiment
+from analysis.store import open_experiment, runs_tagged
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.evaluate import COLUMNS, PROTOCOLS, header
 from derd.methods import display_name, footnotes
 from derd.records import VAL_CLEAN, Tag, val
-from derd.train import add_teacher_flags, teacher_overrides
+from derd.settings import SEED_MAX, check_flag
+from derd.train import add_teacher_flags, read_table, teacher_overrides
 
 TEST_HEADERS = tuple(header(c, "full") for c in COLUMNS)
 FRONT_COLUMNS = PROTOCOLS["search"].columns
@@ -42,11 +42,11 @@ FRONT_COLUMNS = PROTOCOLS["search"].columns
 
 def read_training(folder: Path) -> dict[str, Any]:
     """A derd.train output folder's ``table.json`` (its config and test table), or the fix."""
-    try:
-        data = json.loads((folder / "table.json").read_text())
-    except (OSError, ValueError):
+    if not (folder / "table.json").is_file():
         data = {}
-    if not isinstance(data, dict) or "config" not in data or "test" not in data:
+    else:
+        data = read_table(folder / "table.json")
+    if "config" not in data:
         raise UserError(f"{folder} is not a derd.train output folder (no table.json with a config and a test "
                         "table); pass the --out of python -m derd.train")
     return data
@@ -56,7 +56,7 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
     """Record a derd.train output folder (``data``: its ``read_training``) as an MLflow run (kind
     ``final``), once; returns its run id."""
     key = str(folder.resolve())
-    found = client.search_runs([experiment_id], f"tags.`{Tag.TRAIN_DIR}` = '{key}'", max_results=1)
+    found = runs_tagged(client, [experiment_id], {Tag.TRAIN_DIR: key}, max_results=1)
     if found:
         return found[0].info.run_id
     from mlflow.entities import Metric, Param, RunTag
@@ -174,8 +174,15 @@ def _paper_tables(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.dataset not in available_datasets():
         raise UserError(f"--dataset {args.dataset!r} is not one of {', '.join(available_datasets())}")
-    out = check_output_folder(args.out or Path("runs") / f"paper-{args.dataset}")
+    for seed in args.seeds:
+        check_flag(seed, "--seeds", 0, SEED_MAX)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice; give each once")
+    from derd.config import apply_overrides, preset
+
     overrides = {**teacher_overrides(args), **({"data.root": args.data_root} if args.data_root else {})}
+    apply_overrides(preset(args.dataset), overrides)  # a bad teacher flag or root is one line before any run
+    out = check_output_folder(args.out or Path("runs") / f"paper-{args.dataset}")
     results = paper_tables.collect(args.dataset, args.seeds, out, overrides)
     text = paper_tables.markdown(args.dataset, args.seeds, results)
     paper_tables.save(out, text, results)

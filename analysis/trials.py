@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis.store import runs_tagged
 from derd.methods import display_name, footnotes
 from derd.records import (TRIAL_EPOCHS, VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, Objectives, Tag, column_header,
                           decode_objectives)
@@ -81,14 +82,13 @@ def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
 
 
 def search_parents(client, experiment_id: str) -> list:
-    return client.search_runs([experiment_id], f"tags.`{Tag.KIND}` = 'search'")
+    return runs_tagged(client, [experiment_id], {Tag.KIND: "search"})
 
 
 def trial_records(client, experiment_id: str, parent) -> list[TrialRecord]:
     """The FINISHED trials of one search that carry every objective, in trial order."""
     objectives = objectives_of(parent)
-    runs = client.search_runs([experiment_id], f"tags.`{Tag.PARENT}` = '{parent.info.run_id}' and "
-                              f"attributes.status = 'FINISHED'", max_results=50000)
+    runs = runs_tagged(client, [experiment_id], {Tag.PARENT: parent.info.run_id}, status="FINISHED")
     records = []
     for r in runs:
         if all(m in r.data.metrics for m, _ in objectives):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -33,12 +34,20 @@ NORMALIZE_CHOICES = ("dataset", "none")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file of its own, then rename: a crash never leaves half a file,
+    and two writers of one path (two trials filling the same stage-I cache entry, on one node or on
+    two nodes of a shared filesystem, where process ids can coincide) never write into each other's
+    temporary file; the last rename wins, and each renamed file is whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -55,13 +64,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     atomic_save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "meta": meta}, path)
 
 
-def read_checkpoint_file(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` with each failure turned into one clear line."""
+RESAVE = "re-save it with torch.save(model.state_dict(), path)"
+
+
+def read_checkpoint_file(path: str | os.PathLike, fix: str = RESAVE) -> Any:
+    """``torch.load(weights_only=True)`` with each failure turned into one clear line ending in ``fix``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train one with python -m derd.teachers or fix the path")
     if path.stat().st_size == 0:
-        raise UserError(f"checkpoint {path} is an empty file; write it again with torch.save(model.state_dict(), path)")
+        raise UserError(f"checkpoint {path} is an empty file; {fix}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
             warnings.simplefilter("ignore")
@@ -71,15 +83,14 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         lines = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln]
         if lines:
             raise UserError(f"refusing {path}: it holds pickled code or objects, not just weights ({lines[0][:160]}); "
-                            f"re-save it with torch.save(model.state_dict(), path)") from None
+                            f"{fix}") from None
         if "WeightsUnpickler" in text and _starts_with(path, b"\x80"):  # a pickle protocol header, not torch.save's zip
             raise UserError(f"refusing {path}: it is a plain pickle, not a weights-only torch.save file (loading it could "
-                            f"run code); re-save it with torch.save(model.state_dict(), path)") from None
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file") from None
+                            f"run code); {fix}") from None
+        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file; {fix}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first}); "
-                        f"pass a file written by torch.save") from None
+        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first}); {fix}") from None
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -89,15 +100,26 @@ def _starts_with(path: Path, magic: bytes) -> bool:
 
 def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj["state_dict"], dict(obj.get("meta", {}))
+        state, meta = obj.get("state_dict"), obj.get("meta", {})
+        if not _is_state_dict(state) or not isinstance(meta, dict):
+            raise UserError(f"checkpoint {path} is damaged: its {'meta' if _is_state_dict(state) else 'state_dict'} "
+                            f"is a {type(meta if _is_state_dict(state) else state).__name__}; write it again with "
+                            f"derd.checkpoints.save_checkpoint or pass the original")
+        return state, dict(meta)
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "net"):  # common wrappers
-            if isinstance(obj.get(key), dict):
+            if _is_state_dict(obj.get(key)):
                 return obj[key], {}
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if _is_state_dict(obj):
             return obj, {}
     raise UserError(f"checkpoint {path} holds neither a DERD checkpoint nor a state_dict of tensors; "
                     f"save one with torch.save(model.state_dict(), path)")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """A non-empty mapping of names to tensors."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
 
 
 def build_model(arch: str, info: DatasetInfo, normalize: str = "dataset") -> NormalizedClassifier:
@@ -120,6 +142,9 @@ def load_checkpoint(
     path = Path(path)
     state, meta = _extract_state_dict(read_checkpoint_file(path), path)
     if meta:
+        for key, kind in (("arch", str), ("num_classes", int)):
+            if key in meta and not isinstance(meta[key], kind):
+                raise UserError(f"checkpoint {path} is damaged: meta.{key} is {meta[key]!r}, not a {kind.__name__}")
         if meta.get("num_classes", info.num_classes) != info.num_classes:
             raise UserError(
                 f"checkpoint {path} has {meta['num_classes']} classes but {info.name} has {info.num_classes}; "

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from derd.data import available_datasets, dataset_spec
-from derd.settings import ConfigError, build_section, section_values, setting
+from derd.data import IMAGE_SIZES, available_datasets, dataset_spec
+from derd.settings import ConfigError, SEED_MAX, build_section, section_values, setting
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_yaml", "preset", "save_yaml", "to_dict",
            "to_flat"]
@@ -43,8 +43,8 @@ def _methods() -> list[str]:
 class DataConfig:
     dataset: str = setting("digits", choices=available_datasets)
     root: typing.Optional[str] = setting(None, doc="data root (not needed for digits)")
-    image_size: typing.Optional[int] = setting(None, lo=8, doc="ImageNet-100 resolution (224 if unset)")
-    val_batch_size: typing.Optional[int] = setting(None, lo=1, doc="images per evaluation batch; unset: 256 on the CPU, "
+    image_size: typing.Optional[int] = setting(None, lo=IMAGE_SIZES[0], hi=IMAGE_SIZES[1], doc="ImageNet-100 resolution (224 if unset)")
+    val_batch_size: typing.Optional[int] = setting(None, lo=1, hi=65_536, doc="images per evaluation batch; unset: 256 on the CPU, "
                                                   "as many as fit on a GPU (derd.evaluate.eval_batch_size)")
 
 
@@ -64,8 +64,8 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "digits_cnn_small"
-    latent_dim: int = setting(100, lo=2, doc="generator noise size")
-    generator_width: int = setting(128, lo=8)
+    latent_dim: int = setting(100, lo=2, hi=65_536, doc="generator noise size")
+    generator_width: int = setting(128, lo=8, hi=8192)
 
 
 SWITCHES = ("auto", "on", "off")  # a train.* choice that only changes how fast a run computes
@@ -86,14 +86,14 @@ class TrainConfig:
 class BudgetConfig:
     """Every method's length: equal budgets, in student updates and pseudo images, make the comparison fair."""
 
-    epochs: int = setting(30, lo=1, doc="epochs of every method (DERD: stage I and stage II together)")
-    iters_per_epoch: int = setting(30, lo=1)
-    batch_size: int = setting(128, lo=2, doc="pseudo images per iteration")
+    epochs: int = setting(30, lo=1, hi=100_000, doc="epochs of every method (DERD: stage I and stage II together)")
+    iters_per_epoch: int = setting(30, lo=1, hi=1_000_000)
+    batch_size: int = setting(128, lo=2, hi=65_536, doc="pseudo images per iteration")
 
 
 @dataclass
 class EvalConfig:
-    every: int = setting(5, lo=1, doc="score the search protocol on val every k epochs (and at the end)")
+    every: int = setting(5, lo=1, hi=100_000, doc="score the search protocol on val every k epochs (and at the end)")
     protocol: str = setting("search", choices=("search", "full"))
     final_protocol: str = setting("full", choices=("search", "full"))
 
@@ -109,7 +109,7 @@ class _Top:
     """The top-level keys (validated like a section's)."""
 
     method: str = setting("derd", choices=_methods, doc="the recipe: one of derd.methods' registered names")
-    seed: int = setting(0, lo=0)
+    seed: int = setting(0, lo=0, hi=SEED_MAX)
     device: str = setting("auto", doc="auto, cpu, cuda, cuda:N")
 
 
@@ -279,16 +279,16 @@ def preset(dataset: str, method: str = "derd") -> RunConfig:
 
 
 def load_yaml(path: str | os.PathLike) -> RunConfig:
-    """Read a run config with ``yaml.safe_load``; missing keys take the dataset's preset."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    """Read a run config (``derd.inputs.read_yaml``: safe loader, bounded); missing keys take the
+    dataset's preset. An empty file is refused: it would silently train the default run."""
+    from derd.inputs import read_yaml
+
+    data = read_yaml(path, "config file")
+    if data is None or data == {}:
+        raise ConfigError(f"{path} is empty; write the config keys to change (e.g. method: derd), or use "
+                          f"--preset DATASET for the dataset's published run")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     section = data.get("data")
     dataset = section.get("dataset", "digits") if isinstance(section, dict) else "digits"
     base = preset(dataset) if dataset in available_datasets() else RunConfig()  # an unknown dataset fails below

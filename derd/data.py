@@ -87,6 +87,9 @@ def dataset_spec(name: str) -> DatasetSpec:
     return _DATASETS[name]
 
 
+IMAGE_SIZES = (8, 1024)  # the side a resizable dataset may be given (data.image_size, --image-size)
+
+
 def dataset_info(name: str, image_size: int | None = None) -> DatasetInfo:
     """Look up a dataset; ``image_size`` overrides a resizable dataset's side (ImageNet-100: 224)."""
     spec = dataset_spec(name)

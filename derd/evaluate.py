@@ -206,8 +206,9 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     from derd.checkpoints import NORMALIZE_CHOICES, load_checkpoint
-    from derd.data import dataset_info, download, load_split, make_loader
+    from derd.data import IMAGE_SIZES, dataset_info, download, load_split, make_loader
     from derd.device import check_device
+    from derd.settings import SEED_MAX, check_flag
 
     p = argparse.ArgumentParser(prog="python -m derd.evaluate", description="Print the robustness table of a checkpoint.")
     p.add_argument("--dataset", required=True)
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_flag(args.batch_size, "--batch-size", 1, 65_536)
+    check_flag(args.seed, "--seed", 0, SEED_MAX)
+    check_flag(args.image_size, "--image-size", *IMAGE_SIZES)
     device = check_device(args.device)
     info = dataset_info(args.dataset, args.image_size)
     if args.download:

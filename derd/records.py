@@ -158,9 +158,14 @@ class SearchFolder:
     def best_trials(self) -> Path:
         return self.root / "best_trials.md"
 
+    @property
+    def trials(self) -> Path:
+        """trials/: one folder per trial that started."""
+        return self.root / "trials"
+
     def trial_checkpoint(self, number: int) -> Path:
         """trials/NNNN/run.pt: a trial's resumable state (its Optuna number names it)."""
-        return self.root / "trials" / f"{number:04d}" / "run.pt"
+        return self.trials / f"{number:04d}" / "run.pt"
 
     @property
     def mlflow_uri(self) -> str:

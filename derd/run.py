@@ -23,25 +23,30 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
-from derd.checkpoints import atomic_save
+from derd.checkpoints import atomic_save, read_checkpoint_file
 from derd.config import RunConfig, from_dict, to_dict
 from derd.data import dataset_info, first_n, load_split, make_loader
 from derd.device import Compute, resolve_device, synchronize
 from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
 from derd.experts import Experts
+from derd.footprint import check_memory
 from derd.methods import Context, Phase, get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
 from derd.records import VAL_N
 
 RUN_FORMAT = "derd-run/2"
+# the keys of a run checkpoint whose type is checked on reading (``read_state``)
+RUN_STATE_SHAPE = {"config": dict, "epoch": int, "phase": int, "student": dict, "method": dict,
+                   "rng": torch.Tensor, "history": list}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -68,6 +73,7 @@ class DistillationRun:
         self.cfg = cfg
         self.info = dataset_info(cfg.data.dataset, cfg.data.image_size)
         device = resolve_device(cfg.device) if device is None else torch.device(device)
+        check_memory(cfg, device)  # before anything is allocated
         t = cfg.train
         self.compute = Compute.from_config(device, t.precision, t.channels_last, t.compile, t.fold_teachers)
         self.device = device
@@ -206,8 +212,7 @@ class DistillationRun:
     def epochs(self) -> Iterator[dict[str, Any]]:
         """Run to the end, yielding each epoch's results (cached stage-I epochs first, marked)."""
         if self.epoch == 0 and self.warmup_epochs > 0 and self._load_stage1_cache():
-            for entry in self.history:
-                yield {**entry, "cached": True}
+            yield from self.history
         while self.epoch < self.total_epochs:
             result = self.run_epoch()
             self.history.append(result)
@@ -261,10 +266,14 @@ class DistillationRun:
     @staticmethod
     def read_state(path: str | os.PathLike) -> dict[str, Any]:
         """``save()``'s file, refused with the fix if an older version of derd wrote it."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        fix = "start again with a fresh --out or delete it"
+        state = read_checkpoint_file(path, fix=fix)
         if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-            raise UserError(f"{path} is not a run checkpoint of this version of derd ({RUN_FORMAT}); "
-                            "start again with a fresh --out or delete it")
+            raise UserError(f"{path} is not a run checkpoint of this version of derd ({RUN_FORMAT}); {fix}")
+        for key, kind in RUN_STATE_SHAPE.items():
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise UserError(f"{path} is damaged: its {key} is {type(state.get(key)).__name__}, not "
+                                f"{kind.__name__}; {fix}")
         return state
 
     @classmethod
@@ -307,5 +316,12 @@ class DistillationRun:
         path = self._cache_file()
         if path is None or not path.is_file():
             return False
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = read_checkpoint_file(path)
+        except UserError as err:  # a damaged cache entry is trained again, never trusted
+            print(f"warning: {err}; training stage I again", file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+            return False
+        self.load_state_dict(state)
+        self.history = [{**entry, "cached": True} for entry in self.history]  # another run computed these
         return True

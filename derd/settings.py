@@ -8,6 +8,7 @@ its own sections and each registered method's (``derd.methods``) from these.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import field
 from typing import Any, Callable
@@ -22,12 +23,22 @@ class ConfigError(UserError):
 Choices = typing.Union[tuple, Callable[[], typing.Sequence[str]]]
 
 
+SEED_MAX = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit; torch's generator takes these too
+LR_MAX = 10.0  # learning rates
+WEIGHT_MAX = 1e4  # loss weights
+TEMPERATURE_MAX = 100.0
+
+
 def setting(default: Any, lo: float | None = None, hi: float | None = None, choices: Choices = (), doc: str = "") -> Any:
     """A config field with its range or choices (checked by ``build_section``) and a line of documentation.
 
-    ``choices`` may be a function returning the names of a registry (methods, datasets), so
-    that a name registered later is accepted.
+    A numeric field has a finite range: both ``lo`` and ``hi`` (a value past it is refused with the
+    key named, before a run allocates anything). ``choices`` may be a function returning the names
+    of a registry (methods, datasets), so that a name registered later is accepted.
     """
+    if (lo is None) != (hi is None) or (isinstance(default, (int, float)) and not isinstance(default, bool)
+                                        and lo is None):
+        raise TypeError(f"a numeric setting needs both lo and hi (default {default!r}, lo {lo!r}, hi {hi!r})")
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
 
 
@@ -60,15 +71,28 @@ def check_value(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
         return value
     if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+    if base is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; give a value in [{meta_range(f)}]")
     choices = allowed_choices(f)
     meta = f.metadata
     if choices and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     if meta.get("lo") is not None and value < meta["lo"]:
-        raise ConfigError(f"{key}: {value!r} is below its minimum {meta['lo']}")
+        raise ConfigError(f"{key}: {value!r} is below its minimum {meta['lo']:g}")
     if meta.get("hi") is not None and value > meta["hi"]:
-        raise ConfigError(f"{key}: {value!r} is above its maximum {meta['hi']}")
+        raise ConfigError(f"{key}: {value!r} is above its maximum {meta['hi']:g}")
     return value
+
+
+def meta_range(f: dataclasses.Field) -> str:
+    """``lo, hi`` of a numeric field, as the error messages show it."""
+    return f"{f.metadata.get('lo'):g}, {f.metadata.get('hi'):g}"
+
+
+def check_flag(value: float | None, flag: str, lo: float, hi: float) -> None:
+    """A numeric command-line flag within [lo, hi] (None: not given), or one line naming it."""
+    if value is not None and not lo <= value <= hi:
+        raise UserError(f"{flag} {value}: must be in [{lo:g}, {hi:g}]")
 
 
 def build_section(cls: type, data: Any, prefix: str) -> Any:

@@ -19,12 +19,13 @@ from torch import nn
 from derd.attacks import eval_mode, pgd
 from derd.cache import cache_dir
 from derd.checkpoints import build_model, load_checkpoint, save_checkpoint
-from derd.data import DatasetInfo, dataset_info, dataset_spec, download, load_split, make_loader
+from derd.data import IMAGE_SIZES, DatasetInfo, dataset_info, dataset_spec, download, load_split, make_loader
 from derd.device import Compute, check_device
 from derd.errors import UserError, check_output_file, cli_errors
 from derd.evaluate import evaluate, markdown_table
 from derd.losses import kl_attack_loss
 from derd.models import NormalizedClassifier
+from derd.settings import SEED_MAX, check_flag
 
 KINDS = ("natural", "robust")
 
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_flag(args.seed, "--seed", 0, SEED_MAX)
+    check_flag(args.image_size, "--image-size", *IMAGE_SIZES)
     info, spec = dataset_info(args.dataset, args.image_size), dataset_spec(args.dataset)
     device = check_device(args.device)
     epochs = args.epochs if args.epochs is not None else spec.teacher_epochs

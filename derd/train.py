@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from derd.cache import cache_dir
 from derd.checkpoints import NORMALIZE_CHOICES, save_checkpoint
 from derd.config import RunConfig, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_dict
 from derd.data import load_split, make_loader
@@ -24,6 +26,8 @@ from derd.device import check_device
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.evaluate import eval_batch_size, evaluate, markdown_table
 from derd.experts import load_experts
+from derd.footprint import check_memory
+from derd.inputs import expect, parse_yaml, read_json
 from derd.plots import save_accuracy_curve, save_sample_grid
 from derd.run import DistillationRun
 
@@ -94,18 +98,29 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     return {"test": table, "history": run.history}
 
 
+def read_table(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``table.json`` that ``train`` wrote, its shape checked: ``test`` maps metric names to finite
+    numbers; ``config`` (a mapping) and ``history`` (a list) where present."""
+    data = expect(read_json(path, "table"), dict, str(path))
+    test = expect(data.get("test"), dict, f"{path}: test")
+    for key, value in test.items():
+        expect(value, (int, float), f"{path}: test.{key}")
+    for key, kind in (("config", dict), ("history", list)):
+        if key in data:
+            expect(data[key], kind, f"{path}: {key}")
+    return data
+
+
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["method=nature", "stage2.epochs=5"]`` to ``{"method": "nature", "stage2.epochs": 5}``."""
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stage2.lambda_nat=1.0")
         try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            out[key.strip()] = parse_yaml(value, f"--set {item!r}")
+        except UserError:
             raise UserError(f"--set {item!r}: {value!r} is not a valid YAML value (check its brackets and quotes)") from None
     return out
 
@@ -124,11 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="output folder (default: runs/train-<method>-<dataset>-<time>)")
     p.add_argument("--protocol", choices=("full", "search"), help="test protocol (default: the config's eval.final_protocol)")
     args = p.parse_args(argv)
+    cache_dir()  # a bad $DERD_CACHE is one line before anything is trained
     cfg = load_yaml(args.config) if args.config else preset(args.preset)
     flags = {**teacher_overrides(args), **({"method": args.method} if args.method else {}),
              **({"data.root": args.data_root} if args.data_root else {})}
     cfg = apply_overrides(cfg, {**flags, **parse_sets(args.set)})
-    check_device(cfg.device)
+    check_memory(cfg, check_device(cfg.device))
     out = Path(args.out) if args.out else Path("runs") / f"train-{cfg.method}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_output_folder(out)
     start = time.time()

@@ -3,6 +3,7 @@ exit code 2, and writes nothing (no file, no folder, no half-made store)."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_space
+from conftest import TINY_BASE, write_space
 from fakedata import write_cifar
 
 ENTRY = {"search": "tuning.search", "train": "derd.train", "evaluate": "derd.evaluate", "teachers": "derd.teachers",
@@ -57,6 +58,28 @@ def inputs(tmp_path, teacher_args):
     write_space(d / "space_base.yaml", base=[4, 8])
     write_space(d / "space_int.yaml", space={"stage2.pgd_steps": {"distribution": "uniform", "low": 3, "high": 10}})
     write_space(d / "space_bound.yaml", space={"stage2.lambda_nat": {"distribution": "uniform", "low": -1, "high": 1}})
+    # round three: files of the wrong shape, alias bombs, numbers outside their domain
+    (d / "binary.yaml").write_bytes(b"\x80\x81\xfe\xff" * 64)
+    write_space(d / "space_presets.yaml", presets=5)
+    write_space(d / "space_objectives.yaml", objectives=5)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    (d / "bomb.yaml").write_text(bomb)
+    (d / "empty.yaml").write_text("# nothing to change\n")
+    write_space(d / "space_reduction.yaml", search={"num_trials": 3, "reduction_factor": float("inf")})
+    write_space(d / "space_seed.yaml", search={"num_trials": 3, "seed": -5})
+    write_space(d / "space_nan.yaml", base={**TINY_BASE, "stage1.lambda_adv": float("nan")})
+    write_space(d / "space_memory.yaml", base={**TINY_BASE, "student.generator_width": 8192},
+                space={"student.latent_dim": {"distribution": "int", "low": 16, "high": 65536}})
+    state = torch.load(teacher_args[1], weights_only=True)
+    torch.save({**state, "meta": ["digits_cnn_small"]}, d / "meta_list.pt")
+    torch.save({**state, "state_dict": 5}, d / "state_five.pt")
+    for name, test in (("table_list", [1, 2]), ("table_text", {"clean_acc": "abc"})):
+        (d / name).mkdir()
+        (d / name / "table.json").write_text(json.dumps({"config": {}, "test": test}))
+    for name, content in (("truncated_run", b"PK\x03\x04 truncated"), ("code_run", (d / "evil.pt").read_bytes())):
+        (d / name).mkdir()
+        (d / name / "run.pt").write_bytes(content)
     return {"dir": d, "teachers": teacher_args, "nat": teacher_args[1]}
 
 
@@ -136,6 +159,50 @@ def _cases(i: dict) -> list[tuple[str, list[str], str]]:
          "not a derd.train output folder"),
         ("report", ["--paper-tables", "--dataset", "svhn", "--out", out], "--dataset 'svhn' is not one of"),
         ("relocate", ["--out", str(d / "folder")], "is not a search folder"),
+        # round three. Files of the wrong shape:
+        ("search", ["--space", str(d / "binary.yaml"), *t, "--out", out], "is not a text file"),
+        ("train", ["--config", str(d / "binary.yaml"), "--out", out], "is not a text file"),
+        ("search", ["--space", str(d / "space_presets.yaml"), *t, "--out", out], "presets: expected a list, got int"),
+        ("search", ["--space", str(d / "space_objectives.yaml"), *t, "--out", out], "objectives: expected a list"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "meta_list.pt")], "is damaged: its meta is a list"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", str(d / "state_five.pt")], "its state_dict is a int"),
+        ("report", ["--experiment", "x", "--add-training", str(d / "table_list"), "--out", out],
+         "test: expected a mapping, got list"),
+        ("report", ["--experiment", "x", "--add-training", str(d / "table_text"), "--out", out],
+         "test.clean_acc: expected an integer or a finite number, got str"),
+        # bounded YAML
+        ("search", ["--space", str(d / "bomb.yaml"), *t, "--out", out], "aliases expand to more than"),
+        ("train", ["--config", str(d / "bomb.yaml"), "--out", out], "aliases expand to more than"),
+        # numbers outside their domain
+        ("train", ["--preset", "digits", "--set", "stage2.lr_s=inf", "--out", out], "stage2.lr_s: inf is not a finite"),
+        ("train", ["--preset", "digits", "--set", "stage1.lambda_adv=.nan", "--out", out], "nan is not a finite"),
+        ("train", ["--preset", "digits", "--set", f"seed={10**20}", "--out", out], "seed: 100000000000000000000 is above"),
+        ("train", ["--preset", "digits", "--set", "budget.batch_size=1000000000", "--out", out],
+         "budget.batch_size: 1000000000 is above its maximum 65536"),
+        ("train", ["--preset", "digits", "--set", "student.latent_dim=100000000", "--out", out], "is above its maximum"),
+        ("train", ["--preset", "imagenet100", "--set", "budget.batch_size=65536", "--out", out],
+         "budget.batch_size: this run needs at least"),
+        ("search", ["--space", str(d / "space_memory.yaml"), *t, "--out", out],
+         "the largest trial: student.latent_dim (with student.generator_width): this run needs"),
+        ("search", ["--space", str(d / "space_reduction.yaml"), *t, "--out", out], "search.reduction_factor: must be"),
+        ("search", ["--space", str(d / "space_seed.yaml"), *t, "--out", out], "search.seed: must be an integer in [0,"),
+        ("search", ["--seed", str(2**32), *t, "--out", out], "search.seed: must be an integer in [0, 4294967295]"),
+        ("search", ["--space", str(d / "space_nan.yaml"), *t, "--out", out], "stage1.lambda_adv: nan is not a finite"),
+        ("evaluate", ["--dataset", "digits", "--checkpoint", i["nat"], "--seed", str(10**20)], "--seed 1000000000000"),
+        ("teachers", ["--dataset", "digits", "--kind", "natural", "--seed", str(10**20), "--out", str(d / "t.pt")],
+         "--seed 100000000000000000000: must be in [0, 4.29497e+09]"),
+        # an empty config, a run.pt that is truncated or holds code
+        ("train", ["--config", str(d / "empty.yaml"), "--out", out], "is empty; write the config keys to change"),
+        ("train", ["--preset", "digits", *t, "--out", str(d / "truncated_run")], "corrupt or not a PyTorch file"),
+        ("train", ["--preset", "digits", *t, "--out", str(d / "code_run")], "holds pickled code or objects"),
+        # flags that say nothing or contradict
+        ("search", ["--dataset", "", *t, "--out", out], "--dataset '' names no dataset"),
+        ("search", ["--dataset", "cifar10", "--space", str(d / "s0.yaml"), *t, "--out", out],
+         "--dataset cifar10 contradicts the search space"),
+        ("report", ["--paper-tables", "--seeds", "-1", "--out", out], "--seeds -1: must be in [0,"),
+        ("report", ["--paper-tables", "--seeds", "0", "0", "--out", out], "a seed is given twice"),
+        ("teachers", ["--dataset", "digits", "--kind", "natural", "--image-size", "0", "--out", str(d / "t.pt")],
+         "--image-size 0: must be in [8, 1024]"),
     ]
 
 
@@ -216,3 +283,46 @@ def test_the_restricted_unpickler_reads_a_real_format_batch_and_refuses_other_gl
         pickle.dump({"data": data, "labels": [3, 7], "x": Path("/")}, f)
     with pytest.raises(MalformedBatch, match="pathlib"):
         load_batch(tmp_path / "b", "labels")
+
+
+@pytest.mark.parametrize("cli", ["search", "train", "teachers"])
+@pytest.mark.parametrize("value", ["file", ""])
+def test_a_derd_cache_that_is_empty_or_a_file_is_one_line(tmp_path, cli, value, teacher_args, monkeypatch, capsys):
+    (tmp_path / "file").write_text("not a folder\n")
+    monkeypatch.setenv("DERD_CACHE", str(tmp_path / "file") if value else "")
+    argv = {"search": ["--out", str(tmp_path / "s")], "train": ["--preset", "digits", "--out", str(tmp_path / "s")],
+            "teachers": ["--dataset", "digits", "--kind", "natural"]}[cli]
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(ENTRY[cli]).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = "DERD_CACHE" if value else "DERD_CACHE is set but empty"
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and expected in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_the_bounded_yaml_reader_reads_aliases_within_bounds_and_refuses_recursion():
+    from derd.errors import UserError
+    from derd.inputs import MAX_YAML_NODES, parse_yaml
+
+    assert parse_yaml("a: &x [1, 2]\nb: *x\n", "t") == {"a": [1, 2], "b": [1, 2]}  # ordinary aliases still load
+    with pytest.raises(UserError, match="aliases expand"):
+        parse_yaml("a: &x [*x]\n", "t")
+    wide = "a: &a [" + ", ".join(["1"] * 1000) + "]\nb: [" + ", ".join(["*a"] * (MAX_YAML_NODES // 1000 + 1)) + "]\n"
+    with pytest.raises(UserError, match="aliases expand"):
+        parse_yaml(wide, "t")
+
+
+def test_every_numeric_config_key_has_a_finite_range():
+    import dataclasses
+    import math
+
+    from derd.config import _all_sections, _Top
+
+    for name, cls in {"top": _Top, **_all_sections()}.items():
+        for f in dataclasses.fields(cls):
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            if lo is not None or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+                assert hi is not None and math.isfinite(lo) and math.isfinite(hi), f"{name}.{f.name}"
+    from derd.settings import SEED_MAX
+
+    assert dataclasses.fields(_Top)[1].metadata["hi"] == SEED_MAX == 2**32 - 1

@@ -183,6 +183,56 @@ def test_cached_stage1_is_skipped_and_matches(tmp_path, experts, val_data):
         assert not list(DistillationRun(differs, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
 
 
+def _file_experts(teacher_args: list[str]) -> Experts:
+    from derd.checkpoints import load_checkpoint
+
+    info = dataset_info("digits")
+    return Experts(load_checkpoint(teacher_args[1], info)[0], load_checkpoint(teacher_args[3], info)[0])
+
+
+def _fill_cache(cfg: dict, teacher_args: list[str], val_data, cache: Path, barrier, results) -> None:
+    """A trial in its own process: built, then started at the same moment as the other one."""
+    run = DistillationRun(from_dict(cfg), _file_experts(teacher_args), val_data=val_data, stage1_cache=cache)
+    barrier.wait()
+    history = list(run.epochs())
+    results.put({k: v for k, v in history[-1].items() if k.startswith(("loss/", "val/"))})
+
+
+def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_entry(tmp_path, teacher_args, val_data):
+    """Both train the missing stage I (neither waits), both write it atomically to temporary files of
+    their own; the entry left is whole, and a later trial reads it and ends where they did."""
+    import multiprocessing
+
+    from derd.config import to_dict
+
+    cfg, cache = tiny(), tmp_path / "cache"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_fill_cache, args=(to_dict(cfg), teacher_args, val_data, cache, barrier, results))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    finals = [results.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert [p.name for p in cache.iterdir()] == [p.name for p in cache.glob("stage1-*.pt")] and len(finals) == 2
+    assert len(list(cache.iterdir())) == 1  # one entry, no temporary file left behind
+    later = list(DistillationRun(cfg, _file_experts(teacher_args), val_data=val_data, stage1_cache=cache).epochs())
+    assert later[0]["cached"]
+    assert _same(finals[0], finals[1]) and _same(finals[0], {k: v for k, v in later[-1].items() if k in finals[0]})
+
+
+def test_a_damaged_stage1_cache_entry_is_trained_again_not_trusted(tmp_path, experts, val_data, capsys):
+    cache = tmp_path / "cache"
+    reference = DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache).run()
+    entry = next(cache.glob("stage1-*.pt"))
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated, as a full disk or a killed copy leaves it
+    again = list(DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache).epochs())
+    assert not again[0]["cached"] and _same(again[-1], reference[-1])
+    assert "warning:" in capsys.readouterr().err and torch.load(entry, weights_only=True)["epoch"] == 2
+
+
 def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
     derd = DistillationRun(tiny(), experts, val_data=val_data)
     for method in ("dafl", "dfad", "zskt", "cmi", "dfard"):

@@ -1,14 +1,19 @@
 """Preflight checks: everything a user can get wrong is caught before anything is written."""
 from __future__ import annotations
 
-import json
 import os
 import socket
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
-from derd.errors import UserError
+from analysis.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
+from derd.errors import UserError, check_output_folder
 from derd.records import SearchFolder
+
+if TYPE_CHECKING:
+    from tuning.space import SearchSpace
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -43,8 +48,8 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
 
 
 def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
-    """The record of a search to resume; one clear error when the folder holds none, was moved, or its
-    driver still runs."""
+    """The record of a search to resume; one clear error when the folder holds none, the record is
+    damaged (``analysis.store.read_search_record``), the folder was moved, or its driver still runs."""
     out, record_file = folder.root, folder.record
     if not record_file.is_file():
         if out.is_dir() and folder.space.is_file():
@@ -52,11 +57,8 @@ def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
                             f"start a new search in another --out")
         raise UserError(f"nothing to resume in {out}: no {record_file.name} (the search never started there); "
                         f"start it without --resume")
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{record_file} is unreadable ({err}); start a new search in another --out") from None
-    if Path(record.get("out", out)).resolve() != out.resolve():
+    record = read_search_record(folder)
+    if Path(record["out"]).resolve() != out.resolve():
         raise UserError(f"{out} was moved from {record['out']}; its MLflow store still points there: run "
                         f"python analysis/relocate.py --out {out} first")
     pid = record.get("driver_pid")
@@ -64,6 +66,119 @@ def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
         raise UserError(f"a search driver (pid {pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
                         f"then resume")
     return record
+
+
+OPTUNA_TABLES = ("studies", "trials", "version_info")  # what Optuna's storage creates in its SQLite file
+NEW_SEARCH = "start a new search in another --out (without --resume)"
+
+# a trial's unreadable checkpoint, set aside so that the trial restarts from its start: (path, why)
+Unreadable = tuple[Path, str]
+
+
+def check_resumable(folder: SearchFolder, record: dict[str, Any], space: SearchSpace,
+                    num_trials_source: str) -> list[Unreadable]:
+    """What a resumed search continues from, checked before anything is written (after
+    ``check_search_folder``; ``space`` is the folder's, with this resume's settings):
+
+    * ``space.yaml`` and ``search.json`` name the same dataset;
+    * once the search ran (a session, or trial folders), its study ``optuna.db`` and its own MLflow
+      store are there and whole: without them a resume would start over beside the old records;
+    * ``num_trials`` (from ``num_trials_source``) is not below the trials the study already ran;
+    * the running trials' folders are writable (they save a checkpoint every epoch).
+
+    Returns the running trials' checkpoints that cannot be read (cut short, not a run checkpoint,
+    holding pickled code: read with ``weights_only``, never run); ``set_aside`` moves them so that
+    those trials restart from their start."""
+    from optuna.trial import TrialState
+
+    if space.dataset != record["dataset"]:
+        raise UserError(f"{folder.record} is a search of {record['dataset']} but {folder.space} is for {space.dataset}; "
+                        f"one was edited: restore it, or {NEW_SEARCH}")
+    ran = bool(record.get("sessions")) or folder.trials.is_dir()
+    stores = [(folder.optuna_db, "the study", OPTUNA_TABLES)]
+    if record.get("tracking_uri") == folder.mlflow_uri:
+        stores.append((sqlite_path(folder.mlflow_uri), "the MLflow store", MLFLOW_TABLES))
+    for path, what, tables in stores:
+        if not path.exists() and ran:
+            raise UserError(f"{what} {path} is missing, though this search ran: resuming would start over beside its "
+                            f"old records; restore it, or {NEW_SEARCH}")
+        if path.exists():
+            check_sqlite_store(path, what, tables, f"restore it, or {NEW_SEARCH}")
+    trials = study_trials(folder, record["name"]) if folder.optuna_db.exists() else []
+    started = [t for t in trials if t.state != TrialState.WAITING]
+    if space.num_trials < len(started):
+        raise UserError(f"{num_trials_source} {space.num_trials} is below the {len(started)} trials this search already "
+                        f"ran or started; pass --num-trials {len(started)} or more (or drop it)")
+    running = [t.number for t in trials if t.state == TrialState.RUNNING]
+    for path in [folder.trials, *(folder.trial_checkpoint(n).parent for n in running)]:
+        if path.is_dir() and not os.access(path, os.W_OK):
+            raise UserError(f"{path} is read-only, so the running trials cannot save their checkpoints; make it "
+                            f"writable (chmod -R u+w {folder.trials}) and resume again")
+    return [bad for n in running if (bad := _unreadable(folder.trial_checkpoint(n))) is not None]
+
+
+def study_trials(folder: SearchFolder, name: str) -> list:
+    """The trials of the search's study, read without writing: SQLite read as the file is
+    (``analysis.store.READ_AS_IS``) and no table creation (Optuna's storage would otherwise create its
+    tables in the file)."""
+    import optuna
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = folder.optuna_db.resolve().as_uri().removeprefix("file://")  # %-encoded: SQLite reads a URI
+    try:
+        storage = RDBStorage(f"sqlite:///file:{path}?{READ_AS_IS}&uri=true", skip_table_creation=True)
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        raise UserError(f"the study {folder.optuna_db} holds no study {name!r} (the search's name); restore it, or "
+                        f"{NEW_SEARCH}") from None
+    except (SQLAlchemyError, RuntimeError, ValueError, OSError) as err:  # RuntimeError: a schema of another Optuna
+        raise UserError(f"the study {folder.optuna_db} cannot be read ({first_line(err)}); restore it, or "
+                        f"{NEW_SEARCH}") from None
+
+
+def _unreadable(path: Path) -> Unreadable | None:
+    """(path, why) when a trial's checkpoint exists but cannot be resumed from; None otherwise."""
+    from derd.run import DistillationRun
+
+    if not path.exists():
+        return None
+    try:
+        DistillationRun.read_state(path)
+    except UserError as err:
+        return path, str(err).rsplit("; ", 1)[0]  # the reason, without the fix (derd.errors' "what; fix")
+    return None
+
+
+def set_aside(unreadable: list[Unreadable]) -> None:
+    """Move each unreadable checkpoint of a running trial beside it (``run.pt.unreadable``: kept for a
+    look, never loaded), so that the trial restarts from its start; one warning line on stderr each."""
+    for path, why in unreadable:
+        aside = path.with_name(f"{path.name}.unreadable")
+        os.replace(path, aside)
+        print(f"warning: trial {path.parent.name} restarts from its start: {why}; moved it to {aside}",
+              file=sys.stderr, flush=True)
+
+
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # pyarrow's filesystems, Ray's storage
+
+
+def check_storage_path(path: str | None) -> None:
+    """``--storage-path`` (Ray's storage of trial checkpoints): a local folder that exists or can be
+    made (a plain path or ``file://``), or the URI of a filesystem Ray writes to; checked before
+    anything is written (Ray would fail only when the trials start)."""
+    if path is None:
+        return
+    try:
+        parsed = urlparse(path)
+    except ValueError as err:
+        raise UserError(f"--storage-path {path} is not a valid path or URI ({err})") from None
+    if parsed.scheme in ("", "file"):
+        check_output_folder(unquote(parsed.path) if parsed.scheme else path, "--storage-path")
+    elif parsed.scheme not in STORAGE_SCHEMES:
+        raise UserError(f"--storage-path {path}: unknown scheme {parsed.scheme}://; pass a shared folder or a URI of "
+                        f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
 
 
 def driver_alive(pid: int | None) -> bool:

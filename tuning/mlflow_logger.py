@@ -19,6 +19,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from analysis.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
 from derd.records import EPOCH_TIME, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder, Tag
@@ -69,8 +70,7 @@ class MLflowSearchLogger(Callback):
         """The trial's run: found by its number (created from ``config`` on first sight)."""
         if number in self._runs:
             return self._runs[number]
-        found = self.client.search_runs([self.experiment_id], f"tags.`{Tag.TRIAL_NUMBER}` = '{number}' and "
-                                        f"tags.`{Tag.PARENT}` = '{self.parent_run_id}'", max_results=1)
+        found = self.find_run(number)
         if found:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, EPOCH_TIME)
@@ -80,6 +80,11 @@ class MLflowSearchLogger(Callback):
             self._logged_epoch[number] = 0
         self._runs[number] = run_id
         return run_id
+
+    def find_run(self, number: int) -> list:
+        """The trial's run in MLflow, if a session created it: [run] or []."""
+        tags = {Tag.TRIAL_NUMBER: str(number), Tag.PARENT: self.parent_run_id}
+        return runs_tagged(self.client, [self.experiment_id], tags, max_results=1)
 
     def _create_run(self, number: int, config: dict[str, Any], ray_trial_id: str) -> str:
         from mlflow.entities import Param, RunTag
@@ -202,8 +207,7 @@ class MLflowSearchLogger(Callback):
         for t in study.trials:
             if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
                 continue
-            found = self.client.search_runs([self.experiment_id], f"tags.`{Tag.TRIAL_NUMBER}` = '{t.number}' and "
-                                            f"tags.`{Tag.PARENT}` = '{self.parent_run_id}'", max_results=1)
+            found = self.find_run(t.number)
             if not found or found[0].info.status != "RUNNING":
                 continue
             if t.state == TrialState.FAIL:

@@ -16,7 +16,10 @@ rungs are rebuilt from the stored scores, and the search takes its name, dataset
 from the folder. A driver killed with ``kill -9`` resumes the same way. ``--resume
 --num-trials N`` extends a search to N trials in all (the same study samples the new ones);
 the settings in ``RESUME_SETTINGS`` may change on resume, every other flag that shapes the
-search is refused with the reason (``RESUME_FIXED``).
+search is refused with the reason (``RESUME_FIXED``), and so is a folder it cannot continue
+(``tuning.checks.check_resumable``: a missing or damaged study or store, a record and space that
+disagree, fewer trials than already ran); a running trial's unreadable checkpoint is set aside
+with a warning and that trial restarts from its start.
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ from typing import Any, Callable
 if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: import the repo's packages
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from derd.cache import cache_dir
 from derd.config import to_dict
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.records import SearchFolder, Tag, encode_objectives
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
-from analysis.store import check_mlflow_uri, ui_instructions
-from tuning.checks import check_cluster_resources, check_ray_address, check_search_folder, teacher_preflight
+from analysis.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
+from tuning.checks import (Unreadable, check_cluster_resources, check_ray_address, check_resumable, check_search_folder,
+                           check_storage_path, set_aside, teacher_preflight)
 from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path
 
 EXIT_INTERRUPTED = 130
@@ -71,6 +76,7 @@ class Plan:
     address: str | None
     experts: Any  # derd.experts.Experts, loaded once and shipped to the trials through Ray's object store
     record: dict[str, Any] = field(default_factory=dict)
+    unreadable: list[Unreadable] = field(default_factory=list)  # running trials' checkpoints to set aside (--resume)
 
     @property
     def out(self) -> Path:
@@ -121,9 +127,11 @@ def _fresh_name(args: argparse.Namespace, dataset: str) -> tuple[str, Path]:
     return name, out
 
 
-def _resumed_space(args: argparse.Namespace, folder: SearchFolder) -> SearchSpace:
-    """The folder's space with the settings a resume may change; any other flag that shapes the
-    search is refused with the reason."""
+def _resumed_space(args: argparse.Namespace, folder: SearchFolder,
+                   record: dict[str, Any]) -> tuple[SearchSpace, list[Unreadable]]:
+    """The folder's space with the settings a resume may change, checked against what the folder holds
+    (``check_resumable``), and the running trials' checkpoints to set aside; any other flag that shapes
+    the search is refused with the reason."""
     for flag, why in RESUME_FIXED.items():
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')} cannot change when resuming: {why}; drop it "
@@ -136,13 +144,31 @@ def _resumed_space(args: argparse.Namespace, folder: SearchFolder) -> SearchSpac
             changed.append(f"{key} {getattr(space, key)} -> {value}")
             setattr(space, key, value)
     space.validate_settings("command line")
+    unreadable = check_resumable(folder, record, space, "--num-trials" if args.num_trials is not None
+                                 else f"{folder.space}'s num_trials")
     if changed:
         print(f"resuming with {', '.join(changed)}", flush=True)
-    return space
+    return space, unreadable
+
+
+def _check_trial_memory(space: SearchSpace) -> None:
+    """The largest trial the space can sample (each numeric key that sets memory at its high end) must fit the
+    device a trial gets: a GPU when trials take one and this machine has one, else this machine's RAM."""
+    import torch
+
+    from derd.config import apply_overrides
+    from derd.footprint import check_memory, sets_memory
+
+    largest = {p.key: int(p.high) if p.distribution == "int" else p.high
+               for p in space.params if sets_memory(p.key) and p.distribution != "categorical"}
+    gpu = space.gpus_per_trial > 0 and torch.cuda.is_available()
+    check_memory(apply_overrides(space.base_config(), largest), torch.device("cuda" if gpu else "cpu"),
+                 where=f"{space.source}: the largest trial: " if largest else f"{space.source}: base.")
 
 
 def plan_search(args: argparse.Namespace) -> Plan:
     """Validate every input (space, data, addresses, folders, teachers); write nothing."""
+    cache_dir()  # a bad $DERD_CACHE is one line here, not a failure in every trial
     for flag in ("num_trials", "max_concurrent", "max_failures"):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_failures" else 1):
@@ -155,43 +181,57 @@ def plan_search(args: argparse.Namespace) -> Plan:
         if args.name and args.name != record["name"]:
             raise UserError(f"{folder.root} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
         name = record["name"]
-        space = _resumed_space(args, folder)
+        space, unreadable = _resumed_space(args, folder, record)
     else:
-        dataset = args.dataset or "digits"
-        name, out = _fresh_name(args, dataset)
+        if args.dataset is not None and not args.dataset.strip():
+            raise UserError("--dataset '' names no dataset; pass digits, cifar10, cifar100 or imagenet100 (or drop it: "
+                            "digits, or the --space file's)")
+        space = SearchSpace.from_yaml(args.space or default_space_path(args.dataset or "digits"), methods=args.method)
+        if args.dataset is not None and space.dataset != args.dataset:
+            raise UserError(f"--dataset {args.dataset} contradicts the search space {space.source}, which is for "
+                            f"{space.dataset}; drop --dataset or pass a {args.dataset} space")
+        name, out = _fresh_name(args, space.dataset)
         folder = SearchFolder(check_output_folder(out))
         if folder.record.is_file():
             raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
-        space = SearchSpace.from_yaml(args.space or default_space_path(dataset), methods=args.method)
-        if space.dataset != dataset and args.space is None:
-            raise UserError(f"search space {space.source} is for {space.dataset}, not {dataset}")
         for attr in (*RESUME_SETTINGS, "scheduler", "seed"):
             if getattr(args, attr) is not None:
                 setattr(space, attr, getattr(args, attr))
         overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
         space.base.update({k: v for k, v in overrides.items() if v is not None})
         space.validate_settings("command line")
-        record = {}
+        record, unreadable = {}, []
     base_cfg = space.base_config()
+    _check_trial_memory(space)
     if base_cfg.data.dataset != "digits":
         from derd.data import download, load_split
 
         if args.download:
             download(base_cfg.data.dataset, base_cfg.data.root)
         load_split(base_cfg.data.dataset, "val", base_cfg.data.root, image_size=base_cfg.data.image_size)
-    tracking_uri = args.mlflow_uri or record.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") \
-        or folder.mlflow_uri
-    check_mlflow_uri(tracking_uri)
+    tracking_uri, source = _tracking_uri(args, record, folder)
+    if args.resume or tracking_uri != folder.mlflow_uri:  # a new search makes its own store in its new folder
+        check_mlflow_uri(tracking_uri, source)
     check_ray_address(args.address)
-    if args.storage_path is None:
-        check_output_folder(folder.root)
+    check_output_folder(folder.root)
+    check_storage_path(args.storage_path)
     from derd.experts import load_experts
 
     experts = load_experts(base_cfg, methods=space.methods)  # checks the checkpoints; digits: trains the pair on first use
     return Plan(space, to_dict(base_cfg), folder, name, tracking_uri, args.storage_path or str(folder.root), args.resume,
-                args.max_failures, args.address, experts, record)
+                args.max_failures, args.address, experts, record, unreadable)
+
+
+def _tracking_uri(args: argparse.Namespace, record: dict[str, Any], folder: SearchFolder) -> tuple[str, str]:
+    """(the search's MLflow store, what named it, for its error lines): --mlflow-uri, else the resumed search's
+    record, else $MLFLOW_TRACKING_URI, else SQLite in the folder."""
+    for uri, source in ((args.mlflow_uri, "--mlflow-uri"), (record.get("tracking_uri"), f"{folder.record}'s tracking_uri"),
+                        (os.environ.get(ENV_URI), f"${ENV_URI}")):
+        if uri:
+            return uri, source
+    return folder.mlflow_uri, "the search's store"
 
 
 def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> tuple[str, str]:
@@ -207,7 +247,7 @@ def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold:
                                           tags={"mlflow.experimentKind": "custom_model_development"})
     else:
         exp_id = exp.experiment_id
-    found = client.search_runs([exp_id], f"tags.`{Tag.SEARCH_DIR}` = '{plan.out}'", max_results=1)
+    found = runs_tagged(client, [exp_id], {Tag.SEARCH_DIR: str(plan.out)}, max_results=1)
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return exp_id, found[0].info.run_id
@@ -313,6 +353,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
 
     space, folder = plan.space, plan.folder
     folder.root.mkdir(parents=True, exist_ok=True)
+    set_aside(plan.unreadable)  # the first write of a resume: those trials restart from their start
     record = dict(plan.record) or {"name": plan.name, "dataset": space.dataset, "out": str(plan.out),
                                    "tracking_uri": plan.tracking_uri, "created": time.time(), "sessions": []}
     folder.space.write_text(space.to_yaml())  # with this session's settings: the next --resume reads them

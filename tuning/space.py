@@ -41,10 +41,11 @@ import yaml
 from derd.config import RunConfig, apply_overrides, preset, to_flat
 from derd.data import available_datasets
 from derd.errors import UserError
+from derd.inputs import expect, read_yaml
 from derd.evaluate import PROTOCOLS
 from derd.methods import available_methods, get_method, total_epochs, uses_key
 from derd.records import DEFAULT_OBJECTIVES, VAL_CLEAN, Objectives, val
-from derd.settings import as_number
+from derd.settings import SEED_MAX, as_number
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -54,6 +55,7 @@ SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_pe
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 CONSTRAINT_KEYS = ("min_clean_fraction",)
 TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "constraints", "search", "resources", "description"}
+MAX_TRIALS = 100_000  # trials (and concurrent trials) of one search
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -178,23 +180,26 @@ class SearchSpace:
 
     def validate_settings(self, where: str = "settings") -> None:
         """Check the search and resource settings (after command-line overrides too)."""
+        def whole(value: Any, lo: int, hi: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+        def real(value: Any, lo: float, hi: float) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
         for ok, key, msg in (
-            (isinstance(self.num_trials, int) and self.num_trials >= 1, "search.num_trials", "must be an integer >= 1"),
-            (isinstance(self.max_concurrent, int) and self.max_concurrent >= 1, "search.max_concurrent",
-             "must be an integer >= 1"),
+            (whole(self.num_trials, 1, MAX_TRIALS), "search.num_trials", f"must be an integer in [1, {MAX_TRIALS}]"),
+            (whole(self.max_concurrent, 1, MAX_TRIALS), "search.max_concurrent",
+             f"must be an integer in [1, {MAX_TRIALS}]"),
             (self.sampler in SAMPLERS, "search.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}"),
             (self.scheduler in SCHEDULERS, "search.scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"),
-            (isinstance(self.reduction_factor, (int, float)) and self.reduction_factor >= 2, "search.reduction_factor",
-             "must be >= 2"),
-            (isinstance(self.share_stage1, (int, float)) and not isinstance(self.share_stage1, bool)
-             and 0 <= self.share_stage1 < math.inf, "search.share_stage1",
-             "must be a finite number >= 0 (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)"),
-            (self.grace_period is None or (isinstance(self.grace_period, int) and self.grace_period >= 1),
-             "search.grace_period", "must be an integer >= 1"),
-            (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0, "resources.cpus_per_trial",
-             "must be > 0"),
-            (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0, "resources.gpus_per_trial",
-             "must be >= 0"),
+            (real(self.reduction_factor, 2, 100), "search.reduction_factor", "must be a number in [2, 100]"),
+            (real(self.share_stage1, 0, 1e6), "search.share_stage1",
+             "must be a number in [0, 1e6] (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)"),
+            (self.grace_period is None or whole(self.grace_period, 1, 10**6), "search.grace_period",
+             "must be an integer in [1, 1000000]"),
+            (whole(self.seed, 0, SEED_MAX), "search.seed", f"must be an integer in [0, {SEED_MAX}]"),
+            (real(self.cpus_per_trial, 1e-3, 4096) , "resources.cpus_per_trial", "must be a number in (0, 4096]"),
+            (real(self.gpus_per_trial, 0, 1024), "resources.gpus_per_trial", "must be a number in [0, 1024]"),
         ):
             _require(ok, f"{where}: {key}", msg)
         _require(self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), f"{where}: resources.gpus_per_trial",
@@ -217,12 +222,10 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpaceError(f"search space {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+        raw = read_yaml(path, "search space")
+    except UserError as err:
+        raise SpaceError(str(err)) from None
     _require(isinstance(raw, dict), str(path), "expected a mapping at the top level")
     unknown = set(raw) - TOP_KEYS
     _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
@@ -328,7 +331,7 @@ def _parse_presets(raw: dict[str, Any], path: Path, space: SearchSpace, only: st
     has_dim = any(p.key == "method" for p in space.params)
     base = space.base_config()
     points: list[dict[str, Any]] = []
-    for i, item in enumerate(raw.get("presets") or []):
+    for i, item in enumerate(expect(raw.get("presets") or [], list, f"{path}: presets")):
         where = f"{path}: presets[{i}]"
         _require(item == "paper" or isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
         candidates = [{"method": m} for m in space.methods] if item == "paper" else [dict(item)]
@@ -364,6 +367,7 @@ def _parse_objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> O
         computed.append(val("ave_acc"))
     objectives = []
     given = raw.get("objectives") or [{"metric": m, "mode": mode} for m, mode in DEFAULT_OBJECTIVES]
+    expect(given, list, f"{path}: objectives")
     for i, obj in enumerate(given):
         where = f"{path}: objectives[{i}]"
         _require(isinstance(obj, dict) and set(obj) == {"metric", "mode"}, where, "expected {metric: ..., mode: max|min}")

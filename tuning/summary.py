@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.pareto import front_of, tag_fronts
+from analysis.store import runs_tagged
 from analysis.trials import best_trials_markdown, best_versus_preset, trial_records
 from derd.records import Tag
 
@@ -17,7 +18,7 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
     parent = client.get_run(parent_run_id)
     records = trial_records(client, experiment_id, parent)
     front, _ = front_of(records)
-    children = client.search_runs([experiment_id], f"tags.`{Tag.PARENT}` = '{parent_run_id}'", max_results=50000)
+    children = runs_tagged(client, [experiment_id], {Tag.PARENT: parent_run_id})
     failed = sum(r.info.status == "FAILED" for r in children)
     stopped = sum(not r.full_budget for r in records)
     infeasible = sum(not r.feasible for r in records)

@@ -127,7 +127,10 @@ class Reports:
             "search/score": search_score(self.latest, self.objectives, self.clean_threshold), "stage": result["stage"],
             "epoch": result["epoch"], **result, **self.latest, "val_evaluated": bool(evaluated),
             "search/feasible": self.latest[VAL_CLEAN] >= self.clean_threshold, "total_epochs": self.total_epochs,
-            "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done),
+            # what this trial ran itself: stage-I epochs read from the shared cache cost it nothing
+            "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done
+                                   if not h.get("cached")),
+            "trial/cached_epochs": sum(1 for h in done if h.get("cached")),
         }
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from derd.methods.base import Context, Method, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import setting
+from derd.settings import LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, setting
 from derd.synthesis import ContrastiveSynthesizer
 
 
@@ -46,17 +46,17 @@ from derd.synthesis import ContrastiveSynthesizer
 class CMIConfig:
     """CMI's contrastive model inversion; defaults: scripts/cmi/cmi_cifar10.sh and datafree_kd.py."""
 
-    lambda_bn: float = setting(1.0, lo=0)
-    lambda_oh: float = setting(1.0, lo=0)
-    lambda_adv: float = setting(0.5, lo=0)
-    lambda_cr: float = setting(0.8, lo=0)
-    cr_tau: float = setting(0.2, lo=1e-3, doc="temperature of the contrastive loss")
-    synthesis_steps: int = setting(200, lo=1, doc="optimisation steps per synthesis round (CMI's g_steps)")
-    synthesis_every: int = setting(400, lo=1, doc="student iterations per synthesis round (CMI's kd_steps)")
-    feature_bank: int = setting(40960, lo=2, doc="raw feature rows the contrastive memory keeps (a ring)")
-    negatives: int = setting(4096, lo=1, doc="memory rows drawn, without replacement, at each synthesis step")
-    head_dim: int = setting(256, lo=2, doc="the projection head's output size")
-    lr_g: float = setting(1e-3, lo=1e-12, doc="Adam of the generator and its noise, and of the head")
+    lambda_bn: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
+    lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
+    lambda_adv: float = setting(0.5, lo=0, hi=WEIGHT_MAX)
+    lambda_cr: float = setting(0.8, lo=0, hi=WEIGHT_MAX)
+    cr_tau: float = setting(0.2, lo=1e-3, hi=TEMPERATURE_MAX, doc="temperature of the contrastive loss")
+    synthesis_steps: int = setting(200, lo=1, hi=100_000, doc="optimisation steps per synthesis round (CMI's g_steps)")
+    synthesis_every: int = setting(400, lo=1, hi=1_000_000, doc="student iterations per synthesis round (CMI's kd_steps)")
+    feature_bank: int = setting(40960, lo=2, hi=10_000_000, doc="raw feature rows the contrastive memory keeps (a ring)")
+    negatives: int = setting(4096, lo=1, hi=1_000_000, doc="memory rows drawn, without replacement, at each synthesis step")
+    head_dim: int = setting(256, lo=2, hi=65_536, doc="the projection head's output size")
+    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the generator and its noise, and of the head")
 
 
 @register_method

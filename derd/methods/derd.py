@@ -34,35 +34,35 @@ from derd.context import Context
 from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import expert_sga, natural_kd
-from derd.settings import ConfigError, setting
+from derd.settings import ConfigError, LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, setting
 
 
 @dataclass
 class Stage1Config:
     """DERD's natural warm-up: generator vs student, the student follows T_nat."""
 
-    epochs: int = setting(10, lo=0, doc="stage I's share of budget.epochs (stage II runs the rest)")
-    lambda_adv: float = setting(0.05, lo=0)
-    lambda_ie: float = setting(5.0, lo=0)
-    lambda_bn: float = setting(1e-5, lo=0)
-    lambda_d: float = setting(0.01, lo=0)
-    lr_g: float = setting(1e-3, lo=1e-12, doc="Adam, betas (0.5, 0.999)")
-    lr_s: float = setting(0.05, lo=1e-12, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
-    student_steps: int = setting(1, lo=1, doc="student steps per generator step")
-    tau: float = setting(1.0, lo=1e-3)
+    epochs: int = setting(10, lo=0, hi=100_000, doc="stage I's share of budget.epochs (stage II runs the rest)")
+    lambda_adv: float = setting(0.05, lo=0, hi=WEIGHT_MAX)
+    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX)
+    lambda_bn: float = setting(1e-5, lo=0, hi=WEIGHT_MAX)
+    lambda_d: float = setting(0.01, lo=0, hi=WEIGHT_MAX)
+    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.5, 0.999)")
+    lr_s: float = setting(0.05, lo=1e-12, hi=LR_MAX, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
+    student_steps: int = setting(1, lo=1, hi=1000, doc="student steps per generator step")
+    tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
 
 
 @dataclass
 class Stage2Config:
     """DERD's robust distillation guided by both experts, with SGA."""
 
-    lambda_gen: float = setting(0.003, lo=0)
-    lambda_nat: float = setting(0.5, lo=0)
-    lambda_sga: float = setting(5e-4, lo=0)
-    lr_g: float = setting(1e-4, lo=1e-12)
-    lr_s: float = setting(0.05, lo=1e-12)
-    pgd_steps: int = setting(10, lo=1, doc="sample-level adversary: steps of eps/4 from a uniform start")
-    tau: float = setting(1.0, lo=1e-3)
+    lambda_gen: float = setting(0.003, lo=0, hi=WEIGHT_MAX)
+    lambda_nat: float = setting(0.5, lo=0, hi=WEIGHT_MAX)
+    lambda_sga: float = setting(5e-4, lo=0, hi=WEIGHT_MAX)
+    lr_g: float = setting(1e-4, lo=1e-12, hi=LR_MAX)
+    lr_s: float = setting(0.05, lo=1e-12, hi=LR_MAX)
+    pgd_steps: int = setting(10, lo=1, hi=1000, doc="sample-level adversary: steps of eps/4 from a uniform start")
+    tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
 
 
 DERD_SECTIONS = {"stage1": Stage1Config, "stage2": Stage2Config}

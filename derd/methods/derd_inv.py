@@ -16,14 +16,14 @@ from derd.context import Context
 from derd.methods.base import Method, Phase, Terms
 from derd.methods.derd import DERD_SECTIONS, check_warmup, expert_step
 from derd.methods.registry import register_method
-from derd.settings import setting
+from derd.settings import LR_MAX, setting
 from derd.synthesis import InversionSynthesizer
 
 
 @dataclass
 class InversionConfig:
-    steps: int = setting(20, lo=1, doc="optimisation steps per pseudo batch")
-    lr: float = setting(0.1, lo=1e-12, doc="Adam step on the image logits")
+    steps: int = setting(20, lo=1, hi=10_000, doc="optimisation steps per pseudo batch")
+    lr: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="Adam step on the image logits")
 
 
 @register_method

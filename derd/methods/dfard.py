@@ -36,16 +36,16 @@ from typing import Any
 from derd.methods.base import Context, GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import setting
+from derd.settings import LR_MAX, TEMPERATURE_MAX, setting
 
 
 @dataclass
 class DFARDConfig:
     """DFARD's generator with adaptive balance and interactive temperature."""
 
-    lr_g: float = setting(1e-3, lo=1e-12)
-    tau_min: float = setting(1.0, lo=1e-3, doc="ITA: the temperature when the student agrees with T_rob everywhere")
-    tau_max: float = setting(4.0, lo=1e-3, doc="ITA: the temperature when it agrees nowhere")
+    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
+    tau_min: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when the student agrees with T_rob everywhere")
+    tau_max: float = setting(4.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when it agrees nowhere")
 
 
 def balanced(terms: Terms) -> Any:
