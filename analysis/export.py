@@ -1,15 +1,21 @@
 """Export chosen trials as run configs that ``python -m derd.train --config`` runs unchanged.
 
     python analysis/export.py --experiment derd-digits --select knee --out exported/
+    python analysis/export.py --experiment derd-digits --select best-robust --min-clean 0.9x --out exported/
 
 ``--select``: ``front`` (every trial on the Pareto front), ``knee`` (the front's balanced
-trade-off), ``best-robust`` (highest val value of the robust objective), ``best-clean``, or
-a run id. Only eligible trials are chosen (feasible and, unless ``--include-partial``, run
-at the full trial budget; ``analysis.trials``): a collapsed student is never exported.
+trade-off: ``analysis.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
+objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasible and, unless
+``--include-partial``, run at the full trial budget; ``analysis.trials``): a collapsed student
+is never exported. ``--min-clean X`` and ``--min-robust Y`` (points, ``80``, or a factor of a
+teacher's score, ``0.9x``: ``analysis.choice``) keep only the trials that meet them before a
+named selection chooses, so ``--select best-robust --min-clean 80`` is the most robust student
+with at least 80 clean; without ``--min-clean``, the floor ``tuning/search.py --min-clean``
+recorded applies. When no trial meets them: exit 2, naming the closest trial.
 Each YAML takes the trial's config (its method, searched keys, data, teachers with their
 SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
 trial's own), the ``full`` protocol on the test split, and an ``origin`` block: experiment,
-run id, val metrics.
+run id, val metrics, the selection and the constraint it was chosen under.
 """
 from __future__ import annotations
 
@@ -21,12 +27,13 @@ from typing import Any
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from analysis.pareto import front_of, knee_point
+from analysis.choice import Constraint, Floors, constraint_of, most_robust
+from analysis.pareto import KNEE_RULE, front_of, knee_point
 from analysis.store import open_experiment
-from analysis.trials import TrialRecord, search_trials
+from analysis.trials import TrialRecord, choosable, robust_objective, search_trials
 from derd.config import RunConfig, apply_overrides, migrate, preset, save_yaml, to_flat
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.records import VAL_AA, VAL_CLEAN, VAL_N
+from derd.records import VAL_CLEAN, VAL_N
 
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
 
@@ -54,7 +61,10 @@ def config_of_run(params: dict[str, str]) -> RunConfig:
     return apply_overrides(base, {k: v for k, v in values.items() if k in known})
 
 
-def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha256: dict[str, str]) -> RunConfig:
+def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha256: dict[str, str],
+                  chosen_by: dict[str, Any] | None = None) -> RunConfig:
+    """The trial's run config for a final training; ``chosen_by`` (the selection, its constraint) joins
+    its ``origin``."""
     cfg = config_of_run(record.params)
     overrides: dict[str, Any] = {"eval.final_protocol": "full"}
     if budget == "full":
@@ -64,34 +74,53 @@ def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha
         if getattr(cfg.teachers, kind) is not None:
             overrides[f"teachers.{kind}_sha256"] = digest
     origin = {"experiment": experiment, "run_id": record.run_id, "trial": record.name, "budget": budget,
-              "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}}
+              "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}, **(chosen_by or {})}
     return apply_overrides(cfg, {**overrides, "origin": origin})
 
 
-def select_records(client, experiment_id: str, selection: str, include_partial: bool = False) -> list[tuple[Any, TrialRecord]]:
-    """(parent run, record) of each chosen trial."""
-    chosen = []
+def pick(pool: list[TrialRecord], selection: str, robust_metric: str, include_partial: bool) -> list[TrialRecord]:
+    """The trials a named selection chooses from ``pool`` (a search's choosable trials, constrained)."""
+    if selection == "best-robust":
+        return [most_robust(pool, robust_metric)]
+    if selection == "best-clean":
+        return [max(pool, key=lambda r: r.metrics.get(VAL_CLEAN, float("-inf")))]
+    front, _ = front_of(pool, include_partial)
+    return front if selection == "front" else [front[knee_point([r.objectives for r in front])]]
+
+
+def select_records(client, experiment_id: str, selection: str, include_partial: bool = False,
+                   floors: Floors = Floors()) -> list[tuple[Any, TrialRecord, Constraint | None]]:
+    """(parent run, record, the constraint it was chosen under) of each chosen trial. A named selection
+    chooses among the trials that meet the search's constraint (``analysis.choice.constraint_of``: the
+    floors given, else the search's recorded ``--min-clean``); a run id is exported as named."""
+    if floors and selection not in SELECTIONS:
+        raise UserError(f"--min-clean and --min-robust choose among trials but --select {selection} names one; drop "
+                        f"them or select one of {', '.join(SELECTIONS)}")
+    chosen, misses = [], []
     for parent, objectives, records in search_trials(client, experiment_id):
         if selection not in SELECTIONS:
-            chosen += [(parent, r) for r in records if r.run_id == selection]
+            chosen += [(parent, r, None) for r in records if r.run_id == selection]
             continue
-        front, _ = front_of(records, include_partial)
-        pool = [r for r in records if r.feasible and (include_partial or r.full_budget)]
+        pool = choosable(records, include_partial)
         if not pool:
             continue
-        if selection == "best-robust":
-            metric = next((m for m, _ in objectives if m != VAL_CLEAN), VAL_AA)
-            chosen.append((parent, max(pool, key=lambda r: (r.metrics.get(metric, float("-inf")), r.metrics[VAL_CLEAN]))))
-        elif selection == "best-clean":
-            chosen.append((parent, max(pool, key=lambda r: r.metrics.get(VAL_CLEAN, float("-inf")))))
-        elif selection == "front":
-            chosen += [(parent, r) for r in front]
-        else:
-            chosen.append((parent, front[knee_point([r.objectives for r in front])]))
+        robust = robust_objective(objectives)
+        constraint = constraint_of(parent, robust, floors)
+        if constraint is not None:
+            meeting = [r for r in pool if constraint.met_by(r.metrics)]
+            if not meeting:
+                misses.append((constraint, pool))
+                continue
+            pool = meeting
+        chosen += [(parent, r, constraint) for r in pick(pool, selection, robust, include_partial)]
     if not chosen:
         if selection not in SELECTIONS:
             raise UserError(f"--select {selection!r} is neither one of {', '.join(SELECTIONS)} nor the run id of a "
                             f"finished trial of this experiment")
+        if misses:
+            constraint, pool = min(misses, key=lambda m: m[0].shortfall(m[0].closest(m[1]).metrics))
+            flags = dict.fromkeys(b.flag for b in constraint.missed(constraint.closest(pool).metrics))
+            raise UserError(f"{constraint.miss(pool)}; pass a lower {' or '.join(flags)}")
         raise UserError("the experiment has no feasible trial that ran the full budget to export yet "
                         "(--include-partial also considers early-stopped ones)")
     return chosen
@@ -101,26 +130,36 @@ def select_records(client, experiment_id: str, selection: str, include_partial: 
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(prog="python analysis/export.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True)
-    p.add_argument("--select", required=True, help=f"{', '.join(SELECTIONS)} or a run id")
+    p.add_argument("--select", required=True, help=f"{', '.join(SELECTIONS)} or a run id; knee: {KNEE_RULE}. "
+                                                  "With --min-clean/--min-robust each chooses among the trials "
+                                                  "that meet them")
+    p.add_argument("--min-clean", metavar="X", help="keep only trials with at least this val clean accuracy: points "
+                                                    "(80) or a factor of the natural teacher's val clean (0.9x); "
+                                                    "default: the search's --min-clean, if it recorded one")
+    p.add_argument("--min-robust", metavar="Y", help="keep only trials with at least this val robust objective (AA): "
+                                                     "points (20) or a factor of the robust teacher's val PGD_S (0.5x)")
     p.add_argument("--out", required=True, help="folder for the YAML configs")
     p.add_argument("--budget", choices=("full", "trial"), default="full", help="the preset's full-length budget or the trial's")
     p.add_argument("--include-partial", action="store_true", help="also consider trials the scheduler stopped early")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/<experiment>/mlflow.db")
     args = p.parse_args(argv)
+    floors = Floors.parse(args.min_clean, args.min_robust)
     out = check_output_folder(args.out)
     client, exp = open_experiment(args.experiment, args.tracking_uri)
-    chosen = select_records(client, exp.experiment_id, args.select, args.include_partial)
+    chosen = select_records(client, exp.experiment_id, args.select, args.include_partial, floors)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for parent, record in chosen:
+    for parent, record, constraint in chosen:
         sha = {k: parent.data.params[f"teachers.{k}_sha256"] for k in ("natural", "robust")
                if f"teachers.{k}_sha256" in parent.data.params}
-        cfg = export_config(record, args.experiment, args.budget, sha)
+        chosen_by = {"select": args.select, **({"constraint": constraint.origin()} if constraint else {})}
+        cfg = export_config(record, args.experiment, args.budget, sha, chosen_by)
         path = out / f"{args.experiment}-{record.name}.yaml"
         save_yaml(cfg, path)
         written.append(path)
         val = ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in sorted(cfg.origin["val"].items()) if k != VAL_N)
-        print(f"{path}  ({record.method}: {val})  train: python -m derd.train --config {path}")
+        under = f", chosen under {constraint.describe()}" if constraint else ""
+        print(f"{path}  ({record.method}: {val}{under})  train: python -m derd.train --config {path}")
     return written
 
 

@@ -29,7 +29,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from analysis.store import open_experiment, ui_instructions
-from analysis.trials import TrialRecord, search_trials
+from analysis.trials import TrialRecord, choosable, search_trials
 from derd.errors import cli_errors
 from derd.records import (FRONT_FILTER, FRONT_PAGE, VAL_N, VIEW_TAG, Objectives, Tag, experiment_link, run_link,
                           trials_view)
@@ -40,6 +40,16 @@ Point = Sequence[float]
 def dominates(a: Point, b: Point) -> bool:
     """a is at least as good as b everywhere and strictly better somewhere."""
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def relation(a: Point, b: Point) -> str:
+    """How a stands to b in Pareto terms: ``dominates``, ``dominated``, ``equal``, or ``trades`` (better on
+    one objective and worse on another: neither is the better trade-off)."""
+    if dominates(a, b):
+        return "dominates"
+    if dominates(b, a):
+        return "dominated"
+    return "equal" if list(a) == list(b) else "trades"
 
 
 def pareto_ranks(points: Sequence[Point]) -> list[int]:
@@ -110,9 +120,13 @@ def hypervolume(points: Sequence[Point], reference: Point | None = None) -> floa
     return volume
 
 
+KNEE_RULE = ("the front's point at the least Euclidean distance from its ideal point (every objective at its "
+             "best on the front), each objective scaled to [0, 1] over the front")
+
+
 def knee_point(points: Sequence[Point]) -> int:
-    """Index of the front's knee: the point closest to the ideal point after scaling each objective
-    to [0, 1] over the given points (a balanced trade-off; ties go to the first)."""
+    """Index of the front's knee (``KNEE_RULE``): the point closest to the ideal point after scaling each
+    objective to [0, 1] over the given points (a balanced trade-off; ties go to the first)."""
     if not points:
         raise ValueError("no points")
     dim = len(points[0])
@@ -128,7 +142,7 @@ def knee_point(points: Sequence[Point]) -> int:
 def front_of(records: list[TrialRecord], include_partial: bool = False) -> tuple[list[TrialRecord], dict[str, int]]:
     """(front sorted by the first objective, descending; Pareto rank per run id) over the records
     that may be chosen: feasible always, full budget unless ``include_partial``."""
-    pool = [r for r in records if r.feasible and (include_partial or r.full_budget)]
+    pool = choosable(records, include_partial)
     ranks = dict(zip((r.run_id for r in pool), pareto_ranks([r.objectives for r in pool])))
     front = sorted((r for r in pool if ranks[r.run_id] == 0), key=lambda r: [-v for v in r.objectives])
     return front, ranks

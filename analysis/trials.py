@@ -77,6 +77,17 @@ def objectives_of(parent) -> Objectives:
     return decode_objectives(parent.data.tags.get(Tag.OBJECTIVES))
 
 
+def robust_objective(objectives: Objectives) -> str:
+    """The search's robust objective: its first that is not clean accuracy (val AA by default)."""
+    return next((m for m, _ in objectives if m != VAL_CLEAN), VAL_AA)
+
+
+def choosable(records: list[TrialRecord], include_partial: bool = False) -> list[TrialRecord]:
+    """The trials the front, the knee and export may choose from: feasible, and run at the full budget
+    unless ``include_partial``."""
+    return [r for r in records if r.feasible and (include_partial or r.full_budget)]
+
+
 def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
     return [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives]
 
@@ -170,23 +181,3 @@ def _short(text: str) -> str:
     except ValueError:
         return text
 
-
-def best_versus_preset(records: list[TrialRecord], metric: str = VAL_AA) -> str:
-    """One line: the best feasible full-budget trial on ``metric`` against the paper's DERD preset."""
-    eligible = [r for r in records if r.eligible and metric in r.metrics]
-    if not eligible:
-        return "No feasible full-budget trial yet; nothing to compare with the paper's preset."
-    best = max(eligible, key=lambda r: (r.metrics[metric], r.metrics[VAL_CLEAN]))
-    presets = [r for r in records if r.preset]
-    preset = next((r for r in presets if r.method == "derd"), presets[0] if presets else None)
-    name = column_header(metric)
-    line = (f"Best feasible {name}: {best.name} ({best.shown_method}) {with_se(best.metrics[metric], best.n_images)} at "
-            f"{best.metrics[VAL_CLEAN]:.2f} clean")
-    if preset is None or metric not in preset.metrics:
-        return line + "; the paper's preset did not finish."
-    d_rob = best.metrics[metric] - preset.metrics[metric]
-    d_clean = best.metrics[VAL_CLEAN] - preset.metrics[VAL_CLEAN]
-    verdict = ("beats" if d_rob > 0 and d_clean >= -5 else "does not beat")
-    return (line + f"; it {verdict} the paper's preset ({preset.name}, {preset.shown_method}: {preset.metrics[metric]:.2f} at "
-            f"{preset.metrics[VAL_CLEAN]:.2f} clean) by {d_rob:+.2f} {name.split(' ')[0]} at {d_clean:+.2f} clean"
-            f"{'' if preset.full_budget and preset.feasible else ' (the preset was ' + preset.exclusion() + ')'}.")

@@ -186,11 +186,12 @@ def _score(model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...],
 
 
 def _progress(iterable, enabled: bool, desc: str):
+    """The batches, shown as progress when ``enabled`` (``derd.progress``: plain lines off a terminal)."""
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    from derd.progress import progress_bar
 
-    return tqdm(iterable, desc=desc, leave=False)
+    return progress_bar(iterable, desc=desc, leave=False)
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:

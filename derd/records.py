@@ -24,6 +24,7 @@ VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
 TRIAL_WALL = "trial/wall_time_s"
 TRIAL_DEVICE_HOURS = "trial/device_hours"
 TRIAL_EPOCHS = "trial/epochs"
+TRIAL_CACHED_EPOCHS = "trial/cached_epochs"  # stage-I epochs read from the shared cache, not run (and not in wall time)
 EPOCH_TIME = "time/epoch_s"  # logged every epoch: the record of which epochs MLflow holds
 
 
@@ -43,6 +44,8 @@ class Tag:
     BUDGET = "derd.budget"  # full | partial
     STOPPED_EARLY = "derd.stopped_early"
     ERROR = "derd.error"
+    MIN_CLEAN = "derd.min_clean"  # on a search run: tuning/search.py --min-clean, as the user wrote it
+    RESTORES = "derd.restores"  # times the trial was restored from its checkpoint after its worker failed (if any)
     TRAIN_DIR = "derd.train_dir"
     ORIGIN_RUN_ID = "derd.origin_run_id"
     STUDENT = "derd.student"
@@ -175,3 +178,8 @@ class SearchFolder:
     @property
     def optuna_uri(self) -> str:
         return f"sqlite:///{self.optuna_db}"
+
+
+def teacher_metric(kind: str, column: str) -> str:
+    """The search run's metric of a teacher's preflight score: ``teacher/natural_clean_acc``."""
+    return f"teacher/{kind}_{column}"

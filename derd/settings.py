@@ -38,7 +38,8 @@ def setting(default: Any, lo: float | None = None, hi: float | None = None, choi
     """
     if (lo is None) != (hi is None) or (isinstance(default, (int, float)) and not isinstance(default, bool)
                                         and lo is None):
-        raise TypeError(f"a numeric setting needs both lo and hi (default {default!r}, lo {lo!r}, hi {hi!r})")
+        raise TypeError(f"setting({default!r}, lo={lo!r}, hi={hi!r}): a numeric setting needs a finite range, both lo "
+                        f"and hi (e.g. hi=derd.settings.WEIGHT_MAX for a loss weight, LR_MAX for a learning rate)")
     return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
 
 

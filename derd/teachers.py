@@ -72,9 +72,9 @@ def train_teacher(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
     gen = torch.Generator(device=device).manual_seed(seed)
-    from tqdm import tqdm
+    from derd.progress import progress_bar
 
-    bar = tqdm(range(epochs), desc=f"{kind} {arch} on {info.name}", disable=not progress)
+    bar = progress_bar(range(epochs), desc=f"{kind} {arch} on {info.name}", enabled=progress)
     for _ in bar:
         model.train()
         total, correct, loss_sum = 0, torch.zeros((), device=device), torch.zeros((), device=device)

@@ -65,9 +65,10 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
         run = DistillationRun(cfg, experts)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    from tqdm import tqdm
+    from derd.progress import progress_bar
 
-    bar = tqdm(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.method} on {cfg.data.dataset}", disable=not progress)
+    bar = progress_bar(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.method} on {cfg.data.dataset}",
+                       enabled=progress)
     try:
         for result in run.epochs():
             run.save(state)

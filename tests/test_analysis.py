@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.pareto import hypervolume, tag_fronts
 from conftest import TINY_BASE, write_space
+from derd.records import Tag
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -35,6 +36,9 @@ FABRICATED = [
     ("trial-0006", "derd_no_nat", 90.00, 30.00, {"derd.budget": "partial", "derd.stopped_early": "true"}),
 ]
 FRONT = ["trial-0001", "trial-0003"]
+# the teachers' preflight scores a search logs on its run: what a relative floor (0.9x) is a factor of
+TEACHERS = {"teacher/natural_clean_acc": 89.0, "teacher/natural_pgd_acc": 0.0, "teacher/robust_clean_acc": 70.0,
+            "teacher/robust_pgd_acc": 30.0}
 
 
 def fabricate_search(folder: Path, name: str = "fab") -> tuple[MlflowClient, str, str]:
@@ -61,6 +65,7 @@ def fabricate_search(folder: Path, name: str = "fab") -> tuple[MlflowClient, str
                                   Metric("trial/epochs", 8 if "derd.budget" in extra else 12, 0, 12)],
                          tags=[RunTag(k, v) for k, v in extra.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
+    client.log_batch(parent.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in TEACHERS.items()])
     client.set_terminated(parent.info.run_id, "FINISHED")
     tag_fronts(client, exp_id)
     return client, exp_id, uri
@@ -127,12 +132,76 @@ def test_export_never_picks_a_collapsed_or_partial_trial(fabricated, tmp_path, s
 
 
 def test_summary_line_compares_the_best_feasible_trial_with_the_paper_preset(fabricated):
-    from analysis.trials import best_versus_preset, search_trials
+    from analysis.choice import best_versus_preset
+    from analysis.trials import search_trials
 
     _, _, records = next(search_trials(fabricated["client"], fabricated["exp_id"]))
     line = best_versus_preset(records)
     assert line.startswith("Best feasible AA (APGD-CE+T, val): trial-0003 (derd_no_nat) 14.20 ± 1.84")
-    assert "beats the paper's preset (trial-0000, derd: 4.74 at 53.76 clean) by +9.46 AA at +16.34 clean" in line
+    assert line.endswith("it dominates the paper's preset (trial-0000, derd: AA 4.74 ± 1.12, Clean 53.76 ± 2.63): "
+                         "AA +9.46 ± 2.16, Clean +16.34 ± 3.57.")
+
+
+def _export(fabricated, out: Path, *flags: str) -> list[dict]:
+    """The origins of what analysis/export.py wrote for ``flags`` from the fabricated search."""
+    from analysis.export import main as export_main
+
+    paths = export_main(["--experiment", "fab", "--out", str(out), "--tracking-uri", fabricated["uri"], *flags])
+    return [yaml.safe_load(p.read_text())["origin"] for p in paths]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--select", "best-robust", "--min-clean", "75"], ["trial-0001"]),  # not trial-0003, the most robust (70.10 clean)
+    (["--select", "best-robust", "--min-clean", "0.85x"], ["trial-0001"]),  # 0.85 x the natural teacher's 89.00
+    (["--select", "best-clean", "--min-robust", "13"], ["trial-0003"]),  # not trial-0001, the cleanest (12.81 AA)
+    (["--select", "best-clean", "--min-robust", "0.45x"], ["trial-0003"]),  # 0.45 x the robust teacher's PGD 30.00
+    (["--select", "front", "--min-clean", "75"], ["trial-0001"]),
+    (["--select", "knee", "--min-robust", "13"], ["trial-0003"]),  # the knee of what meets it (unconstrained: trial-0001)
+    (["--select", "front", "--min-clean", "0"], FRONT),
+])
+def test_constrained_export_picks_among_the_trials_that_meet_the_floors(fabricated, tmp_path, flags, expected):
+    assert [o["trial"] for o in _export(fabricated, tmp_path, *flags)] == expected
+
+
+def test_the_export_records_its_selection_and_constraint(fabricated, tmp_path):
+    (origin,) = _export(fabricated, tmp_path, "--select", "best-robust", "--min-clean", "0.85x", "--min-robust", "10")
+    assert origin["select"] == "best-robust"
+    assert origin["constraint"] == {
+        "val/clean_acc": {"min": 75.65, "asked": "--min-clean 0.85x", "from": "--min-clean",
+                          "of": "teacher/natural_clean_acc", "reference": 89.0},
+        "val/aa_acc": {"min": 10.0, "asked": "--min-robust 10", "from": "--min-robust"}}
+
+
+def test_the_searchs_recorded_floor_chooses_unless_a_flag_replaces_it(fabricated, tmp_path):
+
+    client = fabricated["client"]
+    parent = client.search_runs([fabricated["exp_id"]], "tags.`derd.kind` = 'search'")[0].info.run_id
+    client.set_tag(parent, Tag.MIN_CLEAN, "0.85x")  # what tuning/search.py --min-clean 0.85x records
+    try:
+        (origin,) = _export(fabricated, tmp_path / "a", "--select", "best-robust")
+        assert origin["trial"] == "trial-0001" and origin["constraint"]["val/clean_acc"]["from"] == "the search"
+        (origin,) = _export(fabricated, tmp_path / "b", "--select", "best-robust", "--min-clean", "60")
+        assert origin["trial"] == "trial-0003" and origin["constraint"]["val/clean_acc"]["asked"] == "--min-clean 60"
+    finally:
+        client.delete_tag(parent, Tag.MIN_CLEAN)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--select", "best-robust", "--min-clean", "0.95x"],
+     "error: no eligible trial meets Clean >= 84.55 (0.95x teacher/natural_clean_acc 89.00); the closest is "
+     "trial-0001 (derd_no_nat: Clean 80.22); pass a lower --min-clean"),
+    (["--select", "knee", "--min-clean", "75", "--min-robust", "13"],  # trial-0001 misses AA by 0.19, trial-0003 clean by 4.9
+     "error: no eligible trial meets Clean >= 75.00 and AA >= 13.00; the closest is trial-0001 (derd_no_nat: Clean "
+     "80.22, AA 12.81); pass a lower --min-robust"),
+    (["--select", "front", "--min-clean", "seventy"], "error: --min-clean 'seventy': expected points"),
+    (["--select", "trial-0001", "--min-clean", "60"], "error: --min-clean and --min-robust choose among trials"),
+])
+def test_no_trial_meeting_the_floor_is_exit_2_and_one_line(fabricated, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        _export(fabricated, tmp_path, *flags)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_report_names_the_protocols_and_sorts_the_front(fabricated, tmp_path):
@@ -175,10 +244,32 @@ def store(tmp_path_factory, teacher_args):
                         constraints={"min_clean_fraction": 0.0})
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        summary = run_search(["--space", str(space), "--out", str(folder / "s"), *teacher_args])
+        summary = run_search(["--space", str(space), "--out", str(folder / "s"), "--min-clean", "1", *teacher_args])
     finally:
         ray.shutdown()
-    return {"uri": summary["tracking_uri"], "out": folder / "s"}
+    return {"uri": summary["tracking_uri"], "out": folder / "s", "summary": summary}
+
+
+def test_the_search_refuses_a_bad_min_clean_before_anything_runs(tmp_path):
+    from derd.errors import UserError
+    from tuning.search import build_parser, plan_search
+
+    with pytest.raises(UserError, match="write 0.9x"):  # the same reader as analysis/export.py's
+        plan_search(build_parser().parse_args(["--min-clean", "0.9", "--out", str(tmp_path / "s")]))
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_search_records_its_min_clean_for_the_summary_and_the_export(store, tmp_path):
+    from analysis.export import main as export_main
+
+    summary = store["summary"]
+    parent = MlflowClient(store["uri"]).get_run(summary["parent_run_id"])
+    assert parent.data.tags[Tag.MIN_CLEAN] == "1" and "teacher/natural_clean_acc" in parent.data.metrics
+    assert json.loads((store["out"] / "search.json").read_text())["min_clean"] == "1"
+    assert "Best feasible AA (APGD-CE+T, val) with Clean >= 1.00: " in summary["markdown"]
+    paths = export_main(["--experiment", "derd-digits", "--select", "best-robust", "--out", str(tmp_path),
+                         "--tracking-uri", store["uri"]])
+    assert yaml.safe_load(paths[0].read_text())["origin"]["constraint"]["val/clean_acc"]["from"] == "the search"
 
 
 def test_export_then_train_reproduces_the_trial(store, tmp_path, monkeypatch):

@@ -21,15 +21,15 @@ from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.objectives import RobustConfig, rslad
 from derd.records import SearchFolder, Tag, encode_objectives
 from derd.run import DistillationRun
-from derd.settings import setting
+from derd.settings import LR_MAX, WEIGHT_MAX, setting
 
 LEGACY = Path(__file__).parent / "legacy"
 
 
 @dataclass
 class ToyConfig:
-    weight: float = setting(1.0, lo=0, doc="weight of the one-hot term")
-    lr_g: float = setting(1e-3, lo=1e-12)
+    weight: float = setting(1.0, lo=0, hi=WEIGHT_MAX, doc="weight of the one-hot term")
+    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
 
 
 class Toy(GeneratorMethod):

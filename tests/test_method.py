@@ -223,6 +223,35 @@ def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_ent
     assert _same(finals[0], finals[1]) and _same(finals[0], {k: v for k, v in later[-1].items() if k in finals[0]})
 
 
+def test_a_trial_on_a_shared_stage1_reports_only_the_compute_it_ran(tmp_path, experts, val_data):
+    """trial/compute_s leaves out the stage-I epochs read from the cache (the trial that trained them
+    counts them), trial/cached_epochs counts them, and a resumed run keeps that accounting."""
+    from derd.records import TRIAL_CACHED_EPOCHS
+    from tuning.trainable import Reports
+
+    objectives = [("val/clean_acc", "max"), ("val/aa_acc", "max")]
+    cache = tmp_path / "cache"
+
+    def reported(run: DistillationRun) -> list[dict]:
+        reports = Reports(objectives, 0.0, run.total_epochs)
+        out = []
+        for result in run.epochs():
+            out.append(reports.next(result, run.history))
+        return out
+
+    first = reported(DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache))
+    run = DistillationRun(tiny(**{"stage2.lambda_nat": 2.0}), experts, val_data=val_data, stage1_cache=cache)
+    shared = reported(run)
+    own = [h for h in run.history if not h["cached"]]
+    assert [h["cached"] for h in run.history] == [True, True, False, False]
+    assert shared[-1][TRIAL_CACHED_EPOCHS] == 2 and first[-1][TRIAL_CACHED_EPOCHS] == 0
+    assert shared[-1]["trial/compute_s"] == pytest.approx(sum(h["time/epoch_s"] + h.get("time/eval_s", 0.0) for h in own))
+    assert first[-1]["trial/compute_s"] > sum(h["time/epoch_s"] for h in first[:2])  # the trainer counts stage I
+    run.save(tmp_path / "run.pt")
+    resumed = DistillationRun.resume(tmp_path / "run.pt", experts, val_data=val_data)
+    assert [h["cached"] for h in resumed.history] == [True, True, False, False]
+
+
 def test_a_damaged_stage1_cache_entry_is_trained_again_not_trusted(tmp_path, experts, val_data, capsys):
     cache = tmp_path / "cache"
     reference = DistillationRun(tiny(), experts, val_data=val_data, stage1_cache=cache).run()

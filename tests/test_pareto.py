@@ -1,4 +1,4 @@
-"""Pareto maths on hand-made point sets with known answers."""
+"""Pareto maths, floors (--min-clean) and the summary line, on hand-made points and trials with known answers."""
 from __future__ import annotations
 
 import pytest
@@ -45,3 +45,83 @@ def test_hypervolume_nd_matches_known_boxes_and_the_2d_sweep():
 def test_knee_is_the_balanced_point():
     assert knee_point([(0, 10), (6, 6), (10, 0)]) == 1
     assert knee_point([(5, 5)]) == 0
+
+
+@pytest.mark.parametrize("a, b, kind", [
+    ((3, 3), (1, 2), "dominates"), ((3, 2), (3, 1), "dominates"),  # better on one, equal on the other still dominates
+    ((1, 2), (3, 3), "dominated"), ((2, 2), (2, 2), "equal"), ((4, 1), (1, 4), "trades")])
+def test_relation_names_how_one_point_stands_to_another(a, b, kind):
+    from analysis.pareto import relation
+
+    assert relation(a, b) == kind
+
+
+@pytest.mark.parametrize("text, value, relative", [("80", 80.0, False), (" 0.9x ", 0.9, True), ("0", 0.0, False),
+                                                   ("1.1X", 1.1, True), ("100", 100.0, False)])
+def test_a_floor_is_points_or_a_factor_of_a_teacher(text, value, relative):
+    from analysis.choice import parse_floor
+
+    floor = parse_floor(text, "--min-clean")
+    assert (floor.value, floor.relative) == (value, relative)
+
+
+@pytest.mark.parametrize("text, fix", [("0.9", "write 0.9x"), ("eighty", "e.g. 80"), ("120", "[0, 100]"),
+                                       ("-5", "[0, 100]"), ("x", "e.g. 0.9x"), ("nanx", "e.g. 0.9x")])
+def test_a_bad_floor_is_one_line_naming_the_fix(text, fix):
+    from analysis.choice import parse_floor
+    from derd.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--min-clean .*") as err:
+        parse_floor(text, "--min-clean")
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+def _trial(name: str, clean: float, aa: float, **tags: str):
+    from analysis.trials import TrialRecord
+
+    return TrialRecord(f"id-{name}", name, "derd", {"val/clean_acc": clean, "val/aa_acc": aa, "val/n_images": 359},
+                       {}, {"derd.preset": "true" if name == "preset" else "false", **tags}, [clean, aa])
+
+
+@pytest.mark.parametrize("best, preset, said", [
+    ((70.10, 14.20), (53.76, 4.74), "it dominates the paper's preset (preset, derd: AA 4.74 ± 1.12, Clean 53.76 ± 2.63): "
+                                    "AA +9.46 ± 2.16, Clean +16.34 ± 3.57."),
+    # the preset, stopped early, scored better on both: it dominates the best full-budget trial
+    ((50.00, 10.00), (60.00, 12.00), "it is dominated by the paper's preset (preset, derd: AA 12.00 ± 1.72, Clean 60.00 "
+                                     "± 2.59; the preset was partial): AA -2.00 ± 2.33, Clean -10.00 ± 3.69."),
+    ((49.58, 16.99), (59.33, 3.90), "it trades Clean for AA against the paper's preset (preset, derd: AA 3.90 ± 1.02, "
+                                    "Clean 59.33 ± 2.59): AA +13.09 ± 2.23, Clean -9.75 ± 3.70."),
+    ((80.00, 5.00), (60.00, 8.00), "it trades AA for Clean against the paper's preset (preset, derd: AA 8.00 ± 1.43, "
+                                   "Clean 60.00 ± 2.59; the preset was partial): AA -3.00 ± 1.84, Clean +20.00 ± 3.34."),
+    ((60.00, 5.00), (60.00, 5.00), "it ties the paper's preset (preset, derd: AA 5.00 ± 1.15, Clean 60.00 ± 2.59): "
+                                   "AA +0.00 ± 1.63, Clean +0.00 ± 3.66."),
+    ((60.00, 4.50), (59.50, 4.00), "it dominates the paper's preset (preset, derd: AA 4.00 ± 1.03, Clean 59.50 ± 2.59): "
+                                   "AA +0.50 ± 1.51, Clean +0.50 ± 3.66 (both differences within two standard errors)."),
+])
+def test_the_summary_line_says_how_the_best_trial_stands_to_the_preset(best, preset, said):
+    from analysis.choice import best_versus_preset
+
+    partial = {"derd.budget": "partial"} if "partial" in said else {}
+    line = best_versus_preset([_trial("trial-0007", *best), _trial("preset", *preset, **partial)])
+    assert line.startswith(f"Best feasible AA (APGD-CE+T, val): trial-0007 (derd) {best[1]:.2f} ± ")
+    assert line.endswith(said), line
+    assert "beat" not in line and "allowance" not in line  # no verdict by a fixed clean allowance
+
+
+def test_the_summary_line_compares_the_most_robust_trial_that_meets_the_floor():
+    from analysis.choice import Floors, best_versus_preset, constraint_of
+
+    class Parent:  # an MLflow run: the search's, with the teachers' preflight scores
+        class data:
+            tags = {"derd.min_clean": "0.9x"}
+            metrics = {"teacher/natural_clean_acc": 90.0}
+
+    records = [_trial("trial-0001", 49.58, 16.99), _trial("trial-0002", 85.52, 9.00), _trial("preset", 59.33, 3.90)]
+    recorded = constraint_of(Parent, "val/aa_acc")  # the search's --min-clean: 0.9 x 90 = 81 clean
+    line = best_versus_preset(records, constraint=recorded)
+    assert line.startswith("Best feasible AA (APGD-CE+T, val) with Clean >= 81.00 (0.9x teacher/natural_clean_acc "
+                           "90.00): trial-0002 (derd) 9.00 ± 1.51 at 85.52 ± 1.86 clean; it dominates")
+    strict = constraint_of(Parent, "val/aa_acc", Floors.parse("95", None))  # a flag replaces the recorded floor
+    line = best_versus_preset(records, constraint=strict)
+    assert line.startswith("No eligible trial meets Clean >= 95.00; the closest is trial-0002 (derd: Clean 85.52). "
+                           "Best feasible AA (APGD-CE+T, val): trial-0001 (derd) 16.99")

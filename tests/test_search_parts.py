@@ -162,7 +162,10 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
         first.log_epoch(0, entry, {TRIAL_NUMBER: 0})
     # the kill: epoch 5 was reported and checkpointed, never logged; the resumed trial reaches epoch 6
     folder.trial_checkpoint(0).parent.mkdir(parents=True)
-    torch.save({"history": history}, folder.trial_checkpoint(0))
+    from derd.run import RUN_FORMAT
+
+    torch.save({"format": RUN_FORMAT, "config": {}, "epoch": 5, "phase": 1, "student": {}, "method": {},
+                "rng": torch.Generator().get_state(), "history": history[:5]}, folder.trial_checkpoint(0))
     resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
     resumed.log_epoch(0, history[5])
     run_id = resumed.run_id(0)
@@ -222,3 +225,15 @@ def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
     late = SimpleNamespace(config={TRIAL_NUMBER: 7})
     assert resumed.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "STOP"  # behind the rebuilt rung
     assert fresh.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "CONTINUE"  # first at an empty rung
+
+
+def test_the_scheduler_says_what_it_is_in_rays_status_block():
+    from tuning.scheduler import ResumableMOASHA
+
+    asha = ResumableASHA(max_t=12, grace_period=4, reduction_factor=2)
+    assert asha.debug_string().startswith("Using ASHA (resumable): rungs at epochs 8, 4;")
+    moasha = ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=12, grace_period=4, reduction_factor=2)
+    trial = _trial(0)
+    moasha.on_trial_add(None, trial)
+    moasha.stopped_early.add(5)
+    assert moasha.debug_string() == "Using MO-ASHA (resumable): rungs at epochs 8, 4; 1 trials stopped early"

@@ -17,9 +17,13 @@ if TYPE_CHECKING:
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
-    """A Ray head at HOST:PORT (or ray://HOST:PORT) must accept a TCP connection."""
-    if address in (None, "", "auto", "local"):
+    """A Ray head at HOST:PORT (or ray://HOST:PORT; ``auto``: the one ``ray start`` recorded on this
+    machine) must accept a TCP connection and, when its token authentication is on, this machine's
+    token (``join_token_auth``)."""
+    if address in (None, "", "local"):
         return
+    if address == "auto":
+        address = _local_head()
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
@@ -29,6 +33,89 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
             pass
     except OSError as err:
         raise UserError(f"no Ray cluster answers at {address} ({err}); start one with 'ray start --head' or fix --address") from None
+    if "://" not in address:  # a Ray Client address (ray://) is not the head's GCS
+        join_token_auth(address, timeout)
+
+
+def _local_head() -> str:
+    """The GCS address of the Ray cluster ``--address auto`` joins ($RAY_ADDRESS, else the latest
+    ``ray start`` on this machine), as ``ray.init`` finds it."""
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    try:
+        return canonicalize_bootstrap_address_or_die("auto")
+    except ConnectionError as err:
+        raise UserError(f"--address auto: {first_line(err)}; start one with 'ray start --head', or pass "
+                        f"--address HOST:PORT") from None
+
+
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch: token | disabled; unset, Ray turns tokens on only for address auto
+HEAD_TOKEN = ("copy the head's ~/.ray/auth_token to this machine (print it on the head with 'ray get-auth-token') "
+              "or set RAY_AUTH_TOKEN to it")
+
+
+def join_token_auth(address: str, timeout: float = 5.0) -> bool:
+    """Whether the Ray head at HOST:PORT requires token authentication; if so, it is turned on for this
+    process (``RAY_AUTH_MODE=token``), so that ``ray.init`` sends the token, once the head accepted it.
+
+    A head started with ``ray start --head`` requires a token when its machine holds one
+    (``~/.ray/auth_token``, which ``ray get-auth-token --generate`` and any local ``ray.init()`` write),
+    and ``ray.init`` sends one only when ``RAY_AUTH_MODE=token``, which Ray sets by itself for
+    ``address='auto'`` alone: joined by HOST:PORT, such a head refused the search after 20 s of
+    retries. The token is Ray's: ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``. One request to the head, with the token when this process sends one, tells
+    whether it is needed and accepted; a missing or rejected token is one line naming what to set."""
+    mode = os.environ.get(AUTH_MODE, "").lower()
+    if _head_accepts(address, timeout):
+        return mode == "token"
+    if mode == "disabled":
+        raise UserError(f"the Ray cluster at {address} requires its token, but {AUTH_MODE}=disabled here; unset "
+                        f"{AUTH_MODE} (or set it to token) and {HEAD_TOKEN}")
+    from ray._raylet import AuthenticationTokenLoader
+
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise UserError(f"the Ray cluster at {address} requires a token (its token authentication is on) and this "
+                        f"machine has none; {HEAD_TOKEN}")
+    if mode != "token":
+        _use_token_auth()
+        if _head_accepts(address, timeout):
+            return True
+    raise UserError(f"the Ray cluster at {address} rejects this machine's token ({_token_source()}); {HEAD_TOKEN}")
+
+
+def _head_accepts(address: str, timeout: float) -> bool:
+    """False when the head's GCS refuses this process's token (or its lack of one), else True (any
+    other answer is ``ray.init``'s to report)."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        # a made-up cluster id: the client sends this one request without asking the head for its id
+        # first (which it retries for 20 s); the head checks the token before the id
+        GcsClient(address=address, cluster_id="00" * 28).internal_kv_get(b"derd-token-check", None, timeout=timeout)
+    except AuthenticationError as err:
+        return "InvalidAuthToken" not in str(err)  # WrongClusterID: the token passed
+    except Exception:  # noqa: BLE001 - not an answer about the token
+        return True
+    return True
+
+
+def _use_token_auth() -> None:
+    """``RAY_AUTH_MODE=token`` for this process, and Ray's cached config and token re-read (as Ray does
+    for ``address='auto'``)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ[AUTH_MODE] = "token"
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _token_source() -> str:
+    """Where Ray read this machine's token from, for the error line."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return f"$RAY_AUTH_TOKEN_PATH, {path}" if path else str(Path.home() / ".ray" / "auth_token")
 
 
 def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -8,7 +8,8 @@ the dotted keys its method reads as params, per-epoch metrics (``loss/*``, ``sga
 ``kd/*``, ``time/*``, and ``val/*`` when evaluated, each epoch once even across a
 resume), the final ``val/*`` columns with the number of val images scored (``val/n_images``), compute time and
 device-hours, and ends FINISHED or FAILED (with the reason). Tags: ``derd.method``,
-``derd.preset``, ``derd.stopped_early``, ``derd.feasible``, ``derd.budget`` (full|partial).
+``derd.preset``, ``derd.stopped_early``, ``derd.feasible``, ``derd.budget`` (full|partial), and ``derd.restores``
+(how often Tune restored the trial from its checkpoint after a failure; absent if never).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from ray.tune import Callback
 from analysis.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
-from derd.records import EPOCH_TIME, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder, Tag
+from derd.records import (EPOCH_TIME, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
+                          Tag)
 from tuning.searcher import TRIAL_NUMBER
 
 
@@ -39,7 +41,10 @@ class MLflowSearchLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
                  presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
-                 searcher=None, stopped_early: set[int] | None = None) -> None:
+                 searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha") -> None:
+        from tuning.scheduler import scheduler_name
+
+        self.scheduler_name = scheduler_name(scheduler)
         self.tracking_uri = tracking_uri
         self.folder = folder
         self.experiment_id = experiment_id
@@ -122,6 +127,33 @@ class MLflowSearchLogger(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.fail(trial.config[TRIAL_NUMBER], _error_line(trial), trial.last_result or {}, trial.config)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        """A failed trial Tune retries (``FailureConfig``): Ray's own lines read as a failure (an error
+        count, a guess at the OOM killer), so one line of ours says what happens, and the trial's run
+        counts its restores (tag ``derd.restores``, read by the summary)."""
+        number = trial.config[TRIAL_NUMBER]
+        run_id = self.run_id(number, trial.config, trial.trial_id)
+        restores = int(self.client.get_run(run_id).data.tags.get(Tag.RESTORES, "0")) + 1
+        self.client.set_tag(run_id, Tag.RESTORES, str(restores))
+        print(self.recover_line(number, trial), file=sys.stderr, flush=True)
+
+    def recover_line(self, number: int, trial) -> str:
+        """``trial-0015: worker lost after epoch 6; resumes from its epoch-6 checkpoint (retry 1 of 2)``:
+        what failed, the last epoch reported, what the retry starts from (Tune's checkpoint, else the
+        trial's own file, as ``tuning.trainable`` reads them) and the retries used."""
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        saved = trial.latest_checkpoint_result if trial.checkpoint is not None else None
+        if saved is not None:
+            start = f"resumes from its epoch-{int(saved.metrics.get('epoch', epoch))} checkpoint"
+        elif self.folder.trial_checkpoint(number).is_file():
+            start = f"resumes from its own checkpoint {self.folder.trial_checkpoint(number)}"
+        else:
+            start = "restarts from its start (no checkpoint yet)"
+        limit = "unlimited" if trial.max_failures < 0 else str(trial.max_failures)
+        when = f"after epoch {epoch}" if epoch else "before its first epoch ended"
+        return (f"{trial_run_name(number)}: {_failure_kind(trial)} {when}; {start} "
+                f"(retry {trial.num_failures} of {limit})")
+
     # ---- the records ------------------------------------------------------------------------
     def log_epoch(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         """One epoch's metrics, once: epochs logged before a resume are skipped, and epochs the trial
@@ -138,12 +170,10 @@ class MLflowSearchLogger(Callback):
         self._write_epoch(run_id, number, result)
 
     def _checkpoint_history(self, number: int) -> list[dict[str, Any]]:
-        import torch
+        from tuning.trainable import checkpoint_state
 
-        path = self.folder.trial_checkpoint(number)
-        if not path.is_file():
-            return []
-        return list(torch.load(path, map_location="cpu", weights_only=True).get("history", []))
+        state = checkpoint_state(self.folder.trial_checkpoint(number))
+        return list(state["history"]) if state is not None else []
 
     def _write_epoch(self, run_id: str, number: int, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -174,7 +204,8 @@ class MLflowSearchLogger(Callback):
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
         metrics = [] if TRIAL_WALL in run.data.metrics else [  # logged already by a driver killed before closing the run
             Metric(TRIAL_WALL, compute, now, step), Metric(TRIAL_DEVICE_HOURS, compute / 3600 * units, now, step),
-            Metric(TRIAL_EPOCHS, float(step), now, step)]
+            Metric(TRIAL_EPOCHS, float(step), now, step),
+            Metric(TRIAL_CACHED_EPOCHS, float(result.get(TRIAL_CACHED_EPOCHS, 0)), now, step)]
         tags = [RunTag(Tag.STOPPED_EARLY, str(stopped_early).lower()),
                 RunTag(Tag.BUDGET, "partial" if stopped_early else "full"),
                 RunTag(Tag.FEASIBLE, str(bool(result.get("search/feasible", False))).lower()),
@@ -185,7 +216,7 @@ class MLflowSearchLogger(Callback):
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
-            print(f"{trial_run_name(number)}: stopped early by ASHA at epoch {step} of {total} "
+            print(f"{trial_run_name(number)}: stopped early by {self.scheduler_name} at epoch {step} of {total} "
                   f"(score {result.get('search/score', float('nan')):.2f})", file=sys.stderr, flush=True)
 
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
@@ -214,6 +245,10 @@ class MLflowSearchLogger(Callback):
                 self.fail(t.number, "trial failed (recorded by Optuna; the driver stopped before MLflow)", {})
             else:
                 results = history_result(self.folder.trial_checkpoint(t.number), objectives, clean_threshold)
+                if not results:
+                    self.fail(t.number, "finished, but its checkpoint is missing or unreadable: epochs not recorded", {})
+                    closed += 1
+                    continue
                 for result in results:
                     self.log_epoch(t.number, result)
                 self.finish(t.number, results[-1])
@@ -221,16 +256,31 @@ class MLflowSearchLogger(Callback):
         return closed
 
 
-def _error_line(trial) -> str:
-    """The most telling line of a failed trial's traceback (the exception message)."""
-    text = ""
+def _error_text(trial) -> str:
+    """A failed trial's error file: each failure's text after a ``Failure # N`` line, the latest last."""
     try:  # the driver writes the local error file first; storage gets its copy later
         if trial.error_file and Path(trial.error_file).is_file():
-            text = Path(trial.error_file).read_text()
-        else:
-            text = trial.get_error() or ""
+            return Path(trial.error_file).read_text()
+        return str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - best effort: the error may live on another node's disk
-        text = ""
+        return ""
+
+
+# what Ray writes when a trial's process died (killed, lost with its node), not when its code raised
+WORKER_LOST = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "The actor died", "worker process has died")
+
+
+def _failure_kind(trial) -> str:
+    """``worker lost`` when the trial's latest failure is its process dying, else ``failed (<error line>)``."""
+    latest = _error_text(trial).rsplit("Failure # ", 1)[-1]
+    if any(mark in latest for mark in WORKER_LOST):
+        return "worker lost"
+    return f"failed ({_error_line(trial, latest)})"
+
+
+def _error_line(trial, text: str | None = None) -> str:
+    """The most telling line of a failed trial's traceback (the exception message)."""
+    text = _error_text(trial) if text is None else text
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln or "Diverged" in ln:

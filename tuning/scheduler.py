@@ -30,6 +30,14 @@ from tuning.searcher import TRIAL_NUMBER
 TIME_ATTR, METRIC = "epoch", "search/score"
 
 
+SCHEDULER_NAMES = {"asha": "ASHA", "moasha": "MO-ASHA", "none": "no early stopping"}
+
+
+def scheduler_name(scheduler: str) -> str:
+    """How logs and summaries name a space's ``search.scheduler``."""
+    return SCHEDULER_NAMES.get(scheduler, scheduler)
+
+
 def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: float) -> TrialScheduler:
     """The space's early stopping: ``asha`` on ``search/score``, ``moasha`` on the objectives, each
     by epoch with its rungs rebuilt from what the study stores and the paper's presets protected;
@@ -54,6 +62,7 @@ def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: f
 
 
 class ResumableASHA(FIFOScheduler):
+    key = "asha"  # its name in a space's search.scheduler
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
                  history: dict[int, dict[int, float]] | None = None, protected: set[int] = frozenset()) -> None:
         super().__init__()
@@ -113,6 +122,12 @@ class ResumableASHA(FIFOScheduler):
         if TIME_ATTR in result and self.value(result) is not None:
             self.record(trial.config[TRIAL_NUMBER], result[TIME_ATTR], self.value(result))
 
+    def debug_string(self) -> str:
+        """The line Ray's status table prints under the trials (FIFO's would say "FIFO scheduling")."""
+        rungs = ", ".join(f"{milestone:g}" for milestone, _ in self.rungs)
+        return (f"Using {scheduler_name(self.key)} (resumable): rungs at epochs {rungs}; "
+                f"{len(self.stopped_early)} trials stopped early")
+
 
 RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed so that larger is better)
 
@@ -153,6 +168,8 @@ class ResumableMOASHA(ResumableASHA):
     is stopped only when the rung's front alone is larger than the trials it keeps; the first
     trial at a rung always goes on. Rungs are rebuilt on resume from the study's ``intermediate``
     objectives."""
+
+    key = "moasha"
 
     def __init__(self, *, objectives: list[tuple[str, str]], clean_threshold: float, **kwargs: Any) -> None:
         self.objectives, self.clean_threshold = objectives, clean_threshold

@@ -2,7 +2,7 @@
 
 Ray Tune schedules the trials (one trial = one run of a method), Optuna proposes the
 method, structure and loss weights (multi-objective, feasibility-constrained, the paper's
-presets first), ASHA stops poor trials early, and MLflow records every trial from the
+presets first), MO-ASHA stops poor trials early, and MLflow records every trial from the
 driver. Everything lands in ``--out`` (default ``runs/<name>``; ``derd.records.SearchFolder``):
 ``search.json`` (the search's record: name, dataset, sessions, the driver's Ray processes),
 ``space.yaml`` (the space used), ``optuna.db`` (the study: every trial's parameters, state and
@@ -37,8 +37,9 @@ if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: imp
 from derd.cache import cache_dir
 from derd.config import to_dict
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.records import SearchFolder, Tag, encode_objectives
+from derd.records import SearchFolder, Tag, encode_objectives, teacher_metric
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
+from analysis.choice import parse_floor
 from analysis.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
 from tuning.checks import (Unreadable, check_cluster_resources, check_ray_address, check_resumable, check_search_folder,
                            check_storage_path, set_aside, teacher_preflight)
@@ -77,6 +78,7 @@ class Plan:
     experts: Any  # derd.experts.Experts, loaded once and shipped to the trials through Ray's object store
     record: dict[str, Any] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)  # running trials' checkpoints to set aside (--resume)
+    min_clean: str | None = None  # the user's --min-clean as written (analysis.choice), recorded with the search
 
     @property
     def out(self) -> Path:
@@ -97,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-trials", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe: multivariate TPE with constant liar)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: asha (default: the mean of the objectives), "
-                                                               "moasha (non-dominated sorting of the objectives) or none")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="early stopping: moasha (the spaces' default: non-dominated "
+                                                               "sorting of the objectives), asha (the mean of the "
+                                                               "objectives) or none")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions (0.5) let trials share a GPU")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--address", help="join a Ray cluster (HOST:PORT, or auto for the one running here); default (or "
@@ -112,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_flags(p)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker failure (from its checkpoint)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial's run")
+    p.add_argument("--min-clean", metavar="X", help="the val clean accuracy the student you will deploy needs: points "
+                                                    "(80) or a factor of the natural teacher's (0.9x); recorded with "
+                                                    "the search, the summary and analysis/export.py choose under it "
+                                                    "(may change on --resume)")
     return p
 
 
@@ -169,6 +176,8 @@ def _check_trial_memory(space: SearchSpace) -> None:
 def plan_search(args: argparse.Namespace) -> Plan:
     """Validate every input (space, data, addresses, folders, teachers); write nothing."""
     cache_dir()  # a bad $DERD_CACHE is one line here, not a failure in every trial
+    if args.min_clean is not None:
+        parse_floor(args.min_clean, "--min-clean")
     for flag in ("num_trials", "max_concurrent", "max_failures"):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_failures" else 1):
@@ -221,7 +230,7 @@ def plan_search(args: argparse.Namespace) -> Plan:
 
     experts = load_experts(base_cfg, methods=space.methods)  # checks the checkpoints; digits: trains the pair on first use
     return Plan(space, to_dict(base_cfg), folder, name, tracking_uri, args.storage_path or str(folder.root), args.resume,
-                args.max_failures, args.address, experts, record, unreadable)
+                args.max_failures, args.address, experts, record, unreadable, args.min_clean)
 
 
 def _tracking_uri(args: argparse.Namespace, record: dict[str, Any], folder: SearchFolder) -> tuple[str, str]:
@@ -270,7 +279,7 @@ def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold:
     client.log_metric(run.info.run_id, "search/clean_threshold", threshold)
     for kind, table in teachers.items():
         for k, v in table.items():
-            client.log_metric(run.info.run_id, f"teacher/{kind}_{k}", v)
+            client.log_metric(run.info.run_id, teacher_metric(kind, k), v)
     client.log_artifact(run.info.run_id, str(plan.folder.space))
     return exp_id, run.info.run_id
 
@@ -358,6 +367,8 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
                                    "tracking_uri": plan.tracking_uri, "created": time.time(), "sessions": []}
     folder.space.write_text(space.to_yaml())  # with this session's settings: the next --resume reads them
     record.update(clean_threshold=threshold, teachers=teachers)
+    if plan.min_clean:  # the user's floor (a resume without --min-clean keeps the recorded one)
+        record["min_clean"] = plan.min_clean
     _write_record(plan, record)
     folder.stage1_cache.mkdir(exist_ok=True)
     exp_id, parent_id = _mlflow_parent(plan, teachers, threshold)
@@ -366,8 +377,10 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     remaining = space.num_trials - len(done)
     client = MlflowClient(plan.tracking_uri)
+    if plan.min_clean:  # the summary and analysis/export.py read it from the search run
+        client.set_tag(parent_id, Tag.MIN_CLEAN, plan.min_clean)
     logger = MLflowSearchLogger(plan.tracking_uri, exp_id, parent_id, plan.base_config, space.presets,
-                                space.cpus_per_trial, space.gpus_per_trial, folder)
+                                space.cpus_per_trial, space.gpus_per_trial, folder, scheduler=space.scheduler)
     if plan.resume:
         logger.reconcile(study, space.objectives, threshold)
     if remaining <= 0:

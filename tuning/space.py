@@ -14,7 +14,7 @@ Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``):
       - {metric: val/clean_acc, mode: max}
       - {metric: val/aa_acc, mode: max}
     constraints: {min_clean_fraction: 0.5} # feasible: val clean >= 0.5 x the natural teacher's
-    search: {num_trials: 10, max_concurrent: 2, sampler: tpe, scheduler: asha, grace_period: 8, reduction_factor: 2}
+    search: {num_trials: 10, max_concurrent: 2, sampler: tpe, scheduler: moasha, grace_period: 8, reduction_factor: 2}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
 
 ``SearchSpace.from_yaml`` reads and checks one; ``to_yaml`` writes the space a search
@@ -101,7 +101,7 @@ class SearchSpace:
     num_trials: int = 10
     max_concurrent: int = 2
     sampler: str = "tpe"
-    scheduler: str = "asha"
+    scheduler: str = "moasha"  # chosen with the tabulated benchmark (README: How fast the search improves the front)
     grace_period: int | None = None
     reduction_factor: int = 2
     share_stage1: float = 0.0  # the stage-I pool's alpha (tuning.stage1_pool); 0: every trial trains its own

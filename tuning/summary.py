@@ -5,8 +5,10 @@ from typing import Any
 
 from analysis.pareto import front_of, tag_fronts
 from analysis.store import runs_tagged
-from analysis.trials import best_trials_markdown, best_versus_preset, trial_records
-from derd.records import Tag
+from analysis.choice import best_versus_preset, constraint_of
+from analysis.trials import best_trials_markdown, robust_objective, trial_records
+from derd.records import TRIAL_CACHED_EPOCHS, Tag
+from tuning.scheduler import scheduler_name
 
 
 def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: dict[str, Any], *,
@@ -20,19 +22,26 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
     front, _ = front_of(records)
     children = runs_tagged(client, [experiment_id], {Tag.PARENT: parent_run_id})
     failed = sum(r.info.status == "FAILED" for r in children)
+    restored = sum(int(r.data.tags.get(Tag.RESTORES, "0")) > 0 for r in children)  # retried from a checkpoint
     stopped = sum(not r.full_budget for r in records)
     infeasible = sum(not r.feasible for r in records)
     wall = sum(s["wall_s"] for s in record.get("sessions", []))
-    counts = (f"{len(records)} finished ({stopped} stopped early by ASHA, {infeasible} infeasible), {failed} failed, "
-              f"{space.num_trials - len(records) - failed} not run or unfinished, of {space.num_trials} requested; "
-              f"{wall / 60:.1f} min over {len(record.get('sessions', []))} session(s)")
+    saved = int(sum(r.data.metrics.get(TRIAL_CACHED_EPOCHS, 0) for r in children))
+    counts = (f"{len(records)} finished ({stopped} stopped early by {scheduler_name(space.scheduler)}, {infeasible} "
+              f"infeasible), {failed} failed, {restored} restored from a checkpoint after a failure, "
+              f"{space.num_trials - len(records) - failed} not run or unfinished, of "
+              f"{space.num_trials} requested; {wall / 60:.1f} min over {len(record.get('sessions', []))} session(s)"
+              + (f"; {saved} stage-I epochs read from the shared cache instead of run" if saved else ""))
     objectives = space.objectives
+    robust = robust_objective(objectives)  # compared under the user's --min-clean, when the search recorded one
+    versus = best_versus_preset(records, robust, constraint_of(parent, robust))
     text = (f"Best trials ({counts}; objectives {', '.join(m for m, _ in objectives)})\n\n"
-            + best_trials_markdown(records, front, objectives) + "\n" + best_versus_preset(records) + "\n")
+            + best_trials_markdown(records, front, objectives) + "\n" + versus + "\n")
     plan.folder.best_trials.write_text(text)
     client.log_artifact(parent_run_id, str(plan.folder.best_trials))
     metrics = {"trials_requested": space.num_trials, "trials_finished": len(records), "trials_failed": failed,
-               "trials_stopped_early": stopped,
+               "trials_restored": restored,
+               "trials_stopped_early": stopped, "stage1_epochs_saved": saved,
                "trials_infeasible": infeasible, "wall_time_s": wall,
                "trials_per_hour": (len(records) + failed) / max(wall, 1e-9) * 3600}
     for key, value in metrics.items():

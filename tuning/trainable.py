@@ -11,6 +11,7 @@ stage-I cache lives in the search's folder, shared by all trials.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 import torch
 
 from derd.config import apply_overrides, from_dict
+from derd.errors import UserError
 from derd.experts import Experts
 from derd.methods import total_epochs
-from derd.records import VAL_CLEAN, SearchFolder
+from derd.records import TRIAL_CACHED_EPOCHS, VAL_CLEAN, SearchFolder
 from derd.run import DistillationRun
 from tuning.searcher import TRIAL_NUMBER
 
@@ -130,12 +132,26 @@ class Reports:
             # what this trial ran itself: stage-I epochs read from the shared cache cost it nothing
             "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done
                                    if not h.get("cached")),
-            "trial/cached_epochs": sum(1 for h in done if h.get("cached")),
+            TRIAL_CACHED_EPOCHS: sum(1 for h in done if h.get("cached")),
         }
 
 
 def history_result(path: Path, objectives: list[tuple[str, str]], clean_threshold: float) -> list[dict[str, Any]]:
     """The reports a trial made, rebuilt from its checkpoint (for runs a killed driver left open)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint_state(path)
+    if state is None:
+        return []
     reports = Reports(objectives, clean_threshold, total_epochs(from_dict(state["config"])))
     return [reports.next(entry, state["history"]) for entry in state["history"]]
+
+
+def checkpoint_state(path: Path) -> dict[str, Any] | None:
+    """A trial's ``run.pt`` read weights-only (``DistillationRun.read_state``); None, with a warning line,
+    when it is missing, cut short or holds code: the driver then records the trial without its epochs."""
+    if not path.is_file():
+        return None
+    try:
+        return DistillationRun.read_state(path)
+    except UserError as err:
+        print(f"warning: {err}", file=sys.stderr, flush=True)
+        return None

@@ -43,11 +43,13 @@ STRATEGIES = [
     REFERENCE,
     Strategy("random + ASHA", "random", "asha"),
     Strategy("TPE, no early stopping", "tpe", "none"),
-    Strategy("TPE + ASHA (default)", "tpe", "asha"),
+    Strategy("TPE + ASHA (the default until MO-ASHA)", "tpe", "asha"),
     Strategy("NSGA-II + ASHA", "nsga2", "asha"),
-    Strategy("TPE + MO-ASHA", "tpe", "moasha"),
-    Strategy("TPE + ASHA + shared stage I", "tpe", "asha", {"share_stage1": 2.0}),
-    Strategy("TPE + MO-ASHA + shared stage I", "tpe", "moasha", {"share_stage1": 2.0}),
+    Strategy("TPE + MO-ASHA (default)", "tpe", "moasha"),
+    Strategy("TPE + MO-ASHA, reduction factor 3", "tpe", "moasha", {"reduction_factor": 3}),
+    Strategy("TPE + ASHA + shared stage I (alpha 2)", "tpe", "asha", {"share_stage1": 2.0}),
+    Strategy("TPE + MO-ASHA + shared stage I (alpha 2)", "tpe", "moasha", {"share_stage1": 2.0}),
+    Strategy("TPE + MO-ASHA + shared stage I (alpha 8)", "tpe", "moasha", {"share_stage1": 8.0}),
 ]
 REFERENCE_TRIALS = 64
 TARGET = 0.95
