@@ -19,6 +19,7 @@ from torch import nn
 
 from derd.config import RunConfig
 from derd.data import dataset_info
+from derd.models.hooks import observed_forward
 from derd.settings import ConfigError
 
 BYTES = 4  # fp32 parameters and optimiser moments
@@ -49,13 +50,7 @@ def _activations(model: nn.Module, example: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             total += output.numel()
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    observed_forward(model, example, [m.register_forward_hook(count) for m in model.modules() if not list(m.children())])
     return total
 
 

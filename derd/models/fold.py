@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from derd.models.hooks import observed_forward
+
 
 class FoldedBatchNorm(nn.Module):
     """The identity where a BatchNorm2d was folded into the convolution before it; keeps that layer's
@@ -62,12 +64,7 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    observed_forward(model, example, handles)
     return pairs
 
 
