@@ -79,21 +79,26 @@ def check_value(key: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
     if choices and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     if meta.get("lo") is not None and value < meta["lo"]:
-        raise ConfigError(f"{key}: {value!r} is below its minimum {meta['lo']:g}")
+        raise ConfigError(f"{key}: {value!r} is below its minimum {show(meta['lo'])}")
     if meta.get("hi") is not None and value > meta["hi"]:
-        raise ConfigError(f"{key}: {value!r} is above its maximum {meta['hi']:g}")
+        raise ConfigError(f"{key}: {value!r} is above its maximum {show(meta['hi'])}")
     return value
+
+
+def show(bound: float) -> str:
+    """A range's end as a message writes it: integers in full (4294967295), reals short (1e-12)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def meta_range(f: dataclasses.Field) -> str:
     """``lo, hi`` of a numeric field, as the error messages show it."""
-    return f"{f.metadata.get('lo'):g}, {f.metadata.get('hi'):g}"
+    return f"{show(f.metadata.get('lo'))}, {show(f.metadata.get('hi'))}"
 
 
 def check_flag(value: float | None, flag: str, lo: float, hi: float) -> None:
     """A numeric command-line flag within [lo, hi] (None: not given), or one line naming it."""
     if value is not None and not lo <= value <= hi:
-        raise UserError(f"{flag} {value}: must be in [{lo:g}, {hi:g}]")
+        raise UserError(f"{flag} {value}: must be in [{show(lo)}, {show(hi)}]")
 
 
 def build_section(cls: type, data: Any, prefix: str) -> Any:
