@@ -113,6 +113,12 @@ class _Top:
     device: str = setting("auto", doc="auto, cpu, cuda, cuda:N")
 
 
+def section_classes() -> dict[str, type]:
+    """Every section's dataclass by name, the top-level keys (method, seed, device) under ``""``: what a
+    check over all config fields walks (tests: every numeric key has a finite range)."""
+    return {"": _Top, **_all_sections()}
+
+
 def _all_sections() -> dict[str, type]:
     from derd.methods import method_sections
 

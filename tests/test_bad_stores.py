@@ -308,7 +308,7 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     from derd.config import to_dict
     from derd.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.search import _mlflow_parent
+    from tuning.search import mlflow_parent
     from tuning.space import SearchSpace
 
     folder = SearchFolder(tmp_path / "o'brien's \"runs\"")
@@ -318,14 +318,15 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     space = SearchSpace.from_yaml(folder.space)
     plan = SimpleNamespace(tracking_uri=folder.mlflow_uri, name="o'brien's search", folder=folder, out=folder.root, space=space,
                            base_config={"teachers": {"natural": None, "robust": None}})
-    exp_id, parent = _mlflow_parent(plan, {}, 0.0)
-    assert _mlflow_parent(plan, {}, 0.0) == (exp_id, parent)
+    exp_id, parent = mlflow_parent(plan, {}, 0.0)
+    assert mlflow_parent(plan, {}, 0.0) == (exp_id, parent)
     assert [p.name for p in folder.artifacts.rglob("*.yaml")] == ["space.yaml"]  # in the folder, %-encoded URI read back
     logger = MLflowSearchLogger(folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0,
                                 folder)
     run = logger.run_id(0, {"trial_number": 0})
-    logger._runs.clear()
-    assert logger.run_id(0) == run
+    fresh = MLflowSearchLogger(folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0,
+                               folder)  # a resumed driver: it finds the trial's run by its tags, not from memory
+    assert fresh.run_id(0) == run
     client = MlflowClient(folder.mlflow_uri)
     client.set_terminated(run, "FINISHED")
     parents = search_parents(client, exp_id)

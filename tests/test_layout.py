@@ -66,6 +66,10 @@ def test_the_derd_import_graph_has_no_cycle():
 # Private names of PyTorch itself that this project uses on purpose (the rule is about Ray,
 # Optuna and the project's own modules).
 TORCH_PRIVATE = {"_foreach_mul", "_foreach_add", "_functorch", "_python_dispatch", "_overloadpacket", "_forward_hooks"}
+# The one exception to "public names only": the token preflight of a Ray cluster (tuning/checks.py). Ray 2.60 has no
+# public call that asks a head whether it wants a token, or re-reads RAY_AUTH_MODE once Ray is imported; if these
+# move, the preflight's imports fail inside the check, which then leaves joining to ray.init and its own error.
+RAY_TOKEN_PREFLIGHT = {"tuning/checks.py": {"ray._private.services", "ray._raylet"}}
 
 
 def _defined_here(tree: ast.AST) -> set[str]:
@@ -96,9 +100,11 @@ def test_no_module_reaches_into_another_modules_private_names():
                     name = node.attr
                 elif isinstance(node, ast.ImportFrom) and node.module:
                     offences += [f"{path.relative_to(REPO)}: from {node.module} import {a.name}" for a in node.names
-                                 if a.name.startswith("_") and node.module.split(".")[0] != "torch"]
+                                 if a.name.startswith("_") and node.module.split(".")[0] != "torch"
+                                 and f"{node.module}.{a.name}" not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())]
                     offences += [f"{path.relative_to(REPO)}: {node.module}" for part in node.module.split(".")
-                                 if part.startswith("_") and node.module.split(".")[0] in ("ray", "optuna")]
+                                 if part.startswith("_") and node.module.split(".")[0] in ("ray", "optuna")
+                                 and node.module not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())]
                     continue
                 else:
                     continue

@@ -24,6 +24,8 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         return
     if address == "auto":
         address = _local_head()
+        if address == "auto":
+            return
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
@@ -40,8 +42,10 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
 def _local_head() -> str:
     """The GCS address of the Ray cluster ``--address auto`` joins ($RAY_ADDRESS, else the latest
     ``ray start`` on this machine), as ``ray.init`` finds it."""
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+    except ImportError:  # moved in a later Ray: ray.init resolves auto itself
+        return "auto"
     try:
         return canonicalize_bootstrap_address_or_die("auto")
     except ConnectionError as err:
@@ -66,6 +70,10 @@ def join_token_auth(address: str, timeout: float = 5.0) -> bool:
     ``~/.ray/auth_token``. One request to the head, with the token when this process sends one, tells
     whether it is needed and accepted; a missing or rejected token is one line naming what to set."""
     mode = os.environ.get(AUTH_MODE, "").lower()
+    from ray import _raylet  # Ray's internals: no public call asks a head about its token
+
+    if not all(hasattr(_raylet, name) for name in ("AuthenticationTokenLoader", "Config", "GcsClient")):
+        return mode == "token"  # moved in a later Ray: ray.init decides, with its own error
     if _head_accepts(address, timeout):
         return mode == "token"
     if mode == "disabled":

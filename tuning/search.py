@@ -243,7 +243,7 @@ def _tracking_uri(args: argparse.Namespace, record: dict[str, Any], folder: Sear
     return folder.mlflow_uri, "the search's store"
 
 
-def _mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> tuple[str, str]:
+def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> tuple[str, str]:
     """(experiment id, parent run id): created on a fresh search, found again on --resume."""
     from mlflow.tracking import MlflowClient
 
@@ -371,7 +371,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
         record["min_clean"] = plan.min_clean
     _write_record(plan, record)
     folder.stage1_cache.mkdir(exist_ok=True)
-    exp_id, parent_id = _mlflow_parent(plan, teachers, threshold)
+    exp_id, parent_id = mlflow_parent(plan, teachers, threshold)
     study = open_study(space, folder.optuna_uri, plan.name)
     enqueue_presets(study, space)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
