@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from derd.data import IMAGE_SIZES, available_datasets, dataset_spec
+from derd.errors import UserError
 from derd.settings import ConfigError, SEED_MAX, build_section, section_values, setting
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_yaml", "preset", "save_yaml", "to_dict",
@@ -289,7 +290,12 @@ def load_yaml(path: str | os.PathLike) -> RunConfig:
     dataset's preset. An empty file is refused: it would silently train the default run."""
     from derd.inputs import read_yaml
 
-    data = read_yaml(path, "config file")
+    try:
+        data = read_yaml(path, "config file")
+    except ConfigError:
+        raise
+    except UserError as err:  # every failure of a run config is a ConfigError
+        raise ConfigError(str(err)) from None
     if data is None or data == {}:
         raise ConfigError(f"{path} is empty; write the config keys to change (e.g. method: derd), or use "
                           f"--preset DATASET for the dataset's published run")

@@ -25,7 +25,7 @@ Choices = typing.Union[tuple, Callable[[], typing.Sequence[str]]]
 
 SEED_MAX = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit; torch's generator takes these too
 LR_MAX = 10.0  # learning rates
-WEIGHT_MAX = 1e4  # loss weights
+WEIGHT_MAX = 1e6  # loss weights (ZSKT's attention weight is 250)
 TEMPERATURE_MAX = 100.0
 
 

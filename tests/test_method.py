@@ -78,7 +78,9 @@ def test_every_method_diverges_with_the_term_named(experts, val_data, method):
 
 
 def test_a_diverging_weight_names_the_weighted_total(experts, val_data):
-    run = DistillationRun(tiny(**{"stage1.lambda_bn": 1e38}), experts, val_data=val_data)
+    cfg = tiny()
+    cfg.stage1.lambda_bn = 1e38  # past its range (from_dict refuses it): a run that diverges, to see it named
+    run = DistillationRun(cfg, experts, val_data=val_data)
     with pytest.raises(TrainingDiverged, match="loss term G became inf in stage 1, epoch 1"):
         run.run()
 
