@@ -226,8 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     check_flag(args.batch_size, "--batch-size", 1, 65_536)
     check_flag(args.seed, "--seed", 0, SEED_MAX)
     check_flag(args.image_size, "--image-size", *IMAGE_SIZES)
