@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from derd import attacks
 from derd.device import no_autocast
-from derd.errors import UserError, cli_errors
+from derd.errors import cli_errors
 
 REFERENCE_EPS = 8 / 255
 
