@@ -15,7 +15,8 @@ recorded applies. When no trial meets them: exit 2, naming the closest trial.
 Each YAML takes the trial's config (its method, searched keys, data, teachers with their
 SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
 trial's own), the ``full`` protocol on the test split, and an ``origin`` block: experiment,
-run id, val metrics, the selection and the constraint it was chosen under.
+run id, val metrics and the protocol they were measured under (name, eps, attacks:
+``derd.evaluate.protocol_record``), the selection and the constraint it was chosen under.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ from analysis.pareto import KNEE_RULE, front_of, knee_point
 from analysis.store import open_experiment
 from analysis.trials import TrialRecord, choosable, robust_objective, search_trials
 from derd.config import RunConfig, apply_overrides, migrate, preset, save_yaml, to_flat
+from derd.data import dataset_info
 from derd.errors import UserError, check_output_folder, cli_errors
+from derd.evaluate import protocol_record
 from derd.records import VAL_CLEAN, VAL_N
 
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
@@ -73,8 +76,10 @@ def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha
     for kind, digest in teacher_sha256.items():
         if getattr(cfg.teachers, kind) is not None:
             overrides[f"teachers.{kind}_sha256"] = digest
+    measured = protocol_record(cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps)
     origin = {"experiment": experiment, "run_id": record.run_id, "trial": record.name, "budget": budget,
-              "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}, **(chosen_by or {})}
+              "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}, "val_protocol": measured,
+              **(chosen_by or {})}
     return apply_overrides(cfg, {**overrides, "origin": origin})
 
 

@@ -11,6 +11,7 @@ SVG's ``<title>``, so it works inside MLflow's sandboxed viewer.
 from __future__ import annotations
 
 import html
+import math
 
 from analysis.trials import TrialRecord, key_weights, with_se
 from derd.records import column_header, run_link
@@ -130,50 +131,87 @@ LEGEND = (("front", "Pareto front (staircase)"), ("trial", "other trial"), ("par
           ("infeasible", "infeasible"), ("knee", "knee"), ("preset", "paper's preset"))
 
 
-def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: TrialRecord | None,
-               objectives: list[tuple[str, str]], experiment_id: str, width: int = 760, height: int = 470) -> str:
-    """A self-contained page: every trial, the staircase front, knee and presets, hover text, links.
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round axis ticks that cover [lo, hi]: about ``target`` intervals of a step of 1, 2 or 5 times a
+    power of ten, from the last multiple of the step at or below ``lo`` to the first at or above ``hi``
+    (so the axis starts and ends on a tick)."""
+    if not hi > lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    raw = (hi - lo) / target
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
-    The plot is one SVG with a viewBox that scales to the frame it is shown in (MLflow's artifact
-    pane, a browser tab): the page never scrolls, whatever its width; the legend is part of the
-    plot, and point labels that would overlap are left to the hover text.
-    """
-    mx, my = _axes(objectives)
-    xs = [r.metrics[mx] for r in records] or [0.0, 100.0]
-    ys = [r.metrics[my] for r in records] or [0.0, 100.0]
-    left, right, top, bottom = 62, width - 14, 12, height - 78  # the plot area; below it ticks, axis title, legend
+
+def tick_label(value: float, step: float) -> str:
+    """A tick's text with as many decimals as its step needs (``20``, ``2.5``, ``0.05``)."""
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:.{decimals}f}"
+
+
+class PlotArea:
+    """The plot's rectangle in SVG pixels and the data range it shows; maps data to pixels."""
+
+    def __init__(self, box: tuple[float, float, float, float], xticks: list[float], yticks: list[float]) -> None:
+        self.left, self.top, self.right, self.bottom = box
+        self.xticks, self.yticks = xticks, yticks
+
+    def px(self, x: float) -> float:
+        x0, x1 = self.xticks[0], self.xticks[-1]
+        return self.left + (x - x0) / (x1 - x0 or 1) * (self.right - self.left)
+
+    def py(self, y: float) -> float:
+        y0, y1 = self.yticks[0], self.yticks[-1]
+        return self.bottom - (y - y0) / (y1 - y0 or 1) * (self.bottom - self.top)
+
+
+def plot_area(xs: list[float], ys: list[float], width: int, height: int) -> PlotArea:
+    """The plot area of a page ``width`` x ``height`` (below it: ticks, axis title, legend) over round
+    ticks that hold every point with a margin."""
     span_x, span_y = (max(xs) - min(xs)) or 10.0, (max(ys) - min(ys)) or 10.0
-    x0, x1 = min(xs) - 0.06 * span_x, max(xs) + 0.06 * span_x
-    y0, y1 = min(ys) - 0.06 * span_y, max(ys) + 0.08 * span_y
+    xticks = nice_ticks(min(xs) - 0.04 * span_x, max(xs) + 0.04 * span_x)
+    yticks = nice_ticks(min(ys) - 0.04 * span_y, max(ys) + 0.06 * span_y)
+    return PlotArea((62, 12, width - 14, height - 78), xticks, yticks)
 
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0 or 1) * (right - left)
 
-    def py(y: float) -> float:
-        return bottom - (y - y0) / (y1 - y0 or 1) * (bottom - top)
-
-    front_ids = {r.run_id for r in front}
+def axes_svg(area: PlotArea, x_title: str, y_title: str) -> list[str]:
+    """The plot area's frame, grid lines and tick labels at its round ticks, and the axis titles."""
+    left, top, right, bottom = area.left, area.top, area.right, area.bottom
     parts = [f'<rect class="plot-area" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="white" '
              f'stroke="#999"/>']
-    for i in range(6):  # grid and tick labels
-        gx, gy = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
-        parts.append(f'<line x1="{px(gx):.1f}" y1="{top}" x2="{px(gx):.1f}" y2="{bottom}" stroke="#eee"/>'
-                     f'<text x="{px(gx):.1f}" y="{bottom + 16}" text-anchor="middle">{gx:.1f}</text>')
-        parts.append(f'<line x1="{left}" y1="{py(gy):.1f}" x2="{right}" y2="{py(gy):.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 6}" y="{py(gy) + 4:.1f}" text-anchor="end">{gy:.1f}</text>')
-    parts.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">{html.escape(column_header(mx))} %</text>')
+    xstep, ystep = area.xticks[1] - area.xticks[0], area.yticks[1] - area.yticks[0]
+    for gx in area.xticks:
+        parts.append(f'<line x1="{area.px(gx):.1f}" y1="{top}" x2="{area.px(gx):.1f}" y2="{bottom}" stroke="#eee"/>'
+                     f'<text class="xtick" x="{area.px(gx):.1f}" y="{bottom + 16}" text-anchor="middle">'
+                     f'{tick_label(gx, xstep)}</text>')
+    for gy in area.yticks:
+        parts.append(f'<line x1="{left}" y1="{area.py(gy):.1f}" x2="{right}" y2="{area.py(gy):.1f}" stroke="#eee"/>'
+                     f'<text class="ytick" x="{left - 6}" y="{area.py(gy) + 4:.1f}" text-anchor="end">'
+                     f'{tick_label(gy, ystep)}</text>')
+    parts.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">{html.escape(x_title)} %</text>')
     mid = (top + bottom) / 2
     parts.append(f'<text x="16" y="{mid}" text-anchor="middle" transform="rotate(-90 16 {mid})">'
-                 f'{html.escape(column_header(my))} %</text>')
+                 f'{html.escape(y_title)} %</text>')
+    return parts
+
+
+def points_svg(area: PlotArea, records: list[TrialRecord], front: list[TrialRecord], knee: TrialRecord | None,
+               mx: str, my: str, experiment_id: str) -> list[str]:
+    """The front's staircase and every trial as a marker with its label (where it fits), hover text and
+    a link to its run."""
+    front_ids = {r.run_id for r in front}
+    parts = []
     if front:
         line = staircase([(r.metrics[mx], r.metrics[my]) for r in front])
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line)
+        path = " ".join(f"{area.px(x):.1f},{area.py(y):.1f}" for x, y in line)
         parts.append(f'<polyline class="front" points="{path}" fill="none" stroke="{COLOURS["front"]}" stroke-width="2"/>')
     shown = sorted(records, key=lambda r: r.run_id not in front_ids)  # the front's labels are placed first
     spots = dict(zip((r.run_id for r in shown), _label_spots(
-        [(px(r.metrics[mx]), py(r.metrics[my]), r.name.removeprefix("trial-")) for r in shown], (left, top, right, bottom))))
+        [(area.px(r.metrics[mx]), area.py(r.metrics[my]), r.name.removeprefix("trial-")) for r in shown],
+        (area.left, area.top, area.right, area.bottom))))
     for r in records:
-        cx, cy = px(r.metrics[mx]), py(r.metrics[my])
+        cx, cy = area.px(r.metrics[mx]), area.py(r.metrics[my])
         kind = ("front" if r.run_id in front_ids else "infeasible" if not r.feasible
                 else "partial" if not r.full_budget else "trial")
         weights = ", ".join(f"{k}={v}" for k, v in key_weights(r).items())
@@ -188,26 +226,55 @@ def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: Trial
                  f'{html.escape(r.name.removeprefix("trial-"))}</text>') if spot else ""
         parts.append(f'<a href="{run_link(experiment_id, r.run_id)}" target="_top"><g class="trial {kind}" '
                      f'data-run="{r.run_id}"><title>{html.escape(title)}</title>{marks}{label}</g></a>')
-    for i, (kind, text) in enumerate(LEGEND):  # two rows under the axis title
+    return parts
+
+
+def legend_svg(area: PlotArea, height: int) -> list[str]:
+    """The legend, two rows under the axis title."""
+    parts = []
+    for i, (kind, text) in enumerate(LEGEND):
         row_y = height - 26 + 16 * (i // 3)
-        col_x = left + (i % 3) * (right - left) / 3
+        col_x = area.left + (i % 3) * (area.right - area.left) / 3
         parts.append(f'<g class="legend">{_marker(kind, col_x + 6, row_y - 4)}<text x="{col_x + 18:.1f}" '
                      f'y="{row_y:.1f}">{html.escape(text)}</text></g>')
-    n = max((r.n_images for r in records), default=0)
-    hint = (f"hover a point for its trial, scores (± one binomial standard error over {n} val images), weights and run id; "
-            "click it to open the run; only feasible trials that ran the full budget can be on the front")
+    return parts
+
+
+def front_page(svg: list[str], heading: str, hint: str, width: int, height: int) -> str:
+    """The self-contained page around the plot's SVG parts: a one-line heading (the hint as its hover
+    text), and an SVG with a viewBox that scales to the frame, so the page never scrolls."""
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             "<title>Pareto front</title><style>html,body{margin:0;height:100%;overflow:hidden;font-family:sans-serif}"
             "body{display:flex;flex-direction:column}.head{font-size:13px;padding:4px 8px;white-space:nowrap;"
             "overflow:hidden;text-overflow:ellipsis}svg{flex:1 1 auto;min-height:0;width:100%;display:block}</style>"
-            f"</head><body><div class='head' title='{html.escape(hint)}'><b>Clean vs robust accuracy: {len(records)} "
-            f"finished trials, front of {len(front)}</b> &middot; {html.escape(hint)}</div>"
+            f"</head><body><div class='head' title='{html.escape(hint)}'><b>{html.escape(heading)}</b> &middot; "
+            f"{html.escape(hint)}</div>"
             f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" preserveAspectRatio="xMidYMid meet" '
-            f'font-family="sans-serif" font-size="12">{"".join(parts)}</svg></body></html>')
+            f'font-family="sans-serif" font-size="12">{"".join(svg)}</svg></body></html>')
+
+
+def front_html(records: list[TrialRecord], front: list[TrialRecord], knee: TrialRecord | None,
+               objectives: list[tuple[str, str]], experiment_id: str, width: int = 760, height: int = 470) -> str:
+    """A self-contained page: every trial, the staircase front, knee and presets, hover text, links.
+
+    The plot is one SVG with a viewBox that scales to the frame it is shown in (MLflow's artifact
+    pane, a browser tab): the page never scrolls, whatever its width; the legend is part of the
+    plot, and point labels that would overlap are left to the hover text. Its axes tick at round
+    values (``nice_ticks``).
+    """
+    mx, my = _axes(objectives)
+    area = plot_area([r.metrics[mx] for r in records] or [0.0, 100.0], [r.metrics[my] for r in records] or [0.0, 100.0],
+                     width, height)
+    svg = (axes_svg(area, column_header(mx), column_header(my))
+           + points_svg(area, records, front, knee, mx, my, experiment_id) + legend_svg(area, height))
+    n = max((r.n_images for r in records), default=0)
+    hint = (f"hover a point for its trial, scores (± one binomial standard error over {n} val images), weights and run id; "
+            "click it to open the run; only feasible trials that ran the full budget can be on the front")
+    heading = f"Clean vs robust accuracy: {len(records)} finished trials, front of {len(front)}"
+    return front_page(svg, heading, hint, width, height)
 
 
 def _star(cx: float, cy: float, r: float = 13) -> str:
-    import math
 
     pts = []
     for i in range(10):

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.paper_results import PAPER_ROWS
-from derd.evaluate import COLUMNS
+from derd.errors import UserError
+from derd.evaluate import COLUMNS, describe_protocol, protocol_record
 from derd.methods import available_methods, footnotes, get_method
 from derd.train import read_table
 
@@ -48,12 +49,25 @@ def label(key: str) -> str:
     return REFERENCES.get(key) or get_method(key).label
 
 
+def read_full(table: Path, dataset: str) -> dict[str, Any]:
+    """A finished row's ``table.json`` (``derd.train.read_table``), refused unless its scores were measured
+    under the full protocol at the dataset's eps: the tables never mix protocols."""
+    from derd.data import dataset_info
+    from derd.evaluate import same_protocol
+
+    data = read_table(table, dataset)
+    if not same_protocol(data["protocol"], protocol_record("full", dataset_info(dataset).eps)):
+        raise UserError(f"{table} holds scores under the {describe_protocol(data['protocol'])}, not the full protocol "
+                        f"the paper's tables use; delete {table.parent} (it is trained again) or pass another --out")
+    return data
+
+
 def run_method(dataset: str, method: str, seed: int, folder: Path, progress: bool,
                overrides: dict[str, Any]) -> dict[str, float]:
     """Test table of one method at one seed: read back if finished, else train (resuming)."""
     table = folder / "table.json"
     if table.is_file():
-        return {k.removeprefix("test/"): v for k, v in read_table(table)["test"].items()}
+        return {k.removeprefix("test/"): v for k, v in read_full(table, dataset)["test"].items()}
     from derd.config import apply_overrides, preset
     from derd.train import train
 
@@ -67,7 +81,7 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     """Real-data reference: the student architecture trained on the teacher split (natural or PGD-AT)."""
     table = folder / "table.json"
     if table.is_file():
-        return read_table(table)["test"]
+        return read_full(table, dataset)["test"]
     from derd.checkpoints import save_checkpoint
     from derd.config import apply_overrides, preset
     from derd.data import dataset_info, load_split, make_loader
@@ -88,7 +102,8 @@ def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bo
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "student.pt", model, {"arch": cfg.student.arch, "dataset": dataset, "num_classes": info.num_classes,
                                                    "kind": kind, "table": metrics})
-    table.write_text(json.dumps({"test": metrics, "arch": cfg.student.arch, "seed": seed}, indent=1))
+    table.write_text(json.dumps({"test": metrics, "protocol": protocol_record("full", info.eps), "arch": cfg.student.arch,
+                                 "seed": seed}, indent=1))
     return metrics
 
 
@@ -116,7 +131,9 @@ def mean_std(values: list[float]) -> str:
 def markdown(dataset: str, seeds: list[int], results: dict[str, list[dict[str, float]]]) -> str:
     """The three tables, ours (mean ± std over seeds) and the paper's rows where published."""
     paper = PAPER_ROWS.get(dataset, [])
-    parts = [f"Paper tables on {dataset}: test split, full protocol (AA = standard AutoAttack), "
+    from derd.data import dataset_info
+
+    parts = [f"Paper tables on {dataset}: test split, {describe_protocol(protocol_record('full', dataset_info(dataset).eps))}, "
              f"mean ± std over seeds {', '.join(map(str, seeds))}; preset budget, student "
              f"{_student(dataset)}.\n"]
     for number, title in TABLES.items():

@@ -4,11 +4,15 @@
     python analysis/report.py --paper-tables --dataset digits --seeds 0 1 2 [--out reports/paper-digits]
 
 Search report: ``--add-training DIR`` records a ``derd.train`` output folder (its test
-table, config and figures) as an MLflow run of the experiment (once; again is a no-op).
-Two tables, never mixed: final trainings (test split, full protocol: AA is standard
-AutoAttack) beside the paper's published rows for the dataset, and the search's Pareto
-front (val split, search protocol: AA is APGD-CE + APGD-T; ± one binomial standard
-error), sorted by clean accuracy.
+table, config, figures and the protocol its scores were measured under, as the run's
+``derd.protocol``/``derd.eps``/``derd.attacks`` tags) as an MLflow run of the experiment
+(once; again is a no-op). Every table holds scores of one protocol only, named in its
+heading (``derd.evaluate.describe_protocol``): final trainings (test split) under the full
+protocol (AA is standard AutoAttack) beside the paper's published rows for the dataset,
+final trainings under any other protocol (``derd.train --protocol search``) in a table of
+their own, and the search's Pareto front (val split, the trials' protocol, by default the
+search protocol: AA is APGD-CE + APGD-T; ± one binomial standard error), sorted by clean
+accuracy. The CSV names each row's protocol and eps.
 
 ``--paper-tables``: the paper's Tables 1-3 for a dataset (``analysis.paper_tables``).
 """
@@ -30,14 +34,17 @@ from analysis.pareto import front_of
 from analysis.store import open_experiment, runs_tagged
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import COLUMNS, PROTOCOLS, header
+from derd.evaluate import (COLUMNS, PROTOCOLS, REFERENCE_EPS, describe_protocol, header, infer_protocol, protocol_record,
+                           same_protocol)
 from derd.methods import display_name, footnotes
-from derd.records import VAL_CLEAN, Tag, val
+from derd.records import VAL_CLEAN, Tag, protocol_of_tags, protocol_tags, val
 from derd.settings import SEED_MAX, check_flag
 from derd.train import add_teacher_flags, read_table, teacher_overrides
 
-TEST_HEADERS = tuple(header(c, "full") for c in COLUMNS)
 FRONT_COLUMNS = PROTOCOLS["search"].columns
+PAPER_PROTOCOL = protocol_record("full", REFERENCE_EPS)  # what the paper's published rows were measured under
+
+Protocol = dict[str, Any] | None  # a recorded protocol (derd.evaluate.protocol_record); None: never recorded
 
 
 def read_training(folder: Path) -> dict[str, Any]:
@@ -66,9 +73,10 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
 
     cfg = from_dict(data["config"])
     origin = cfg.origin.get("run_id", "")
+    measured = data.get("protocol")
     run = client.create_run(experiment_id, run_name=f"final-{cfg.method}-{folder.name}",
                             tags={Tag.TRAIN_DIR: key, Tag.KIND: "final", Tag.METHOD: cfg.method,
-                                  Tag.ORIGIN_RUN_ID: str(origin)})
+                                  Tag.ORIGIN_RUN_ID: str(origin), **(protocol_tags(measured) if measured else {})})
     params = [Param(k, str(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -81,37 +89,81 @@ def add_training(client, experiment_id: str, folder: Path, data: dict[str, Any])
     return run.info.run_id
 
 
-def report_rows(client, experiment_id: str) -> tuple[str, dict[str, dict[str, float]], list[tuple[str, dict[str, str]]],
-                                                    list[str]]:
-    """(dataset, final-training rows with the paper's rows first, front rows as formatted cells, the
-    footnotes of starred methods among them)."""
+def group_by_protocol(rows: list[tuple[Protocol, str, Any]]) -> list[tuple[Protocol, dict[str, Any]]]:
+    """Rows ``(protocol, name, row)`` as one ``(protocol, {name: row})`` per protocol (``same_protocol``),
+    in their first row's order: the tables a report prints, each of one protocol only."""
+    groups: list[tuple[Protocol, dict[str, Any]]] = []
+    for protocol, name, row in rows:
+        group = next((g for p, g in groups if same_protocol(p, protocol)), None)
+        if group is None:
+            groups.append((protocol, group := {}))
+        group[name] = row
+    return groups
+
+
+def final_protocol(run, eps: float) -> Protocol:
+    """The protocol of a final run's test scores: its tags, else (a run recorded before runs carried
+    their protocol) the protocol whose columns it holds, at the dataset's eps; else None."""
+    recorded = protocol_of_tags(run.data.tags)
+    if recorded is not None:
+        return recorded
+    name = infer_protocol(k.removeprefix("test/") for k in run.data.metrics if k.startswith("test/"))
+    return protocol_record(name, eps) if name else None
+
+
+def report_rows(client, experiment_id: str) -> tuple[str, list[tuple[Protocol, dict[str, dict[str, float]]]],
+                                                    list[tuple[Protocol, list[tuple[str, dict[str, str]]]]], list[str]]:
+    """(dataset, the final trainings' tables: one ``(protocol, {row: metrics})`` per protocol, the full
+    protocol's first with the paper's rows first in it; the front's tables: one ``(protocol, [(row,
+    formatted cells)])`` per protocol the trials were scored under; the footnotes of starred methods
+    among them)."""
+    from derd.data import available_datasets, dataset_info
+
     runs = client.search_runs([experiment_id], max_results=50000)
     datasets = {r.data.params.get("data.dataset") or r.data.params.get("dataset") for r in runs} - {None}
     dataset = sorted(datasets)[0] if datasets else "digits"
-    finals: dict[str, dict[str, float]] = {name: row for _, name, row in PAPER_ROWS.get(dataset, [])}
+    eps = dataset_info(dataset).eps if dataset in available_datasets() else REFERENCE_EPS
+    rows: list[tuple[Protocol, str, Any]] = [(PAPER_PROTOCOL, name, row) for _, name, row in PAPER_ROWS.get(dataset, [])]
+    rows.insert(0, (protocol_record("full", eps), "", None))  # the full protocol's table comes first, even empty
     ours = [r for r in runs if r.data.tags.get(Tag.KIND) == "final"]
     methods: list[str] = []
     for r in sorted(ours, key=lambda r: -r.data.metrics.get("test/clean_acc", 0.0)):
         method = r.data.tags.get(Tag.METHOD, r.data.tags.get("derd.variant"))
         methods.append(method)
         label = f"final: {display_name(method)} {r.data.tags.get(Tag.STUDENT, '')}"
-        finals[label] = {k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}
-    front_rows = []
-    for _, _, records in search_trials(client, experiment_id):
+        rows.append((final_protocol(r, eps), label,
+                     {k.removeprefix("test/"): v for k, v in r.data.metrics.items() if k.startswith("test/")}))
+    finals = [(p, {n: m for n, m in group.items() if m is not None}) for p, group in group_by_protocol(rows)]
+    front_rows: list[tuple[Protocol, str, dict[str, str]]] = []
+    for parent, _, records in search_trials(client, experiment_id):
         front, _ = front_of(records)
         for rec in sorted(front, key=lambda r: -r.metrics[VAL_CLEAN]):
-            cells = {c: with_se(rec.metrics[val(c)], rec.n_images) if val(c) in rec.metrics else "-" for c in FRONT_COLUMNS}
-            front_rows.append((f"{rec.name} ({rec.shown_method})", cells))
+            measured = protocol_of_tags(parent.data.tags) or protocol_record(rec.params.get("eval.protocol", "search"), eps)
+            columns = PROTOCOLS[measured["name"]].columns if measured["name"] in PROTOCOLS else FRONT_COLUMNS
+            cells = {c: with_se(rec.metrics[val(c)], rec.n_images) if val(c) in rec.metrics else "-" for c in columns}
+            front_rows.append((measured, f"{rec.name} ({rec.shown_method})", cells))
             methods.append(rec.method)
-    return dataset, finals, front_rows, footnotes(methods)
+    fronts = [(p, list(group.items())) for p, group in group_by_protocol(front_rows)]
+    return dataset, finals, fronts, footnotes(methods)
 
 
-def to_csv(rows: dict[str, dict[str, float]]) -> str:
+def _columns(protocol: Protocol, rows: Any) -> tuple[str, ...]:
+    """The columns of a table of ``protocol``'s scores: its own; for an unrecorded one, those its rows hold."""
+    if protocol and protocol["name"] in PROTOCOLS:
+        columns = PROTOCOLS[protocol["name"]].columns
+        return (*columns, "ave_acc") if set(columns) == set(COLUMNS) - {"ave_acc"} else columns
+    return tuple(c for c in COLUMNS if any(c in row for row in rows))
+
+
+def to_csv(finals: list[tuple[Protocol, dict[str, dict[str, float]]]]) -> str:
+    """Every final row in the paper's columns, each naming the protocol and eps it was measured under."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["row", *TEST_HEADERS])
-    for name, m in rows.items():
-        writer.writerow([name, *[f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "" for c in COLUMNS]])
+    writer.writerow(["row", *COLUMNS.values(), "protocol", "eps", "attacks"])
+    for protocol, rows in finals:
+        labels = [protocol["name"], f"{protocol['eps']:.6g}", "; ".join(protocol["attacks"])] if protocol else ["", "", ""]
+        for name, m in rows.items():
+            writer.writerow([name, *[f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "" for c in COLUMNS], *labels])
     return buf.getvalue()
 
 
@@ -121,18 +173,26 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def search_report(dataset: str, finals: dict[str, dict[str, float]], front_rows: list[tuple[str, dict[str, str]]],
-                  notes: list[str] = ()) -> str:
-    final_rows = [(name, [f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "-" for c in COLUMNS])
-                  for name, m in finals.items()]
-    text = (f"Final trainings on {dataset} (test split, full protocol; AA = standard AutoAttack), the paper's "
-            f"published rows first\n\n" + _table(TEST_HEADERS, final_rows) + "\n")
-    if front_rows:
-        text += ("\nThe search's Pareto front (val split, search protocol; AA = APGD-CE + APGD-T; ± one binomial "
-                 "standard error), by clean accuracy\n\n"
-                 + _table(tuple(header(c, "search") for c in FRONT_COLUMNS),
-                          [(n, [c[col] for col in FRONT_COLUMNS]) for n, c in front_rows]) + "\n")
-    return text + "".join(f"\n{note}\n" for note in notes)
+def search_report(dataset: str, finals: list[tuple[Protocol, dict[str, dict[str, float]]]],
+                  fronts: list[tuple[Protocol, list[tuple[str, dict[str, str]]]]], notes: list[str] = ()) -> str:
+    """The report's text: one table per protocol, its heading naming it (``report_rows``)."""
+    parts = []
+    for protocol, rows in finals:
+        columns = _columns(protocol, rows.values())
+        name = protocol["name"] if protocol else None
+        first = ", the paper's published rows first" if same_protocol(protocol, PAPER_PROTOCOL) and any(
+            n in rows for _, n, _ in PAPER_ROWS.get(dataset, [])) else ""
+        cells = [(n, [f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "-" for c in columns]) for n, m in rows.items()]
+        parts.append(f"Final trainings on {dataset} (test split, {describe_protocol(protocol)}){first}\n\n"
+                     + _table(tuple(header(c, name if name in PROTOCOLS else None) for c in columns), cells) + "\n")
+    for protocol, front_rows in fronts:
+        columns = _columns(protocol, [c for _, c in front_rows])
+        name = protocol["name"] if protocol else None
+        parts.append(f"The search's Pareto front (val split, {describe_protocol(protocol)}; ± one binomial standard "
+                     f"error), by clean accuracy\n\n"
+                     + _table(tuple(header(c, name if name in PROTOCOLS else None) for c in columns),
+                              [(n, [c.get(col, "-") for col in columns]) for n, c in front_rows]) + "\n")
+    return "\n".join(parts) + "".join(f"\n{note}\n" for note in notes)
 
 
 @cli_errors
@@ -157,15 +217,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client, exp = open_experiment(args.experiment, args.tracking_uri)
     for folder, data in trainings.items():
         add_training(client, exp.experiment_id, folder, data)
-    dataset, finals, front_rows, notes = report_rows(client, exp.experiment_id)
-    text = search_report(dataset, finals, front_rows, notes)
+    dataset, finals, fronts, notes = report_rows(client, exp.experiment_id)
+    text = search_report(dataset, finals, fronts, notes)
     print(text)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text)
         (out / "report.csv").write_text(to_csv(finals))
         print(f"written: {out / 'report.md'}, {out / 'report.csv'}")
-    return {"dataset": dataset, "rows": finals, "front": front_rows}
+    return {"dataset": dataset, "rows": {n: m for _, rows in finals for n, m in rows.items()},
+            "front": [row for _, rows in fronts for row in rows], "finals": finals, "fronts": fronts}
 
 
 def _paper_tables(args: argparse.Namespace) -> dict[str, Any]:

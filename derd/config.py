@@ -3,7 +3,8 @@
 A key such as ``stage1.lambda_adv`` is the same in this tree, the search-space YAML, the
 MLflow params and exported configs. ``from_dict`` rejects unknown keys, wrong types and
 out-of-range values with the key named. ``preset(dataset, method)`` gives the dataset's
-published weights and full-length budget (``derd.data.DatasetSpec``).
+full-length budget (``derd.data.DatasetSpec``) and the methods' published weights there
+(``Method.presets``).
 
 The sections every method shares: ``data``, ``teachers``, ``student``, ``train`` (how the
 run computes), ``budget`` (every method's epochs, iterations per epoch and batch size) and
@@ -28,16 +29,11 @@ import yaml
 
 from derd.data import IMAGE_SIZES, available_datasets, dataset_spec
 from derd.errors import UserError
+from derd.methods.registry import available_methods, get_method, method_sections
 from derd.settings import ConfigError, SEED_MAX, build_section, section_values, setting
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_yaml", "preset", "save_yaml", "to_dict",
            "to_flat"]
-
-
-def _methods() -> list[str]:
-    from derd.methods import available_methods
-
-    return available_methods()
 
 
 @dataclass
@@ -81,6 +77,9 @@ class TrainConfig:
     compile: str = setting("auto", choices=SWITCHES, doc="torch.compile the models; auto: on for CUDA")
     fold_teachers: str = setting("auto", choices=SWITCHES,
                                  doc="fold the frozen teachers' BatchNorm into their convolutions; auto: on for CUDA")
+    checkpoint_every_s: typing.Optional[float] = setting(
+        None, lo=0, hi=86_400, doc="seconds between run.pt writes (also at each val epoch and the end); unset: "
+                                   "every epoch on the CPU, 300 on CUDA (derd/cadence.py)")
 
 
 @dataclass
@@ -109,7 +108,7 @@ CLOSING_SECTIONS: dict[str, type] = {"eval": EvalConfig}
 class _Top:
     """The top-level keys (validated like a section's)."""
 
-    method: str = setting("derd", choices=_methods, doc="the recipe: one of derd.methods' registered names")
+    method: str = setting("derd", choices=available_methods, doc="the recipe: one of derd.methods' registered names")
     seed: int = setting(0, lo=0, hi=SEED_MAX)
     device: str = setting("auto", doc="auto, cpu, cuda, cuda:N")
 
@@ -121,8 +120,6 @@ def section_classes() -> dict[str, type]:
 
 
 def _all_sections() -> dict[str, type]:
-    from derd.methods import method_sections
-
     return {**CORE_SECTIONS, **method_sections(), **CLOSING_SECTIONS}
 
 
@@ -256,8 +253,6 @@ def _build(flat: dict[str, Any]) -> RunConfig:
     cfg = RunConfig(head.method, head.seed, head.device,
                     {name: build_section(cls, grouped.get(name, {}), f"{name}.") for name, cls in sections.items()},
                     dict(origin))
-    from derd.methods import get_method
-
     get_method(cfg.method).check(cfg)
     return cfg
 
@@ -274,12 +269,11 @@ def apply_overrides(cfg: RunConfig, flat: dict[str, Any]) -> RunConfig:
 
 
 def preset(dataset: str, method: str = "derd") -> RunConfig:
-    """The dataset's full-length budget and published weights (DERD's from the paper, each other
-    method's from its own code, ``Method.presets``), running ``method``."""
-    from derd.methods import available_methods, get_method
-
+    """The dataset's full-length budget (``DatasetSpec.budget``) and every method's published weights
+    there (``Method.presets``: DERD's from the paper, each other method's from its own code), running
+    ``method``."""
     spec = dataset_spec(dataset)
-    flat: dict[str, Any] = {"method": method, "data.dataset": dataset, **spec.budget, **spec.paper_weights}
+    flat: dict[str, Any] = {"method": method, "data.dataset": dataset, **spec.budget}
     for name in available_methods():
         flat.update(get_method(name).presets.get(dataset, {}))
     return apply_overrides(RunConfig(), flat)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from derd.errors import UserError
+from derd.methods.registry import load_plugins
 
 SPLITS = ("teacher", "val", "test")
 SPLIT_SEED = 0  # fixed: splits never change between calls, runs or machines
@@ -50,38 +51,59 @@ class DatasetSpec:
 
     * ``info``: classes, shape, the evaluation's eps, normalisation statistics;
     * ``load``: reads a split (``teacher``, ``val`` or ``test``) from ``root``;
-    * ``teacher_arch`` / ``teacher_epochs``: what ``derd.teachers`` trains by default;
-    * ``budget``: run-config values of a full-length final training (``derd.config.preset``);
-    * ``paper_weights``: DERD's chosen weights for it (METHOD.md), the searches' first point;
-    * ``needs_root``, ``downloadable``, ``resizable``: whether it reads ``--data-root``, whether
-      ``--download`` can fetch it, whether ``data.image_size`` may change its side.
+    * ``teacher_arch`` / ``teacher_epochs``: what ``derd.teachers`` trains by default (and the
+      architecture whose cached teachers are found first: ``derd.teachers.find_cached_teacher``);
+    * ``budget``: run-config values of a full-length final training (``derd.config.preset``),
+      required: at least ``REQUIRED_BUDGET`` (a dataset never silently takes another's length);
+    * ``needs_root``, ``downloadable``, ``resizable``: whether it reads ``--data-root`` (one that
+      does not is *embedded*: its data ships with the code, so its teachers are trained on first
+      use), whether ``--download`` can fetch it, whether ``data.image_size`` may change its side.
+
+    Methods' published weights per dataset are the methods' own (``Method.presets``), not here.
     """
 
     info: DatasetInfo
     load: Loader
     teacher_arch: str
     teacher_epochs: int
-    paper_weights: dict[str, float]
-    budget: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any]
     needs_root: bool = True
     downloadable: bool = False
     resizable: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [k for k in REQUIRED_BUDGET if k not in self.budget]
+        if missing:
+            raise ValueError(f"dataset {self.info.name}: its budget must set {', '.join(missing)} (a full-length "
+                             f"final training: derd.config.preset)")
+
+
+# What every dataset's budget states: every method's length and the student it trains.
+REQUIRED_BUDGET = ("budget.epochs", "budget.iters_per_epoch", "budget.batch_size", "student.arch")
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space)."""
+    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space). A module
+    outside the package that calls this is found through ``$DERD_PLUGINS`` (``derd.methods.load_plugins``)."""
     _DATASETS[spec.info.name] = spec
     return spec
 
 
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset (for tests that register one of their own)."""
+    _DATASETS.pop(name, None)
+
+
 def available_datasets() -> list[str]:
+    load_plugins()
     return list(_DATASETS)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
+    load_plugins()
     if name not in _DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}")
     return _DATASETS[name]
@@ -294,9 +316,6 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool, download: boo
     return _Transformed(base, teacher_idx, aug if augment else plain)
 
 
-# The paper's chosen weights (METHOD.md, supplement section 1).
-_CIFAR10_WEIGHTS = {"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 5, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.01,
-                    "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 0.5, "stage2.lambda_sga": 5e-4}
 # Full-length budgets (the paper's are not at hand). CIFAR: batch 512 (25,600 pseudo images per
 # epoch, as 256 x 100 before): on an H100, stage II in bf16 + channels_last ran 1,647 img/s at
 # batch 512 against 759 at batch 128 (the code before issue 9's rework; benchmarks/bench_step.py
@@ -307,26 +326,24 @@ _CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs
 # digits: 8x8 images with 17 grey levels. At eps = 0.2 (about 3 grey levels; the digits stay
 # readable) a natural CNN falls to 0% under PGD_S while a PGD-trained one keeps about 60% at
 # the same clean accuracy; at 0.1 even the natural CNN keeps 40%, at 0.3 adversarial
-# training no longer converges on this little data. The paper's CIFAR-10 weights (also 10
-# classes); the run config's defaults are its budget. README shows both teachers' tables.
+# training no longer converges on this little data. Its budget is the run config's defaults
+# (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). README shows both teachers' tables.
 register_dataset(DatasetSpec(
     DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)), _digits, teacher_arch="digits_cnn", teacher_epochs=30,
-    paper_weights=_CIFAR10_WEIGHTS, needs_root=False))
+    budget={"student.arch": "digits_cnn_small", "stage1.epochs": 10, "budget.epochs": 30, "budget.iters_per_epoch": 30,
+            "budget.batch_size": 128},
+    needs_root=False))
 register_dataset(DatasetSpec(
     DatasetInfo("cifar10", 10, (3, 32, 32), 8 / 255, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     functools.partial(_cifar, "cifar10", 500), teacher_arch="wrn_34_10", teacher_epochs=100,
-    paper_weights=_CIFAR10_WEIGHTS, budget=_CIFAR_BUDGET, downloadable=True))
+    budget=_CIFAR_BUDGET, downloadable=True))
 register_dataset(DatasetSpec(
     DatasetInfo("cifar100", 100, (3, 32, 32), 8 / 255, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     functools.partial(_cifar, "cifar100", 50), teacher_arch="wrn_34_10", teacher_epochs=100,
-    paper_weights={"stage1.lambda_adv": 0.5, "stage1.lambda_ie": 20, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.1,
-                   "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 0.5, "stage2.lambda_sga": 5e-4},
     budget=_CIFAR_BUDGET, downloadable=True))
 register_dataset(DatasetSpec(
     DatasetInfo("imagenet100", 100, (3, 224, 224), 8 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     _imagenet100, teacher_arch="tv_resnet50", teacher_epochs=100,
-    paper_weights={"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 20, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.1,
-                   "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 1, "stage2.lambda_sga": 5e-4},
     budget={"student.arch": "tv_resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 100,
             "budget.batch_size": 128, "student.latent_dim": 256},
     resizable=True))

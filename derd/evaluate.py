@@ -23,6 +23,11 @@ full AA, by what FAB-T and Square add (on models without gradient masking, usual
 tenths of a percent in RobustBench's per-attack logs). ``benchmarks/bench_protocol.py``
 measures how well it ranks students like ``full`` and what it costs.
 
+Every score is written with the protocol it was measured under (``protocol_record``: the
+protocol's name, eps, each column's attack and its image limit), so a report never puts two
+protocols in one table (``describe_protocol`` names one in a heading, ``same_protocol`` compares
+two, ``infer_protocol`` tells a table from before this by its columns).
+
 Every column draws its random start from its own generator seeded from ``seed`` and the
 column's name, so a column's value does not depend on which other columns ran before it:
 PGD_S is the same under both protocols.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -72,6 +77,62 @@ PROTOCOLS: dict[str, Protocol] = {
                      "standard"),
     "search": Protocol("search", ("clean_acc", "pgd_acc", "aa_acc"), 1000, "fast", "APGD-CE+T"),
 }
+
+
+# what each version of the AA column runs (``attacks.autoattack``)
+AA_ATTACKS = {"standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
+              "fast": "APGD-CE + APGD-T (standard AutoAttack's first two)"}
+
+
+def column_attack(column: str, eps: float, aa_version: str) -> str:
+    """The attack behind a column at radius ``eps``, in words with its step sizes (``column_attacks``
+    runs it): ``PGD_S: 20 steps of 0.00784, uniform start, CE``."""
+    scale = eps / REFERENCE_EPS
+    described = {
+        "clean_acc": "no attack",
+        "fgsm_acc": f"one signed step of {eps:.4g}",
+        "pgd_acc": f"20 steps of {2 / 255 * scale:.4g}, uniform start, CE",
+        "pgd_t_acc": f"20 steps of {0.003 * scale:.4g}, start {0.001 * scale:.4g}*N(0, I), CE",
+        "cw_acc": f"30 steps of {0.003 * scale:.4g}, CW margin loss",
+        "aa_acc": AA_ATTACKS[aa_version],
+    }
+    return f"{COLUMNS[column]}: {described[column]}"
+
+
+def protocol_record(protocol: str | Protocol, eps: float) -> dict[str, Any]:
+    """What a score was measured under, written beside every score (a training's ``table.json``, its
+    MLflow tags, an exported config's ``origin``) so that no reader mixes protocols: the protocol's
+    name, the L-inf radius, each column's attack and the images it is limited to (None: all)."""
+    proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    return {"name": proto.name, "eps": float(eps), "attacks": [column_attack(c, eps, proto.aa_version) for c in proto.columns],
+            "max_images": proto.max_images}
+
+
+def infer_protocol(columns: Iterable[str]) -> str | None:
+    """The protocol whose columns a table holds exactly (``ave_acc`` aside), for a table written before
+    tables recorded their protocol; None when no protocol computes those columns."""
+    held = set(columns) - {"ave_acc"}
+    return next((name for name, proto in PROTOCOLS.items() if held == set(proto.columns)), None)
+
+
+def describe_protocol(record: dict[str, Any] | None) -> str:
+    """A table's heading for the protocol its scores were measured under: ``search protocol, eps 0.2;
+    AA = APGD-CE + APGD-T (standard AutoAttack's first two); first 1000 images``; for a score whose
+    protocol was never recorded, says so."""
+    if not record:
+        return "protocol not recorded"
+    aa = next((a.split(": ", 1)[1] for a in record.get("attacks", []) if a.startswith(f"{COLUMNS['aa_acc']}: ")), None)
+    limit = record.get("max_images")
+    return (f"{record['name']} protocol, eps {record['eps']:.4g}" + (f"; AA = {aa}" if aa else "")
+            + (f"; first {limit} images" if limit else ""))
+
+
+def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two recorded protocols are the same measurement (name and radius); two unrecorded ones
+    are alike, an unrecorded one is like no recorded one."""
+    if not a or not b:
+        return not a and not b
+    return a["name"] == b["name"] and math.isclose(a["eps"], b["eps"], rel_tol=1e-6)
 
 
 def header(column: str, protocol: str | None = None, split: str | None = None) -> str:

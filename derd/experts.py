@@ -11,6 +11,8 @@ from derd.checkpoints import file_sha256, load_checkpoint
 from derd.config import RunConfig
 from derd.data import dataset_info
 from derd.errors import UserError
+from derd.methods.registry import needed_teachers
+from derd.teachers import cached_teachers
 
 
 @dataclass
@@ -32,36 +34,27 @@ def _check_sha256(path: str, expected: str | None, key: str) -> None:
 
 
 def load_experts(cfg: RunConfig, progress: bool = True, methods: Sequence[str] = ()) -> Experts:
-    """Load the teachers the config names, those that its method (or any of ``methods``, for a
-    search over methods) needs; on digits, unnamed teachers are trained on first use and
-    cached (``derd.teachers.digits_teachers``)."""
-    from derd.methods import get_method
-
+    """Load the teachers that the config's method (or any of ``methods``, for a search over methods)
+    needs, and only those: a path the config names (``teachers.natural`` / ``teachers.robust``), else
+    the dataset's teacher of that kind in the cache (``derd.teachers.cached_teachers``: found for any
+    dataset; an embedded dataset's is trained there on first use)."""
     info = dataset_info(cfg.data.dataset, cfg.data.image_size)
     t = cfg.teachers
-    need_natural = any("natural" in get_method(m).teachers for m in (cfg.method, *methods))
-    missing = t.robust is None or (need_natural and t.natural is None)
-    if missing and info.name != "digits":
-        raise UserError(
-            f"{info.name} needs teacher checkpoints: pass --teacher-natural and --teacher-robust "
-            f"(teachers.natural / teachers.robust in a run config); train them with "
-            f"python -m derd.teachers --dataset {info.name} --kind natural|robust"
-        )
-    cached = None
-    if missing:
-        from derd.teachers import digits_teachers
+    kinds = tuple(dict.fromkeys([*needed_teachers((cfg.method, *methods)), "robust"]))  # Experts always has T_rob
+    unnamed = tuple(kind for kind in kinds if getattr(t, kind) is None)
+    cached = cached_teachers(info, unnamed, progress=progress) if unnamed else {}
 
-        cached = digits_teachers(progress=progress)
-
-    def load(path: str | None, arch: str | None, expected: str | None, kind: str) -> nn.Module:
+    def load(kind: str) -> nn.Module | None:
+        if kind not in kinds:
+            return None
+        path = getattr(t, kind)
         if path is None:
             return cached[kind][0]
-        model = load_checkpoint(path, info, arch=arch, normalize=t.normalize)[0]  # a missing file: its own message
-        _check_sha256(path, expected, f"teachers.{kind}_sha256")
+        model = load_checkpoint(path, info, arch=getattr(t, f"{kind}_arch"), normalize=t.normalize)[0]
+        _check_sha256(path, getattr(t, f"{kind}_sha256"), f"teachers.{kind}_sha256")  # a missing file: its own message
         return model
 
-    natural = load(t.natural, t.natural_arch, t.natural_sha256, "natural") if need_natural else None
-    robust = load(t.robust, t.robust_arch, t.robust_sha256, "robust")
+    natural, robust = load("natural"), load("robust")
     for m in (natural, robust):
         if m is not None:
             m.eval().requires_grad_(False)

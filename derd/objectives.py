@@ -25,7 +25,7 @@ from derd import losses
 from derd.attacks import pgd
 from derd.context import Context, Terms
 from derd.evaluate import REFERENCE_EPS
-from derd.settings import LR_MAX, TEMPERATURE_MAX, setting
+from derd.settings import LR_MAX, TEMPERATURE_MAX, integer, loguniform, setting, uniform
 
 
 @dataclass
@@ -33,11 +33,14 @@ class RobustConfig:
     """The baselines' student objective (config section ``robust``): RSLAD-style robust distillation
     from T_rob, the way DFARD's authors combined each data-free method with robustness."""
 
-    pgd_steps: int = setting(10, lo=1, hi=1000, doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)")
+    pgd_steps: int = setting(10, lo=1, hi=1000, doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)",
+                            search=integer(3, 10))
     natural_weight: float = setting(1 / 6, lo=0, hi=1,
-                                    doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term")
+                                    doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term",
+                                    search=uniform(0.0, 0.5))
     tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
-    lr_s: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="SGD, momentum 0.9, cosine schedule (RSLAD: 0.1)")
+    lr_s: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="SGD, momentum 0.9, cosine schedule (RSLAD: 0.1)",
+                          search=loguniform(0.01, 1.0))  # a decade each side of RSLAD's 0.1 (its KL: a tenth of a batch mean)
     weight_decay: float = setting(2e-4, lo=0, hi=1.0, doc="the student's SGD weight decay (RSLAD: 2e-4)")
 
 

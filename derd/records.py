@@ -25,6 +25,7 @@ TRIAL_WALL = "trial/wall_time_s"
 TRIAL_DEVICE_HOURS = "trial/device_hours"
 TRIAL_EPOCHS = "trial/epochs"
 TRIAL_CACHED_EPOCHS = "trial/cached_epochs"  # stage-I epochs read from the shared cache, not run (and not in wall time)
+SAVED_EPOCH = "checkpoint/epoch"  # the epoch a trial's run.pt held when it reported: where a retry starts
 EPOCH_TIME = "time/epoch_s"  # logged every epoch: the record of which epochs MLflow holds
 
 
@@ -47,6 +48,10 @@ class Tag:
     MIN_CLEAN = "derd.min_clean"  # on a search run: tuning/search.py --min-clean, as the user wrote it
     RESTORES = "derd.restores"  # times the trial was restored from its checkpoint after its worker failed (if any)
     TRAIN_DIR = "derd.train_dir"
+    PROTOCOL = "derd.protocol"  # on a final run: the protocol of its test/* scores; on a search or trial run: of val/*
+    EPS = "derd.eps"  # that protocol's L-inf radius
+    ATTACKS = "derd.attacks"  # that protocol's attack per column, "; "-separated (derd.evaluate.column_attack)
+    MAX_IMAGES = "derd.max_images"  # the images that protocol is limited to ("all" when none)
     ORIGIN_RUN_ID = "derd.origin_run_id"
     STUDENT = "derd.student"
     PARETO_FRONT = "pareto_front"
@@ -60,6 +65,27 @@ class Tag:
     DEVICE_UNIT = "derd.device_unit"
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"
+
+
+def protocol_tags(record: dict) -> dict[str, str]:
+    """A recorded protocol (``derd.evaluate.protocol_record``) as the MLflow tags of the run whose scores
+    it measured."""
+    return {Tag.PROTOCOL: record["name"], Tag.EPS: repr(float(record["eps"])), Tag.ATTACKS: "; ".join(record["attacks"]),
+            Tag.MAX_IMAGES: str(record["max_images"] if record.get("max_images") is not None else "all")}
+
+
+def protocol_of_tags(tags: dict[str, str]) -> dict | None:
+    """The protocol a run's tags record (``protocol_tags`` read back), or None for a run recorded before
+    runs carried their protocol."""
+    if Tag.PROTOCOL not in tags or Tag.EPS not in tags:
+        return None
+    limit = tags.get(Tag.MAX_IMAGES, "all")
+    try:
+        eps, max_images = float(tags[Tag.EPS]), None if limit == "all" else int(limit)
+    except ValueError:  # a tag edited by hand: as good as none
+        return None
+    return {"name": tags[Tag.PROTOCOL], "eps": eps, "attacks": [a for a in tags.get(Tag.ATTACKS, "").split("; ") if a],
+            "max_images": max_images}
 
 
 FRONT_FILTER = f"tags.{Tag.PARETO_FRONT} = 'true'"

@@ -38,7 +38,8 @@ from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
 from derd.experts import Experts
 from derd.footprint import check_memory
-from derd.methods import Context, Phase, get_method
+from derd.context import Context, Phase
+from derd.methods import get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
 from derd.records import VAL_N
@@ -293,7 +294,7 @@ class DistillationRun:
             "seed": self.cfg.seed,
             "data": [self.cfg.data.dataset, self.cfg.data.image_size],
             "student": to_dict(self.cfg)["student"],
-            "train": to_dict(self.cfg)["train"],
+            "train": {k: v for k, v in to_dict(self.cfg)["train"].items() if k != "checkpoint_every_s"},  # when, not what
             "device": self.device.type,
             "format": RUN_FORMAT,
         }

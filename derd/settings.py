@@ -4,6 +4,11 @@ A section is a plain dataclass whose fields are made with ``setting(...)``; ``bu
 turns a mapping (as read from YAML) into one, rejecting unknown keys, wrong types and
 out-of-range values with the dotted key named. The run config (``derd.config``) assembles
 its own sections and each registered method's (``derd.methods``) from these.
+
+A field may also declare the range a search draws it from (``search=loguniform(0.005, 50)``,
+``uniform``, ``integer``, ``categorical``), written once next to its default: every search
+space that takes the methods' declared ranges (``ranges: declared``, ``tuning.space``) searches
+it there, and a dataset's space file lists only the ranges it changes.
 """
 from __future__ import annotations
 
@@ -29,8 +34,45 @@ WEIGHT_MAX = 1e6  # loss weights (ZSKT's attention weight is 250)
 TEMPERATURE_MAX = 100.0
 
 
-def setting(default: Any, lo: float | None = None, hi: float | None = None, choices: Choices = (), doc: str = "") -> Any:
-    """A config field with its range or choices (checked by ``build_section``) and a line of documentation.
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRange:
+    """The distribution a search draws one config key from (Optuna's: ``tuning.space.Param``)."""
+
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def contains(self, value: Any) -> bool:
+        if self.distribution == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+def loguniform(low: float, high: float) -> SearchRange:
+    """Log-uniform on [low, high] (loss weights, learning rates: decades around a published value)."""
+    return SearchRange("loguniform", low, high)
+
+
+def uniform(low: float, high: float) -> SearchRange:
+    return SearchRange("uniform", low, high)
+
+
+def integer(low: int, high: int) -> SearchRange:
+    return SearchRange("int", low, high)
+
+
+def categorical(*choices: Any) -> SearchRange:
+    return SearchRange("categorical", choices=tuple(choices))
+
+
+def setting(default: Any, lo: float | None = None, hi: float | None = None, choices: Choices = (), doc: str = "",
+            search: SearchRange | None = None) -> Any:
+    """A config field with its range or choices (checked by ``build_section``), a line of documentation and,
+    if a search should tune it, the range it draws from (``search``; inside [lo, hi]).
 
     A numeric field has a finite range: both ``lo`` and ``hi`` (a value past it is refused with the
     key named, before a run allocates anything). ``choices`` may be a function returning the names
@@ -40,7 +82,17 @@ def setting(default: Any, lo: float | None = None, hi: float | None = None, choi
                                         and lo is None):
         raise TypeError(f"setting({default!r}, lo={lo!r}, hi={hi!r}): a numeric setting needs a finite range, both lo "
                         f"and hi (e.g. hi=derd.settings.WEIGHT_MAX for a loss weight, LR_MAX for a learning rate)")
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+    if search is not None and search.distribution != "categorical" and lo is not None and not (
+            lo <= search.low < search.high <= hi and (search.distribution != "loguniform" or search.low > 0)):
+        raise TypeError(f"setting({default!r}): its search range [{search.low}, {search.high}] must lie inside "
+                        f"[{lo}, {hi}], low below high (and above 0 for a log range)")
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc, "search": search})
+
+
+def declared_ranges(sections: dict[str, type]) -> dict[str, SearchRange]:
+    """Dotted key -> the range its field declares (``setting(search=...)``), over ``sections`` in order."""
+    return {f"{name}.{f.name}": f.metadata["search"] for name, cls in sections.items()
+            for f in dataclasses.fields(cls) if f.metadata.get("search") is not None}
 
 
 def as_number(value: Any) -> Any:

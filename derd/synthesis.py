@@ -7,15 +7,23 @@
   feature memory bank.
 
 Each has ``step`` (one synthesis update, returning its loss terms as 0-dim tensors) and
-``sample(n)`` (n pseudo images in [0, 1]); their state is a ``state_dict``. The terms a
-generator can weigh are ``GENERATOR_TERMS``; each reads what it needs from ``Signals``,
-which runs each model at most once per batch and only when a term asks.
+``sample(n)`` (n pseudo images in [0, 1]); their state is a ``state_dict``.
+
+The terms a synthesizer can weigh are ``GeneratorTerm``s: a function of one batch's ``Signals``
+(the pseudo images with their gradient, the noise, the drawn labels, the teachers' and the
+student's logits, the BN statistics), which runs each model at most once per batch and only
+when a term asks. ``GENERATOR_TERMS`` are the shared ones (METHOD.md's and the baselines');
+a method adds its own by name (``derd.methods.base.GeneratorMethod.generator_terms``: defined
+in the method's file, reading ``Signals`` or the method's own tensors, with gradients). Every
+synthesizer looks a name up with ``resolve_terms``, so CMI's class loss and DAFL's one-hot
+loss come from the same table.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +32,7 @@ from torch import nn
 from derd import losses
 from derd.attacks import eval_mode
 from derd.context import Context, Terms
-from derd.models import Generator
+from derd.models import ConditionalGenerator, Generator
 
 
 GAN_BETAS = (0.5, 0.999)  # the generator optimiser of DERD, DFARD and CMI's synthesis
@@ -42,13 +50,16 @@ class Signals:
 
     ``prior`` is the teacher whose knowledge shapes the images (L_oh, L_ie, L_bn, L_a);
     ``natural`` is the one the student is measured against by the data-level adversary (the
-    same module as ``prior`` when one teacher plays both roles).
+    same module as ``prior`` when one teacher plays both roles). ``labels`` are the classes a
+    conditional synthesizer drew for the batch (None otherwise). ``needs`` names the hooks the
+    batch's terms read (``GeneratorTerm.needs``): ``bn`` (BN statistics), ``act`` (penultimate features).
     """
 
     def __init__(self, ctx: Context, x: torch.Tensor, z: torch.Tensor | None, prior: nn.Module,
-                 natural: nn.Module | None, tau: float, needs: set[str], student_train: bool = False) -> None:
+                 natural: nn.Module | None, tau: float, needs: set[str], student_train: bool = False,
+                 labels: torch.Tensor | None = None) -> None:
         self.ctx, self.x, self.z, self.prior, self.natural, self.tau = ctx, x, z, prior, natural, tau
-        self.student_train = student_train
+        self.student_train, self.labels = student_train, labels
         self.bn = ctx.hooks(losses.BatchNormStatistics, prior) if "bn" in needs else None
         self.penultimate = ctx.hooks(losses.PenultimateFeatures, prior) if "act" in needs else None
 
@@ -74,8 +85,17 @@ class Signals:
 
     @cached_property
     def bn_loss(self) -> torch.Tensor:
+        if self.bn is None:
+            raise RuntimeError("a term read the BN statistics without declaring needs={'bn'} (GeneratorTerm)")
         self.prior_logits  # noqa: B018 - the forward pass fills the hooks
         return self.bn.loss()
+
+    @property
+    def drawn_labels(self) -> torch.Tensor:
+        """The batch's drawn classes (a term over them needs a conditional synthesizer)."""
+        if self.labels is None:
+            raise RuntimeError("a term read the drawn labels of a batch that has none (use a conditional synthesizer)")
+        return self.labels
 
     @cached_property
     def features(self) -> torch.Tensor:
@@ -83,17 +103,62 @@ class Signals:
         return self.penultimate.features
 
 
-# name -> term of METHOD.md / the baselines, as a function of one batch's signals
-GENERATOR_TERMS: dict[str, Callable[[Signals], torch.Tensor]] = {
-    "oh": lambda s: losses.one_hot_loss(s.prior_logits),
-    "adv": lambda s: losses.adversarial_loss(s.natural_logits, s.student_logits, s.tau),
-    "adv_l1": lambda s: -losses.l1_discrepancy(s.natural_logits, s.student_logits),
-    "ie": lambda s: losses.information_entropy_loss(s.prior_logits),
-    "ie_log10": lambda s: losses.information_entropy_loss(s.prior_logits, base=10.0),
-    "bn": lambda s: s.bn_loss,
-    "d": lambda s: losses.diversity_loss(s.z, s.x),
-    "act": lambda s: losses.activation_loss(s.features),
+@dataclass(frozen=True)
+class GeneratorTerm:
+    """One loss term of a synthesizer: ``fn(signals)`` -> 0-dim tensor with its gradient, and the hooks it
+    reads (``needs``: ``bn``, ``act``), which ``Signals`` must register before the teacher's forward pass."""
+
+    fn: Callable[[Signals], torch.Tensor]
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, signals: Signals) -> torch.Tensor:
+        return self.fn(signals)
+
+
+# A term as a method may write it: a GeneratorTerm, or a plain function of the signals (that needs no hooks).
+TermLike = Union[GeneratorTerm, Callable[[Signals], torch.Tensor]]
+
+# name -> term of METHOD.md / the baselines, as a function of one batch's signals (each loss's scale: derd.losses)
+GENERATOR_TERMS: Mapping[str, GeneratorTerm] = {
+    "oh": GeneratorTerm(lambda s: losses.one_hot_loss(s.prior_logits)),
+    "cls": GeneratorTerm(lambda s: losses.target_class_loss(s.prior_logits, s.drawn_labels)),
+    "adv": GeneratorTerm(lambda s: losses.adversarial_loss(s.natural_logits, s.student_logits, s.tau)),
+    "adv_agree": GeneratorTerm(lambda s: losses.agreeing_adversarial_loss(s.prior_logits, s.student_logits)),
+    "adv_l1": GeneratorTerm(lambda s: -losses.l1_discrepancy(s.natural_logits, s.student_logits)),
+    "ie": GeneratorTerm(lambda s: losses.information_entropy_loss(s.prior_logits)),
+    "ie_log10": GeneratorTerm(lambda s: losses.information_entropy_loss(s.prior_logits, base=10.0)),
+    "bn": GeneratorTerm(lambda s: s.bn_loss, frozenset({"bn"})),
+    "d": GeneratorTerm(lambda s: losses.diversity_loss(s.z, s.x)),
+    "act": GeneratorTerm(lambda s: losses.activation_loss(s.features), frozenset({"act"})),
 }
+
+
+def resolve_terms(names: Iterable[str], own: Mapping[str, TermLike] | None = None) -> dict[str, GeneratorTerm]:
+    """The terms ``names`` by name: a method's own (``own``) or the shared ``GENERATOR_TERMS``. A method's term
+    may not take a shared term's name (its logged ``loss/<name>`` would mean two things)."""
+    own = dict(own or {})
+    clash = sorted(set(own) & set(GENERATOR_TERMS))
+    if clash:
+        raise ValueError(f"generator term {clash[0]!r} is a shared term (derd.synthesis.GENERATOR_TERMS); name the "
+                         f"method's own term differently")
+    out = {}
+    for name in names:
+        term = own.get(name, GENERATOR_TERMS.get(name))
+        if term is None:
+            known = ", ".join([*GENERATOR_TERMS, *own])
+            raise KeyError(f"unknown generator term {name!r}; known: {known}")
+        out[name] = term if isinstance(term, GeneratorTerm) else GeneratorTerm(term)
+    return out
+
+
+def term_needs(terms: Mapping[str, GeneratorTerm]) -> set[str]:
+    """The hooks a set of terms reads (``Signals``'s ``needs``)."""
+    return set().union(*(t.needs for t in terms.values()))
+
+
+def evaluate_terms(terms: Mapping[str, GeneratorTerm], signals: Signals) -> Terms:
+    """Each term on one batch's signals, in order (0-dim tensors with their gradients)."""
+    return {name: term(signals) for name, term in terms.items()}
 
 
 def weighted_sum(terms: Terms, weights: dict[str, float]) -> torch.Tensor:
@@ -109,17 +174,27 @@ class GeneratorSynthesizer:
     """A generator trained on weighted named terms; its optimiser is set per phase.
 
     A method may set the generator's noise size (``latent_dim``, else ``student.latent_dim``),
-    its Adam's ``betas``, a gradient-norm clip (``max_grad_norm``) and whether the student runs
-    in train mode while the generator learns against it (``student_train``: DFAD, ZSKT).
+    its Adam's ``betas``, a gradient-norm clip (``max_grad_norm``), whether the student runs
+    in train mode while the generator learns against it (``student_train``: DFAD, ZSKT), its own
+    terms by name (``terms``, beside ``GENERATOR_TERMS``) and whether the generator is conditional
+    (``conditional``: each batch draws uniform labels y from the run's stream, x = G(z, y), and the
+    terms read y as ``Signals.labels``; GDFQ).
     """
 
     def __init__(self, ctx: Context, *, latent_dim: int | None = None, betas: tuple[float, float] = GAN_BETAS,
-                 max_grad_norm: float | None = None, student_train: bool = False) -> None:
+                 max_grad_norm: float | None = None, student_train: bool = False,
+                 terms: Mapping[str, TermLike] | None = None, conditional: bool = False) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
         self.latent_dim = latent_dim or cfg.student.latent_dim
         self.betas, self.max_grad_norm, self.student_train = betas, max_grad_norm, student_train
-        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, self.latent_dim, cfg.student.generator_width))
+        self.own_terms = dict(terms or {})
+        resolve_terms((), self.own_terms)  # a clash with a shared name fails when the method is built
+        self.conditional = conditional
+        shape, width = ctx.info.image_shape, cfg.student.generator_width
+        generator = (ConditionalGenerator(shape, ctx.info.num_classes, self.latent_dim, width) if conditional
+                     else Generator(shape, self.latent_dim, width))
+        self.generator = ctx.compute.prepare(generator)
         self.optimizer: torch.optim.Optimizer | None = None
 
     def start_phase(self, lr: float) -> None:
@@ -129,16 +204,25 @@ class GeneratorSynthesizer:
         """n latent vectors z ~ N(0, I) from the run's stream."""
         return torch.randn(n, self.latent_dim, generator=self.ctx.rng, device=self.ctx.device)
 
+    def labels(self, n: int) -> torch.Tensor | None:
+        """n uniform classes from the run's stream for a conditional generator (None for a plain one)."""
+        if not self.conditional:
+            return None
+        return torch.randint(0, self.ctx.info.num_classes, (n,), generator=self.ctx.rng, device=self.ctx.device)
+
     def step(self, batch_size: int, weights: dict[str, float], *, prior: nn.Module, natural: nn.Module | None,
              tau: float, combine: Callable[[Terms], torch.Tensor] | None = None,
-             z: torch.Tensor | None = None) -> tuple[Terms, torch.Tensor]:
-        """One update of G on ``combine(terms)`` (default: the weighted sum) at noise ``z`` (default: fresh);
-        returns (terms incl. ``G``, x = G(z) before the update)."""
+             z: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> tuple[Terms, torch.Tensor]:
+        """One update of G on ``combine(terms)`` (default: the weighted sum) at noise ``z`` (default: fresh) and,
+        for a conditional generator, classes ``labels`` (default: freshly drawn); returns (terms incl. ``G``,
+        x = G(z) before the update, detached). The terms are evaluated here, on x with its gradient."""
         z = self.noise(batch_size) if z is None else z
+        labels = self.labels(batch_size) if labels is None else labels
         self.generator.train()
-        x = self.generator(z)
-        signals = Signals(self.ctx, x, z, prior, natural, tau, set(weights), self.student_train)
-        terms = {name: GENERATOR_TERMS[name](signals) for name in weights}
+        x = self.generator(z) if labels is None else self.generator(z, labels)
+        chosen = resolve_terms(weights, self.own_terms)
+        signals = Signals(self.ctx, x, z, prior, natural, tau, term_needs(chosen), self.student_train, labels)
+        terms = evaluate_terms(chosen, signals)
         total = combine(terms) if combine is not None else weighted_sum(terms, weights)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -148,10 +232,12 @@ class GeneratorSynthesizer:
         self.ctx.student.zero_grad(set_to_none=True)
         return {**{k: v.detach() for k, v in terms.items()}, "G": total.detach()}, x.detach()
 
-    def render(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z) without a gradient (the generator in its current mode)."""
+    def render(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z) (a conditional generator: G(z, labels), labels drawn if not given) without a gradient, the
+        generator in its current mode."""
+        labels = self.labels(len(z)) if labels is None else labels
         with torch.no_grad():
-            return self.generator(z)
+            return self.generator(z) if labels is None else self.generator(z, labels)
 
     def sample(self, n: int) -> torch.Tensor:
         return self.render(self.noise(n))
@@ -169,10 +255,11 @@ class InversionSynthesizer:
         ctx = self.ctx
         logits = torch.randn(batch_size, *ctx.info.image_shape, generator=ctx.rng, device=ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([logits], lr=lr)
+        chosen = resolve_terms(weights)
         for _ in range(steps):
             x = torch.sigmoid(logits)
-            signals = Signals(ctx, x, None, teacher, teacher, tau, set(weights))
-            terms = {name: GENERATOR_TERMS[name](signals) for name in weights}
+            signals = Signals(ctx, x, None, teacher, teacher, tau, term_needs(chosen))
+            terms = evaluate_terms(chosen, signals)
             total = weighted_sum(terms, weights)
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -222,6 +309,10 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.net(f.float()), dim=1)
 
 
+# CMI's weighted terms (logged as cmi_<key>) -> the shared terms they are
+CMI_TERMS = {"bn": "bn", "oh": "cls", "adv": "adv_agree"}
+
+
 class ContrastiveSynthesizer:
     """CMI's contrastive model inversion (zju-vipa/CMI @9e79fa9, ``datafree/synthesis/contrastive.py``).
 
@@ -229,7 +320,8 @@ class ContrastiveSynthesizer:
     N(1, 0.02), zero biases), draw z and random target classes, optimise G and z with a fresh
     Adam (betas (0.5, 0.999)) for ``synthesis_steps`` on
     ``bn*L_bn + oh*CE(T(x_g), targets) + adv*L_adv + cr*L_cr`` and keep the iterate with the
-    lowest loss. x_g, the global view, is a random crop (zero padding of 4/32) and flip of x;
+    lowest loss. L_bn, the class loss and L_adv are the shared terms ``bn``, ``cls`` and ``adv_agree``
+    (``GENERATOR_TERMS``) on the global view's ``Signals`` with the drawn targets as its labels. x_g, the global view, is a random crop (zero padding of 4/32) and flip of x;
     x_l, the local view, a random resized crop (scale [0.25, 1]) and flip. L_bn reads T's BN
     inputs on x_g; L_adv = -mean over the batch of [argmax S = argmax T] KL(T(x_g) || S(x_g)): the
     student sees the very view the teacher sees (line 288).
@@ -263,6 +355,7 @@ class ContrastiveSynthesizer:
         self.images = torch.zeros(0, *ctx.info.image_shape, dtype=torch.uint8, device=ctx.device)
         self.order: torch.Tensor | None = None  # this pass's shuffle of the image bank
         self.position = 0
+        self.terms = resolve_terms(CMI_TERMS.values())
 
     @property
     def count(self) -> int:
@@ -281,19 +374,20 @@ class ContrastiveSynthesizer:
                     m.weight.normal_(1.0, 0.02, generator=self.ctx.rng)
                     m.bias.zero_()
 
-    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(global view, T's logits on it, its L_bn, raw features of the local view, of the global view)."""
+    def _views(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[Signals, torch.Tensor, torch.Tensor]:
+        """(the global view's signals, with T's logits and L_bn read; raw features of the local view, of the
+        global view)."""
         ctx = self.ctx
         x_global = random_views(x, ctx.rng, 1.0, 0.125, whole_pixels=True)
         x_local = random_views(x, ctx.rng, 0.25, 0.0)
-        with self.bn.recording():
-            logits = self.teacher(x_global)
-            f_global = self.bn.feature_vector()
-        bn_loss = self.bn.loss()
+        signals = Signals(ctx, x_global, None, self.teacher, self.teacher, 1.0, term_needs(self.terms), labels=targets)
+        signals.prior_logits  # noqa: B018 - T on the global view, recording its BN statistics and features
+        f_global = self.bn.feature_vector()
+        signals.bn_loss  # noqa: B018 - read before the local view's pass records over the statistics
         with self.bn.recording():
             self.teacher(x_local)
             f_local = self.bn.feature_vector()
-        return x_global, logits, bn_loss, f_local, f_global
+        return signals, f_local, f_global
 
     def synthesize(self, batch_size: int) -> Terms:
         """One round: optimise a batch, add its best iterate to the banks; returns the last step's terms."""
@@ -309,14 +403,12 @@ class ContrastiveSynthesizer:
         self.generator.train()
         for _ in range(c.synthesis_steps):
             x = self.generator(z)
-            x_global, logits, bn_loss, f_local, f_global = self._views(x)
-            with eval_mode(ctx.student):
-                s_logits = ctx.student(x_global)
+            signals, f_local, f_global = self._views(x, targets)
+            shared = evaluate_terms(self.terms, signals)  # the student sees the global view (in eval mode)
             cached = self.features[torch.randperm(held, generator=ctx.rng, device=ctx.device)[:n_neg]]
             anchors = self.head(torch.cat([f_local, cached[:, :dim]]))
             keys = self.head(torch.cat([f_global, cached[:, dim:]]))
-            terms = {"bn": bn_loss, "oh": losses.target_class_loss(logits, targets),
-                     "adv": losses.agreeing_adversarial_loss(logits, s_logits),
+            terms = {**{own: shared[name] for own, name in CMI_TERMS.items()},
                      "cr": losses.contrastive_loss(anchors, keys, c.cr_tau, current=batch_size)}
             total = (c.lambda_bn * terms["bn"] + c.lambda_oh * terms["oh"] + c.lambda_adv * terms["adv"]
                      + c.lambda_cr * terms["cr"])

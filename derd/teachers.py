@@ -2,7 +2,8 @@
 real-data reference rows of the paper's tables, trained at the student's architecture).
 
 Checkpoints (``derd.checkpoints``) carry meta = arch, dataset, num_classes, kind and the
-val table. The digits pair is trained on first use and cached (``$DERD_CACHE``).
+val table. Teachers in the cache (``$DERD_CACHE/teachers/<dataset>/``) are found for any dataset
+by name and kind; an embedded dataset's (digits) are trained there on first use.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from torch import nn
 from derd.attacks import eval_mode, pgd
 from derd.cache import cache_dir
 from derd.checkpoints import build_model, load_checkpoint, save_checkpoint
-from derd.data import IMAGE_SIZES, DatasetInfo, dataset_info, dataset_spec, download, load_split, make_loader
+from derd.data import (IMAGE_SIZES, DatasetInfo, available_datasets, dataset_info, dataset_spec, download, load_split,
+                       make_loader)
 from derd.device import Compute, check_device
 from derd.errors import UserError, check_output_file, cli_errors
 from derd.evaluate import evaluate, markdown_table
@@ -132,30 +134,62 @@ def train_and_save(
     return model, meta
 
 
-def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifier, dict[str, Any]]]:
-    """The digits pair, trained on first use (about a minute each on 2 CPU cores) and cached."""
-    info, spec = dataset_info("digits"), dataset_spec("digits")
-    arch = spec.teacher_arch
+def find_cached_teacher(info: DatasetInfo, kind: str, arch: str | None = None) -> Path | None:
+    """The cached ``kind`` teacher of a dataset (``$DERD_CACHE/teachers/<dataset>/<kind>_<arch>.pt``, as
+    ``python -m derd.teachers`` writes it), for any dataset: the file of ``arch`` (default: the dataset's
+    ``teacher_arch``), else the only ``<kind>_*.pt`` there; None if there is none. Several of other
+    architectures are ambiguous: one line naming them and the flag that picks one."""
+    folder = cache_dir() / "teachers" / info.name
+    preferred = folder / f"{kind}_{arch or dataset_spec(info.name).teacher_arch}.pt"
+    if preferred.is_file():
+        return preferred
+    if arch is not None:
+        return None
+    found = sorted(folder.glob(f"{kind}_*.pt"))
+    if len(found) > 1:
+        raise UserError(f"{folder} holds {len(found)} {kind} teachers ({', '.join(p.name for p in found)}); pass "
+                        f"--teacher-{kind} FILE (teachers.{kind} in a run config) to choose one")
+    return found[0] if found else None
+
+
+def cached_teachers(info: DatasetInfo, kinds: tuple[str, ...], progress: bool = True
+                    ) -> dict[str, tuple[NormalizedClassifier, dict[str, Any]]]:
+    """The teachers ``kinds`` of a dataset from the cache (``find_cached_teacher``). A missing one is
+    trained on first use (about a minute each on 2 CPU cores for digits) when the dataset is embedded
+    (``DatasetSpec.needs_root`` is False: its data ships with the code); otherwise one line says how to
+    train it or pass it."""
+    spec = dataset_spec(info.name)
     out = {}
-    for kind in KINDS:
-        path = teacher_path(info, kind, arch)
-        if path.is_file():
+    for kind in kinds:
+        path = find_cached_teacher(info, kind)
+        if path is not None:
             out[kind] = load_checkpoint(path, info)
             continue
-        print(f"training the digits {kind} teacher ({arch}) on first use; it is cached in {path} "
+        path = teacher_path(info, kind, spec.teacher_arch)
+        if spec.needs_root:
+            raise UserError(f"{info.name} needs teacher checkpoints: no {kind} teacher in {path.parent}; train one "
+                            f"with python -m derd.teachers --dataset {info.name} --kind {kind} --data-root DIR (it "
+                            f"lands there), or pass --teacher-{kind} FILE (teachers.{kind} in a run config)")
+        print(f"training the {info.name} {kind} teacher ({spec.teacher_arch}) on first use; it is cached in {path} "
               f"($DERD_CACHE moves the cache)", file=sys.stderr, flush=True)
-        out[kind] = train_and_save(info, kind, arch, path, epochs=spec.teacher_epochs, progress=progress)
-        print(markdown_table({f"{kind} {arch} (val split, full protocol)": out[kind][1]["table"]}), file=sys.stderr,
-              flush=True)
+        out[kind] = train_and_save(info, kind, spec.teacher_arch, path, epochs=spec.teacher_epochs, progress=progress)
+        print(markdown_table({f"{kind} {spec.teacher_arch} (val split, full protocol)": out[kind][1]["table"]}),
+              file=sys.stderr, flush=True)
     return out
+
+
+def digits_teachers(progress: bool = True) -> dict[str, tuple[NormalizedClassifier, dict[str, Any]]]:
+    """The digits pair from the cache, trained on first use (``cached_teachers``)."""
+    return cached_teachers(dataset_info("digits"), KINDS, progress=progress)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m derd.teachers", description="Train a natural or robust teacher.")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(available_datasets())}")
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--arch", help="architecture (default: the dataset's, e.g. digits_cnn, wrn_34_10, tv_resnet50)")
+    p.add_argument("--arch", help="architecture (default: the dataset's DatasetSpec.teacher_arch: "
+                   + ", ".join(f"{n} {dataset_spec(n).teacher_arch}" for n in available_datasets()) + ")")
     p.add_argument("--method", choices=("pgd_at", "trades"), default="pgd_at", help="adversarial training for --kind robust")
     p.add_argument("--epochs", type=int)
     p.add_argument("--data-root")

@@ -1,9 +1,11 @@
 """Final training of a config: ``python -m derd.train --config X.yaml [--out DIR]``.
 
 Runs the config's method to the end with a progress bar, then the ``full`` protocol on the
-test split, and writes to DIR: student.pt, generator.pt (generator methods), run.pt
-(resumable state), config.yaml, table.json, table.md, samples.png (the paper's Fig. 2) and
-accuracy.png (its Fig. 1). An interrupted training continues from DIR/run.pt when started
+test split (``--protocol search`` for a quick look), and writes to DIR: student.pt,
+generator.pt (generator methods), run.pt (resumable state), config.yaml, table.json, table.md,
+samples.png (the paper's Fig. 2) and accuracy.png (its Fig. 1). The test scores carry the
+protocol they were measured under (its name, eps and attacks: ``derd.evaluate.protocol_record``)
+in table.json, table.md's heading and student.pt's metadata. An interrupted training continues from DIR/run.pt when started
 again with the same --out (Ctrl-C says so in one line).
 """
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 import torch
 
 from derd.cache import cache_dir
+from derd.cadence import CheckpointCadence, checkpoint_every_s
 from derd.checkpoints import NORMALIZE_CHOICES, save_checkpoint
 from derd.config import RunConfig, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_dict
-from derd.data import load_split, make_loader
+from derd.data import available_datasets, load_split, make_loader
 from derd.device import check_device
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import eval_batch_size, evaluate, markdown_table
+from derd.evaluate import describe_protocol, eval_batch_size, evaluate, infer_protocol, markdown_table, protocol_record
 from derd.experts import load_experts
 from derd.footprint import check_memory
 from derd.inputs import expect, parse_yaml, read_json
@@ -69,9 +72,12 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
 
     bar = progress_bar(total=run.total_epochs, initial=run.epoch, desc=f"{cfg.method} on {cfg.data.dataset}",
                        enabled=progress)
+    cadence = CheckpointCadence(checkpoint_every_s(cfg.train.checkpoint_every_s, run.device))
     try:
         for result in run.epochs():
-            run.save(state)
+            if cadence.due(result, run.total_epochs):
+                run.save(state)
+                cadence.wrote(run.epoch)
             shown = {k.split("/")[-1]: f"{v:.2f}" for k, v in result.items() if k.startswith("val/") and k != "val/n_images"}
             bar.set_postfix(stage=result["stage"], **shown)
             bar.update(1)
@@ -85,7 +91,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     table = evaluate(run.student, make_loader(test, batch), protocol, eps=info.eps,
                      device=run.device, seed=cfg.seed, progress=progress)
     table = {f"test/{k}": v for k, v in table.items()}
-    save_checkpoint(out / "student.pt", run.student, {**meta, "table": table})
+    measured = protocol_record(protocol, info.eps)
+    save_checkpoint(out / "student.pt", run.student, {**meta, "table": table, "protocol": measured})
     generator = run.method.modules.get("generator")
     if generator is not None:
         torch.save(generator.state_dict(), out / "generator.pt")
@@ -93,15 +100,20 @@ def train(cfg: RunConfig, out: Path, *, progress: bool = True, test_protocol: st
     if samples is not None:
         save_sample_grid(samples, out / "samples.png")
     save_accuracy_curve(run.history, out / "accuracy.png", title=f"{cfg.method} student on {info.name}")
-    (out / "table.json").write_text(json.dumps({"config": to_dict(cfg), "test": table, "history": run.history}, indent=1))
+    (out / "table.json").write_text(json.dumps({"config": to_dict(cfg), "protocol": measured, "test": table,
+                                                "history": run.history}, indent=1))
     row = {k.removeprefix("test/"): v for k, v in table.items()}
-    (out / "table.md").write_text(markdown_table({f"{cfg.method} ({cfg.student.arch})": row}) + "\n")
-    return {"test": table, "history": run.history}
+    (out / "table.md").write_text(f"Test split, {describe_protocol(measured)}\n\n"
+                                  + markdown_table({f"{cfg.method} ({cfg.student.arch})": row}) + "\n")
+    return {"test": table, "protocol": measured, "history": run.history}
 
 
-def read_table(path: str | os.PathLike) -> dict[str, Any]:
+def read_table(path: str | os.PathLike, dataset: str | None = None) -> dict[str, Any]:
     """A ``table.json`` that ``train`` wrote, its shape checked: ``test`` maps metric names to finite
-    numbers; ``config`` (a mapping) and ``history`` (a list) where present."""
+    numbers; ``config`` (a mapping) and ``history`` (a list) where present; ``protocol``: the one its
+    test scores were measured under (``derd.evaluate.protocol_record``). A table written before tables
+    recorded their protocol gets the one whose columns it holds, at its dataset's eps (its config's,
+    else ``dataset``); ``protocol`` is None when that cannot be told."""
     data = expect(read_json(path, "table"), dict, str(path))
     test = expect(data.get("test"), dict, f"{path}: test")
     for key, value in test.items():
@@ -109,7 +121,31 @@ def read_table(path: str | os.PathLike) -> dict[str, Any]:
     for key, kind in (("config", dict), ("history", list)):
         if key in data:
             expect(data[key], kind, f"{path}: {key}")
+    data["protocol"] = table_protocol(data, str(path), dataset)
     return data
+
+
+def table_protocol(data: dict[str, Any], where: str, dataset: str | None = None) -> dict[str, Any] | None:
+    """The protocol a read ``table.json`` records, its shape checked, or the one inferred for an older
+    table (``read_table``)."""
+    if "protocol" in data:
+        record = expect(data["protocol"], dict, f"{where}: protocol")
+        expect(record.get("name"), str, f"{where}: protocol.name")
+        expect(record.get("eps"), (int, float), f"{where}: protocol.eps")
+        for attack in expect(record.get("attacks"), list, f"{where}: protocol.attacks"):
+            expect(attack, str, f"{where}: protocol.attacks[]")
+        if record.get("max_images") is not None:
+            expect(record["max_images"], int, f"{where}: protocol.max_images")
+        return {"name": record["name"], "eps": float(record["eps"]), "attacks": list(record["attacks"]),
+                "max_images": record.get("max_images")}
+    name = infer_protocol(k.removeprefix("test/") for k in data["test"])
+    section = data.get("config", {}).get("data")
+    dataset = section.get("dataset", dataset) if isinstance(section, dict) else dataset
+    if name is None or dataset is None:
+        return None
+    from derd.data import available_datasets, dataset_info
+
+    return protocol_record(name, dataset_info(dataset).eps) if dataset in available_datasets() else None
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -131,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m derd.train", description="Train a student from a config and report its test table.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="run config YAML (as exported by analysis/export.py)")
-    src.add_argument("--preset", help="start from a dataset's preset (the paper's weights): digits, cifar10, ...")
+    src.add_argument("--preset", help="start from a dataset's preset (the paper's weights): "
+                                      f"{', '.join(available_datasets())}")
     p.add_argument("--method", help="the method to train (default: the config's; derd for a preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key, e.g. --set stage2.lambda_nat=1.0 (YAML value syntax)")

@@ -1,6 +1,7 @@
 """Shared fixtures: small digits models trained in seconds, temporary caches."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,35 @@ import yaml
 from derd.data import dataset_info, load_split, make_loader
 from derd.models import create_model
 from derd.checkpoints import save_checkpoint
+
+
+REPO = Path(__file__).resolve().parent.parent
+# top-level entries the suite may create by design: pytest's own cache, the browser test's screenshots
+SUITE_OUTPUTS = {".pytest_cache", "artifacts"}
+
+
+def working_tree_paths(root: Path = REPO) -> set[str]:
+    """What a test could leave behind in the repository: its top-level entries and, where it is a git
+    checkout, every untracked path git does not ignore (``git status --porcelain``)."""
+    paths = {p.name + ("/" if p.is_dir() else "") for p in root.iterdir()} - {f"{n}/" for n in SUITE_OUTPUTS} - SUITE_OUTPUTS
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return paths
+    return paths | {line[3:] for line in status.splitlines() if line.startswith("?? ")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _working_tree_unchanged():
+    """The suite writes only to temporary folders: after it, the repository holds no new path (an MLflow
+    experiment without an artifact location, for one, writes ``mlruns/`` into the working directory)."""
+    before = working_tree_paths()
+    yield
+    new = sorted(working_tree_paths() - before)
+    if new:
+        pytest.fail(f"the tests left new paths in {REPO}: {', '.join(new)}; write them under tmp_path instead",
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)

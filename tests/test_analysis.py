@@ -204,6 +204,13 @@ def test_no_trial_meeting_the_floor_is_exit_2_and_one_line(fabricated, tmp_path,
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_an_exported_origin_names_the_protocol_of_its_val_scores(fabricated, tmp_path):
+    from derd.evaluate import protocol_record
+
+    origin = _export(fabricated, tmp_path, "--select", "knee")[0]
+    assert origin["val_protocol"] == protocol_record("search", 0.2) and "val/aa_acc" in origin["val"]
+
+
 def test_report_names_the_protocols_and_sorts_the_front(fabricated, tmp_path):
     from analysis.report import main as report_main
 

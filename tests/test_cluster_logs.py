@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import write_space
+from conftest import TINY_BASE, write_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,14 +83,20 @@ def _logger(tmp_path):
 
 
 def _fake_trial(tmp_path, error: str, checkpoint_epoch: int | None, failures: int):
-    """What ``on_trial_recover`` reads of a Ray Tune trial."""
+    """What ``on_trial_recover`` reads of a Ray Tune trial, and the trial's own checkpoint file if it has one."""
+    from derd.records import SAVED_EPOCH, SearchFolder
     from tuning.searcher import TRIAL_NUMBER
 
     error_file = tmp_path / "error.txt"
     error_file.write_text(f"Failure # {failures} (occurred at now)\n{error}\n")
-    saved = None if checkpoint_epoch is None else SimpleNamespace(metrics={"epoch": checkpoint_epoch})
-    return SimpleNamespace(config={TRIAL_NUMBER: 15}, trial_id="abc_00015", last_result={"epoch": 6},
-                           latest_checkpoint_result=saved, checkpoint=saved and object(), max_failures=2,
+    own = SearchFolder(tmp_path).trial_checkpoint(15)
+    if checkpoint_epoch is None:
+        own.unlink(missing_ok=True)
+    else:
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_bytes(b"state")
+    return SimpleNamespace(config={TRIAL_NUMBER: 15}, trial_id="abc_00015",
+                           last_result={"epoch": 6, SAVED_EPOCH: checkpoint_epoch or 0}, max_failures=2,
                            num_failures=failures, error_file=str(error_file), get_error=lambda: "")
 
 
@@ -108,10 +114,13 @@ def test_a_restored_trial_is_named_and_counted(tmp_path, capsys):
     logger.on_trial_recover(0, [], _fake_trial(tmp_path, died, 6, failures=1))
     assert _ours(capsys) == ["trial-0015: worker lost after epoch 6; resumes from its epoch-6 checkpoint "
                              "(retry 1 of 2)"]
+    logger.on_trial_recover(0, [], _fake_trial(tmp_path, died, 4, failures=1))  # a time cadence: epochs 5, 6 unsaved
+    assert _ours(capsys) == ["trial-0015: worker lost after epoch 6; resumes from its epoch-4 checkpoint, redoing "
+                             "epochs 5-6 (retry 1 of 2)"]
     logger.on_trial_recover(0, [], _fake_trial(tmp_path, "Traceback ...\nValueError: bad batch", None, failures=2))
     assert _ours(capsys) == ["trial-0015: failed (ValueError: bad batch) after epoch 6; restarts from its start "
                              "(no checkpoint yet) (retry 2 of 2)"]
-    assert client.get_run(logger.run_id(15)).data.tags[Tag.RESTORES] == "2"
+    assert client.get_run(logger.run_id(15)).data.tags[Tag.RESTORES] == "3"
 
 
 # ---- a head started with `ray start --head` ------------------------------------------------------
@@ -178,7 +187,8 @@ def token_head(tmp_path_factory):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-# The driver: the real search, its trial's worker killed (SIGKILL) once, right after epoch 2 was reported.
+# The driver: the real search, its trial's worker killed (SIGKILL) once, right after epoch 3 was reported
+# (its checkpoint, written at the val epochs 2 and 4 only, then holds epoch 2).
 KILLED_ONCE = """
 import sys
 from tuning.search import run_search
@@ -191,7 +201,7 @@ def trainable(config, **kw):
     marker, report = Path(kw["out"]) / "worker-killed", ray.tune.report
     def report_then_die(metrics, checkpoint=None):
         report(metrics, checkpoint=checkpoint)
-        if metrics["epoch"] == 2 and not marker.exists():
+        if metrics["epoch"] == 3 and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
     ray.tune.report = report_then_die
@@ -204,13 +214,17 @@ print("restored", summary["trials_restored"], "failed", summary["trials_failed"]
 
 def test_a_search_joins_a_token_head_and_names_a_restored_trial(tmp_path, token_head, teacher_args):
     """``--address HOST:PORT`` of a head that requires its token: the search picks the token up from
-    ~/.ray/auth_token (RAY_AUTH_MODE unset) and runs; the trial whose worker is killed after epoch 2
-    is named by one line, resumed from its checkpoint, logged once per epoch and counted as restored."""
+    ~/.ray/auth_token (RAY_AUTH_MODE unset) and runs. The trial writes its checkpoint by a time cadence
+    (``train.checkpoint_every_s``: at the val epochs and the end here, not every epoch), and its worker is
+    killed after epoch 3: it is named by one line, resumed from its epoch-2 checkpoint, redoes epoch 3
+    bit for bit, is logged once per epoch and counted as restored."""
+    import torch
     from mlflow.tracking import MlflowClient
 
     from derd.records import SearchFolder, Tag
 
-    space = write_space(tmp_path / "space.yaml", search={"num_trials": 1, "max_concurrent": 1, "scheduler": "none"})
+    space = write_space(tmp_path / "space.yaml", search={"num_trials": 1, "max_concurrent": 1, "scheduler": "none"},
+                        base={**TINY_BASE, "train.checkpoint_every_s": 3600})
     out = tmp_path / "s"
     done = subprocess.run([sys.executable, "-c", KILLED_ONCE, "--space", str(space), "--out", str(out), "--address",
                            token_head.address, "--cpus-per-trial", "1", *teacher_args],
@@ -218,13 +232,16 @@ def test_a_search_joins_a_token_head_and_names_a_restored_trial(tmp_path, token_
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "worker-killed").is_file() and "restored 1 failed 0" in done.stdout
     assert "\r" not in done.stderr  # the driver's log, trials' lines included, holds no progress-bar runs
-    assert done.stderr.count("trial-0000: worker lost after epoch 2; resumes from its epoch-2 checkpoint "
-                             "(retry 1 of 2)\n") == 1, done.stderr[-3000:]
+    assert done.stderr.count("trial-0000: worker lost after epoch 3; resumes from its epoch-2 checkpoint, redoing "
+                             "epoch 3 (retry 1 of 2)\n") == 1, done.stderr[-3000:]
     client = MlflowClient(SearchFolder(out).mlflow_uri)
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("derd-digits").experiment_id])
               if r.data.tags.get(Tag.KIND) == "trial"]
     assert run.info.status == "FINISHED" and run.data.tags[Tag.RESTORES] == "1"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/G")) == [1, 2, 3, 4]
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/G")}
+    assert sorted(logged) == [1, 2, 3, 4]  # epoch 3 logged once: from the killed worker, the redo skipped
+    redone = torch.load(SearchFolder(out).trial_checkpoint(0), weights_only=True)["history"][2]
+    assert redone["epoch"] == 3 and redone["loss/G"] == logged[3]  # the redo repeated the lost epoch exactly
     assert "1 restored from a checkpoint after a failure" in (out / "best_trials.md").read_text()
 
 

@@ -1,9 +1,10 @@
-"""A new method is one class: registered from here, it runs, is searched, logged, exported and tabled
-without a line changed anywhere else; old configs still load."""
+"""A new method is one file: written by the test outside the package and named in $DERD_PLUGINS, it
+registers, runs (with a generator term of its own over its drawn labels), is searched over the range it
+declares, logged, exported and tabled without a line changed anywhere else; old configs still load."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -17,48 +18,75 @@ from derd.config import ConfigError, apply_overrides, from_dict, load_yaml, pres
 from derd.data import load_split
 from derd.experts import Experts
 from derd.methods import available_methods, get_method, logged_prefixes, register_method, unregister_method
-from derd.methods.base import GeneratorMethod, Phase, Terms
-from derd.objectives import RobustConfig, rslad
+from derd.methods.registry import PLUGINS_ENV
 from derd.records import SearchFolder, Tag, encode_objectives
 from derd.run import DistillationRun
-from derd.settings import LR_MAX, WEIGHT_MAX, setting
 
 LEGACY = Path(__file__).parent / "legacy"
 
+# The whole method: one file, as a user would write it outside the package.
+TOY_METHOD = textwrap.dedent('''
+    """``toy``: a conditional generator on T_rob's logit of the drawn class, with robust distillation."""
+    from dataclasses import dataclass
 
-@dataclass
-class ToyConfig:
-    weight: float = setting(1.0, lo=0, hi=WEIGHT_MAX, doc="weight of the one-hot term")
-    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
+    import torch
+
+    from derd.methods import register_method
+    from derd.methods.base import GeneratorMethod
+    from derd.objectives import RobustConfig, rslad
+    from derd.settings import LR_MAX, WEIGHT_MAX, loguniform, setting
+    from derd.synthesis import Signals
 
 
-class Toy(GeneratorMethod):
-    """A generator on T_rob's one-hot loss alone, with robust distillation."""
+    @dataclass
+    class ToyConfig:
+        weight: float = setting(1.0, lo=0, hi=WEIGHT_MAX, doc="weight of the drawn-class term",
+                                search=loguniform(0.1, 2.0))
+        lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
 
-    name = "toy"
-    label = "Toy + RSLAD"
-    order = 50
-    sections = {"toy": ToyConfig, "robust": RobustConfig}
-    metric_prefixes = ("kd/", "toy/")
-    presets = {"digits": {"toy.weight": 0.5}}
 
-    def generator_lr(self, phase: Phase) -> float:
-        return self.cfg.toy.lr_g
+    @register_method
+    class Toy(GeneratorMethod):
+        name = "toy"
+        label = "Toy + RSLAD"
+        order = 50
+        sections = {"toy": ToyConfig, "robust": RobustConfig}
+        metric_prefixes = ("kd/", "toy/")
+        presets = {"digits": {"toy.weight": 0.5}}
 
-    def iteration(self, phase: Phase, step: int) -> Terms:
-        terms, _ = self.synth.step(phase.batch_size, {"oh": self.cfg.toy.weight}, prior=self.ctx.experts.robust,
-                                   natural=None, tau=1.0)
-        terms.update(rslad(self.ctx, self.synth.sample(phase.batch_size)))
-        return terms
+        def generator_settings(self):
+            return {"conditional": True}
 
-    def end_epoch(self, phase: Phase, means: dict[str, float]) -> dict[str, float]:
-        return {"toy/oh_mean": means["loss/oh"]}
+        def generator_terms(self):
+            return {"toy_class": self.drawn_class_term}
+
+        def drawn_class_term(self, s: Signals) -> torch.Tensor:
+            """Its own term: minus T's mean logit of each image's drawn class, on x with its gradient."""
+            self.term_had_gradient = s.x.requires_grad
+            return -s.prior_logits.gather(1, s.drawn_labels[:, None]).mean()
+
+        def generator_lr(self, phase):
+            return self.cfg.toy.lr_g
+
+        def iteration(self, phase, step):
+            terms, x = self.synth.step(phase.batch_size, {"toy_class": self.cfg.toy.weight},
+                                       prior=self.ctx.experts.robust, natural=None, tau=1.0)
+            terms.update(rslad(self.ctx, x))
+            return terms
+
+        def end_epoch(self, phase, means):
+            return {"toy/class_mean": means["loss/toy_class"]}
+''')
 
 
 @pytest.fixture()
-def toy():
-    register_method(Toy)
-    yield Toy
+def toy(tmp_path, monkeypatch):
+    """The toy method's file, outside the package, found through $DERD_PLUGINS."""
+    path = tmp_path / "toy_method.py"
+    path.write_text(TOY_METHOD)
+    monkeypatch.setenv(PLUGINS_ENV, str(path))
+    assert "toy" in available_methods()  # the first look into the registry imports it
+    yield get_method("toy")
     unregister_method("toy")
 
 
@@ -71,7 +99,7 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     from tuning.space import SearchSpace
 
     # the config: its section, its published digits weight, YAML both ways
-    assert available_methods()[-1] == "toy" and "toy/" in logged_prefixes()
+    assert available_methods()[-1] == "toy" and "toy/" in logged_prefixes() and toy.__module__.startswith("derd_plugin")
     cfg = apply_overrides(preset("digits", "toy"), {**TINY_BASE, "robust.pgd_steps": 2})
     assert cfg.toy.weight == 0.5 and to_flat(cfg)["toy.weight"] == 0.5
     save_yaml(cfg, tmp_path / "toy.yaml")
@@ -82,28 +110,37 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     # it runs, with its own metric
     val = torch.utils.data.Subset(load_split("digits", "val"), range(16))
     run = DistillationRun(cfg, Experts(None, train_quick(seed=2, epochs=2)), val_data=val)
+    before = [p.detach().clone() for p in run.method.synth.generator.label_embedding.parameters()]
     history = run.run()
     run.close()
-    assert len(history) == cfg.budget.epochs and "toy/oh_mean" in history[-1] and "kd/adv_agreement" in history[-1]
+    assert len(history) == cfg.budget.epochs and "toy/class_mean" in history[-1] and "kd/adv_agreement" in history[-1]
+    assert run.method.term_had_gradient and history[-1]["loss/G"] == pytest.approx(0.5 * history[-1]["loss/toy_class"])
+    after = list(run.method.synth.generator.label_embedding.parameters())  # its term trained G's label embedding
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
 
     # it is searched: its preset first, its key sampled only for it
     space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump({"dataset": "digits", "base": dict(TINY_BASE), "presets": ["paper"], "space": {
+    space_file.write_text(yaml.safe_dump({"dataset": "digits", "base": dict(TINY_BASE), "presets": ["paper"],
+                                          "ranges": "declared", "space": {  # the range comes from ToyConfig
         "method": {"distribution": "categorical", "choices": ["derd", "toy"]},
-        "toy.weight": {"distribution": "loguniform", "low": 0.1, "high": 2.0},
-        "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}}}))
+        "stage2.pgd_steps": None}}))  # the tiny base's 2 steps lie below DERD's declared range: not searched here
     space = SearchSpace.from_yaml(space_file)
-    assert space.presets[1] == {"method": "toy", "toy.weight": 0.5}
+    weight = next(p for p in space.params if p.key == "toy.weight")
+    assert (weight.distribution, weight.low, weight.high) == ("loguniform", 0.1, 2.0)
+    assert space.presets[1]["method"] == "toy" and space.presets[1]["toy.weight"] == 0.5
+    assert "stage1.lambda_adv" not in space.presets[1] and "robust.lr_s" in space.presets[1]
+    assert {p.key for p in SearchSpace.from_yaml(space_file, methods=["toy"]).params} == {
+        "toy.weight", "robust.pgd_steps", "robust.natural_weight", "robust.lr_s"}  # --method toy: its declared keys
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(8):
         point = space.sample(study.ask())
-        assert ("toy.weight" in point) == (point["method"] == "toy")
+        assert ("toy.weight" in point) == (point["method"] == "toy") and ("stage1.lambda_ie" in point) != ("toy.weight" in point)
 
     # it is logged (its params and its metrics) and exported from the search's records
     folder = SearchFolder(tmp_path / "search")
     folder.root.mkdir()
     client = MlflowClient(folder.mlflow_uri)
-    exp = client.create_experiment("toy-search")
+    exp = client.create_experiment("toy-search", artifact_location=folder.artifacts.as_uri())
     parent = client.create_run(exp, tags={Tag.KIND: "search", Tag.OBJECTIVES: encode_objectives(space.objectives)})
     logger = MLflowSearchLogger(folder.mlflow_uri, exp, parent.info.run_id, to_dict(cfg), space.presets, 1, 0, folder)
     sampled = {TRIAL_NUMBER: 0, "method": "toy", "toy.weight": 0.7}
@@ -113,7 +150,7 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     run_id = logger.run_id(0)
     logged = client.get_run(run_id)
     assert logged.data.params["toy.weight"] == "0.7" and "stage1.lambda_adv" not in logged.data.params
-    assert [m.step for m in client.get_metric_history(run_id, "toy/oh_mean")] == list(range(1, len(history) + 1))
+    assert [m.step for m in client.get_metric_history(run_id, "toy/class_mean")] == list(range(1, len(history) + 1))
     tag_fronts(client, exp)
     paths = export_main(["--experiment", "toy-search", "--select", run_id, "--out", str(tmp_path / "exported"),
                          "--budget", "trial", "--tracking-uri", folder.mlflow_uri])
@@ -130,7 +167,20 @@ def test_unregistering_removes_the_section(toy):
     assert "toy" not in preset("digits").sections
     with pytest.raises(ConfigError, match="toy.weight: unknown key"):
         apply_overrides(preset("digits"), {"toy.weight": 1.0})
-    register_method(Toy)
+    register_method(toy)
+
+
+def test_a_methods_own_term_may_not_take_a_shared_terms_name_and_a_bad_plugin_is_one_line(monkeypatch):
+    from derd.errors import UserError
+    from derd.methods.registry import load_plugins
+    from derd.synthesis import GENERATOR_TERMS, resolve_terms
+
+    with pytest.raises(ValueError, match="'oh' is a shared term"):
+        resolve_terms(["oh"], {"oh": lambda s: s.x.mean()})
+    assert set(resolve_terms(["cls", "mine"], {"mine": lambda s: s.x.mean()})) == {"cls", "mine"} and "cls" in GENERATOR_TERMS
+    monkeypatch.setenv(PLUGINS_ENV, "no_such_module_for_derd")
+    with pytest.raises(UserError, match=r"^\$DERD_PLUGINS: cannot import 'no_such_module_for_derd'"):
+        load_plugins()
 
 
 def test_a_config_exported_before_the_shared_budget_loads_with_the_same_meaning():

@@ -8,15 +8,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _imports(path: Path) -> set[str]:
-    """Modules a file imports at run time (lazy imports inside functions count too; imports for
-    type checkers only do not)."""
+def _imports(path: Path, typing_too: bool = False) -> set[str]:
+    """Modules a file imports at run time (lazy imports inside functions count too); with ``typing_too``,
+    also the imports for type checkers only (``if TYPE_CHECKING:``), which a layering must not need either."""
     found = set()
     tree = ast.parse(path.read_text())
     typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
                    for n in ast.walk(block)}
     for node in ast.walk(tree):
-        if id(node) in typing_only:
+        if id(node) in typing_only and not typing_too:
             continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
@@ -42,25 +42,56 @@ def test_analysis_does_not_import_tuning():
         assert not {m for m in _imports(path) if m.split(".")[0] == "tuning"}, path
 
 
-def test_the_derd_import_graph_has_no_cycle():
+def _derd_graph() -> dict[str, set[str]]:
+    """derd's modules -> the derd modules each imports: at run time, inside functions and for type checkers
+    alike. Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so it depends on them too
+    (a module's own packages excepted: they are running already); a package that imports its children with
+    ``pkgutil`` depends on each of them."""
     files = {_module(p): p for p in (REPO / "derd").rglob("*.py")}
-    graph = {m: {d for d in _imports(p) if d in files and d != m} for m, p in files.items()}
-    for m in graph:  # a module's package __init__ is imported with it; a package importing its children is fine
-        graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+    graph: dict[str, set[str]] = {}
+    for m, p in files.items():
+        direct = {d for d in _imports(p, typing_too=True) if d in files}
+        if "pkgutil.iter_modules" in p.read_text() and p.name == "__init__.py":
+            direct |= {d for d in files if d.startswith(m + ".") and d.count(".") == m.count(".") + 1}
+        parents = {".".join(d.split(".")[:i]) for d in direct for i in range(1, d.count(".") + 1)}
+        graph[m] = {d for d in direct | parents if d in files and d != m and not m.startswith(d + ".")}
+    return graph
+
+
+def test_the_derd_import_graph_has_no_cycle_type_checking_imports_included():
+    graph = _derd_graph()
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
                 raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
 
-    for module in graph:
+    for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_method_registry_is_the_bottom_layer_and_the_config_imports_it_at_its_top():
+    """derd.methods.registry imports nothing of derd but its errors; derd.config and derd.experts import it at
+    their top; nothing the methods package's __init__ imports leads to derd.config."""
+    graph = _derd_graph()
+    assert graph["derd.methods.registry"] <= {"derd.errors"}
+    for module in ("config", "experts"):
+        tree = ast.parse((REPO / "derd" / f"{module}.py").read_text())
+        top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+        assert "derd.methods.registry" in top, module
+    seen, todo = set(), ["derd.methods"]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += graph[node]
+    assert "derd.config" not in seen, sorted(seen)
 
 
 # Private names of PyTorch itself that this project uses on purpose (the rule is about Ray,

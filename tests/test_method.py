@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,7 @@ def _host_reads(fn) -> int:
     return sum(1 for e in prof.events() if e.name == "aten::_local_scalar_dense" and not in_optimizer(e))
 
 
-@pytest.mark.parametrize("method", ["derd", "derd_no_nat", "dafl", "cmi", "dfard"])
+@pytest.mark.parametrize("method", ["derd", "derd_no_nat", "dafl", "cmi", "dfard", "gdfq"])
 def test_a_stage_two_iteration_reads_nothing_on_the_host(experts, val_data, method):
     run = DistillationRun(tiny(method=method), experts, val_data=val_data)
     index = len(run.phases) - 1
@@ -266,7 +267,7 @@ def test_a_damaged_stage1_cache_entry_is_trained_again_not_trusted(tmp_path, exp
 
 def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
     derd = DistillationRun(tiny(), experts, val_data=val_data)
-    for method in ("dafl", "dfad", "zskt", "cmi", "dfard"):
+    for method in [m for m in available_methods() if get_method(m).table == 2 and m != "derd"]:  # the baselines
         run = DistillationRun(tiny(method=method), experts, val_data=val_data)
         assert sum(p.epochs * p.iters_per_epoch for p in run.phases) == sum(p.epochs * p.iters_per_epoch for p in derd.phases)
         assert run.phases[0].stage == 2 and run.warmup_epochs == 0
@@ -293,11 +294,48 @@ def test_stage_one_cosine_reaches_zero_at_its_end_with_several_student_steps(exp
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[updates // 2] > 0.2 * run.phases[0].lr_s
 
 
-def test_the_run_config_has_a_section_for_every_registered_methods_keys():
-    assert available_methods() == ["derd", "derd_inv", "derd_no_nat", "nature", "dafl", "dfad", "zskt", "cmi", "dfard"]
+def test_every_method_file_registers_its_methods_and_the_run_config_has_their_sections():
+    """Checked against the registry, not a list: each file of derd/methods (but base and registry) registers
+    a method, in the tables' order, with a label, teachers, a docstring that names its source, and sections."""
+    import importlib
+    import pkgutil
+
+    import derd.methods.base
+    from derd.methods.registry import FRAMEWORK_MODULES
+
+    names = available_methods()
+    assert len(names) == len(set(names)) >= 10 and names[0] == "derd"
+    assert [get_method(n).order for n in names] == sorted(get_method(n).order for n in names)
+    folder = Path(derd.methods.base.__file__).parent
+    for module in pkgutil.iter_modules([str(folder)]):
+        if module.name not in FRAMEWORK_MODULES:
+            mod = importlib.import_module(f"derd.methods.{module.name}")
+            assert any(get_method(n).__module__ == mod.__name__ for n in names), module.name
+            assert len(mod.__doc__ or "") > 200, f"{module.name}: its docstring names its paper and code"
     sections = preset("digits").sections
-    for method in available_methods():
-        assert set(get_method(method).sections) <= set(sections)
+    for method in names:
+        cls = get_method(method)
+        assert cls.label and set(cls.teachers) <= {"natural", "robust"} and cls.table in (1, 2, 3)
+        assert set(cls.sections) <= set(sections)
+
+
+def _readme_methods_table() -> list[list[str]]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## The methods", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))] for row in rows]
+
+
+def test_the_readmes_methods_table_lists_the_registry():
+    """One row per registered method, in its order, its teachers and config sections as the class says."""
+    rows = _readme_methods_table()
+    assert [r[0].strip("`") for r in rows] == available_methods()
+    for row in rows:
+        cls = get_method(row[0].strip("`"))
+        teachers = {"T_nat": "natural", "T_rob": "robust"}
+        assert tuple(t for t in ("natural", "robust") if t in {teachers[c.strip()] for c in row[4].split(",")}) == \
+            tuple(t for t in ("natural", "robust") if t in cls.teachers), row[0]
+        assert [c.strip().strip("`") for c in row[5].split(",")] == list(cls.sections), row[0]
 
 
 def test_methods_declare_what_they_read():
@@ -328,7 +366,10 @@ def test_config_errors_name_the_key(tmp_path):
 def test_presets_carry_the_paper_weights_and_yaml_round_trips(tmp_path):
     for dataset in available_datasets():
         flat = to_flat(preset(dataset))
-        assert all(flat[k] == pytest.approx(v) for k, v in dataset_spec(dataset).paper_weights.items())
+        assert all(flat[k] == pytest.approx(v) for k, v in dataset_spec(dataset).budget.items())
+        for method in available_methods():  # every method's published weights, DERD's from the paper
+            assert all(flat[k] == pytest.approx(v) for k, v in get_method(method).presets.get(dataset, {}).items())
+    assert to_flat(preset("cifar100"))["stage1.lambda_ie"] == 20 and get_method("derd").presets["cifar10"]["stage2.lambda_nat"] == 0.5
     cfg = tiny(seed=3, method="zskt")
     save_yaml(cfg, tmp_path / "c.yaml")
     assert load_yaml(tmp_path / "c.yaml") == cfg

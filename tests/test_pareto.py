@@ -1,6 +1,8 @@
 """Pareto maths, floors (--min-clean) and the summary line, on hand-made points and trials with known answers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from analysis.pareto import dominates, hypervolume, knee_point, pareto_ranks
@@ -125,3 +127,38 @@ def test_the_summary_line_compares_the_most_robust_trial_that_meets_the_floor():
     line = best_versus_preset(records, constraint=strict)
     assert line.startswith("No eligible trial meets Clean >= 95.00; the closest is trial-0002 (derd: Clean 85.52). "
                            "Best feasible AA (APGD-CE+T, val): trial-0001 (derd) 16.99")
+
+
+@pytest.mark.parametrize("lo, hi", [(-0.5, 9.5), (37.2, 81.9), (0.0, 0.3), (2.79, 14.2), (99.1, 99.4), (-3.0, 250.0)])
+def test_front_axes_tick_at_round_values_that_cover_the_points(lo, hi):
+    from analysis.figures import nice_ticks, tick_label
+
+    ticks = nice_ticks(lo, hi)
+    step = ticks[1] - ticks[0]
+    mantissa = step / 10 ** math.floor(math.log10(step) + 1e-9)
+    assert round(mantissa, 6) in (1.0, 2.0, 5.0), (ticks, mantissa)  # 1, 2 or 5 times a power of ten
+    assert all(abs(t / step - round(t / step)) < 1e-6 for t in ticks)  # every tick a multiple of the step
+    assert all(b - a == pytest.approx(step) for a, b in zip(ticks, ticks[1:]))
+    assert ticks[0] <= lo and hi <= ticks[-1] and ticks[1] > lo and ticks[-2] < hi  # covers the range, no spare tick
+    assert 3 <= len(ticks) - 1 <= 10
+    labels = [tick_label(t, step) for t in ticks]
+    assert len(set(labels)) == len(labels) and all(float(x) == pytest.approx(t) for x, t in zip(labels, ticks))
+    single = nice_ticks(lo, lo)  # one point (or all at one score): a round range around it
+    assert single[0] < lo < single[-1] and len(single) >= 3
+
+
+def test_the_front_page_ticks_are_round():
+    """The page's tick labels (once -0.5, 1.3, 3.1, ...): round numbers on both axes."""
+    import re
+
+    from analysis.figures import front_html
+    from analysis.trials import TrialRecord
+
+    records = [TrialRecord(f"r{i}", f"trial-000{i}", "derd", {"val/clean_acc": c, "val/aa_acc": a}, {}, {}, [c, a])
+               for i, (c, a) in enumerate([(53.76, 4.74), (80.22, 12.81), (64.9, 2.79)])]
+    page = front_html(records, records[1:2], None, [("val/clean_acc", "max"), ("val/aa_acc", "max")], "1")
+    for axis in ("xtick", "ytick"):
+        values = [float(v) for v in re.findall(rf'class="{axis}"[^>]*>([-0-9.]+)<', page)]
+        step = values[1] - values[0]
+        assert round(step / 10 ** math.floor(math.log10(step) + 1e-9), 6) in (1.0, 2.0, 5.0), (axis, values)
+        assert all(abs(v / step - round(v / step)) < 1e-6 for v in values), (axis, values)

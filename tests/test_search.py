@@ -62,6 +62,7 @@ def test_tiny_search_over_methods_logs_one_run_per_trial(tmp_path, cluster, teac
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["derd.protocol"] == "search" and float(run.data.tags["derd.eps"]) > 0  # its val scores'
         assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc", "val/n_images", "trial/wall_time_s"} <= set(run.data.metrics)
         by_method.setdefault(run.data.params["method"], []).append(run)
         history = client.get_metric_history(run.info.run_id, "loss/G")
@@ -78,7 +79,8 @@ def test_tiny_search_over_methods_logs_one_run_per_trial(tmp_path, cluster, teac
         assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
         run = client.get_run(t.user_attrs["mlflow_run_id"])  # Optuna -> MLflow and back
         assert run.data.tags["optuna.trial_number"] == str(t.number)
-        assert set(t.user_attrs["scores"]) == {"1", "2", "3", "4"} and "constraint" in t.user_attrs
+        assert set(t.user_attrs["intermediate"]) == {"2", "4"} and "constraint" in t.user_attrs
+        assert "scores" not in t.user_attrs  # no ASHA here: no Optuna write per epoch
     assert (out / "best_trials.md").read_text().startswith("Best trials (4 finished")
 
 

@@ -58,9 +58,13 @@ def _result(epoch: int, total: int, clean: float, aa: float) -> dict:
 
 
 def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_running(space, tmp_path):
+    """Under ASHA each epoch's score is stored (its rungs are rebuilt from them on resume)."""
+    import dataclasses
+
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     stopped: set[int] = set()
-    searcher = StudySearcher(space, storage, "s", clean_threshold=50.0, stopped_early=stopped)
+    searcher = StudySearcher(dataclasses.replace(space, scheduler="asha"), storage, "s", clean_threshold=50.0,
+                             stopped_early=stopped)
     configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c", "d", "e")}
     assert [configs[t][TRIAL_NUMBER] for t in "abcde"] == [0, 1, 2, 3, 4]
     searcher.on_trial_result("a", _result(2, 4, 60.0, 5.0))
@@ -141,9 +145,11 @@ def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_p
         assert [m.step for m in client.get_metric_history(run_id, key)] == [2]
 
 
-def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_path):
+@pytest.mark.parametrize("written_before_kill", [True, False])
+def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_path, written_before_kill):
     """The driver dies after a trial reported epoch 5 (and saved it in its checkpoint) but before the
-    logger wrote it; the resumed trial reports epoch 6 first. Every epoch 1..6 is in MLflow once."""
+    logger wrote it, with epochs 1-4 written, or still in its write-behind buffer; the resumed trial
+    reports epoch 6 first. Every epoch 1..6 is in MLflow once."""
     import torch
     from mlflow.tracking import MlflowClient
 
@@ -160,6 +166,8 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
     first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
     for entry in history[:4]:
         first.log_epoch(0, entry, {TRIAL_NUMBER: 0})
+    if written_before_kill:
+        first.flush()
     # the kill: epoch 5 was reported and checkpointed, never logged; the resumed trial reaches epoch 6
     folder.trial_checkpoint(0).parent.mkdir(parents=True)
     from derd.run import RUN_FORMAT
@@ -168,6 +176,7 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
                 "rng": torch.Generator().get_state(), "history": history[:5]}, folder.trial_checkpoint(0))
     resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
     resumed.log_epoch(0, history[5])
+    resumed.flush()
     run_id = resumed.run_id(0)
     for key in ("loss/G", "time/epoch_s"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3, 4, 5, 6], key
@@ -237,3 +246,35 @@ def test_the_scheduler_says_what_it_is_in_rays_status_block():
     moasha.on_trial_add(None, trial)
     moasha.stopped_early.add(5)
     assert moasha.debug_string() == "Using MO-ASHA (resumable): rungs at epochs 8, 4; 1 trials stopped early"
+
+
+def test_the_reaper_ends_an_orphan_it_never_saw_by_the_drivers_mark_and_nothing_else():
+    """A worker forked just before the driver's kill is orphaned before the reaper's next look; the
+    mark its environment inherited still finds it. A process without the mark is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tuning.processes import MARK, end_processes, marked
+
+    spawn = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+             " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+             " print(p.pid, flush=True)")  # the child prints its child's pid and exits: the grandchild is orphaned
+    env = {**os.environ, MARK: "driver-1"}
+    orphan = int(subprocess.run([sys.executable, "-c", spawn], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 env={k: v for k, v in os.environ.items() if k != MARK})
+    try:
+        assert psutil.Process(orphan).ppid() != os.getpid()  # not our descendant: only the mark finds it
+        found = marked("driver-1")
+        assert orphan in found and bystander.pid not in found and not marked("driver-2") and not marked("")
+        assert end_processes(found) == 1
+        assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        for pid in marked("driver-1"):
+            psutil.Process(pid).kill()

@@ -123,3 +123,30 @@ def test_a_model_that_normalises_itself_loads_with_normalize_none(tmp_path, digi
     assert torch.allclose(raw(x), theirs(x), atol=1e-6)  # exactly the user's model
     twice, _ = load_checkpoint(tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn")
     assert not torch.allclose(twice(x), theirs(x), atol=1e-3)  # the default would normalise twice
+
+
+def test_cached_teachers_are_found_for_any_dataset_by_name_and_kind(tmp_path, digits_info):
+    """$DERD_CACHE/teachers/<dataset>/<kind>_<arch>.pt: the dataset's own architecture first, else the only
+    file of that kind; several others are ambiguous (one line naming the flag); none is None."""
+    from derd.cache import cache_dir
+    from derd.teachers import find_cached_teacher, teacher_path
+
+    folder = cache_dir() / "teachers" / "digits"
+    for existing in folder.glob("*.pt"):  # the session's cache may hold the trained digits pair
+        existing.rename(tmp_path / existing.name)
+    try:
+        assert find_cached_teacher(digits_info, "robust") is None
+        save_checkpoint(folder / "robust_digits_cnn_small.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10})
+        assert find_cached_teacher(digits_info, "robust") == folder / "robust_digits_cnn_small.pt"
+        assert find_cached_teacher(digits_info, "natural") is None
+        save_checkpoint(folder / "robust_other.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10})
+        with pytest.raises(UserError, match="holds 2 robust teachers .*pass --teacher-robust FILE"):
+            find_cached_teacher(digits_info, "robust")
+        save_checkpoint(teacher_path(digits_info, "robust", "digits_cnn"), _model(digits_info),
+                        {"arch": "digits_cnn_small", "num_classes": 10})
+        assert find_cached_teacher(digits_info, "robust") == teacher_path(digits_info, "robust", "digits_cnn")
+    finally:
+        for made in folder.glob("*.pt"):
+            made.unlink()
+        for kept in tmp_path.glob("*.pt"):
+            kept.rename(folder / kept.name)

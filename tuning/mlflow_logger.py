@@ -7,25 +7,39 @@ tag ``optuna.trial_number``; the Optuna trial holds the run id as user attribute
 the dotted keys its method reads as params, per-epoch metrics (``loss/*``, ``sga/*``,
 ``kd/*``, ``time/*``, and ``val/*`` when evaluated, each epoch once even across a
 resume), the final ``val/*`` columns with the number of val images scored (``val/n_images``), compute time and
-device-hours, and ends FINISHED or FAILED (with the reason). Tags: ``derd.method``,
+device-hours, and ends FINISHED or FAILED (with the reason). Tags: ``derd.method``, the protocol
+of its val scores (``derd.protocol``, ``derd.eps``, ``derd.attacks``, ``derd.max_images``),
 ``derd.preset``, ``derd.stopped_early``, ``derd.feasible``, ``derd.budget`` (full|partial), and ``derd.restores``
 (how often Tune restored the trial from its checkpoint after a failure; absent if never).
+
+Epochs are written behind: buffered, then one ``log_batch`` per trial every ``flush_s``
+seconds (30), at the trial's end and at the search's end. MLflow's SQL store pays about 20 ms
+per call on this project's 2-core machine, and a cluster's driver sees a report per GPU
+every 10 s (``benchmarks/bench_scale.py``). A driver killed with epochs in its buffer loses
+none: the resumed search's logger starts from what MLflow holds, and takes the missing epochs
+from the trial's checkpoint or from the trial that redoes them (``log_epoch``).
 """
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune import Callback
 
 from analysis.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
-from derd.records import (EPOCH_TIME, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
-                          Tag)
+from derd.data import dataset_info
+from derd.evaluate import protocol_record
+from derd.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
+                          Tag, protocol_tags)
 from tuning.searcher import TRIAL_NUMBER
+
+
+FLUSH_S = 30.0  # seconds between writes of the buffered epochs
+MLFLOW_BATCH = 1000  # MLflow's most metrics per log_batch
 
 
 def _param_value(value: Any) -> str:
@@ -41,7 +55,8 @@ class MLflowSearchLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
                  presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
-                 searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha") -> None:
+                 searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha",
+                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic) -> None:
         from tuning.scheduler import scheduler_name
 
         self.scheduler_name = scheduler_name(scheduler)
@@ -57,11 +72,14 @@ class MLflowSearchLogger(Callback):
         self.stopped_early = stopped_early if stopped_early is not None else set()
         self._client = None
         self._runs: dict[int, str] = {}
-        self._logged_epoch: dict[int, int] = {}
+        self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered
+        self._pending: dict[str, list] = {}  # run id -> metrics buffered, not yet written
+        self.flush_s, self.clock = flush_s, clock  # clock: a benchmark's simulated time
+        self._flushed = clock()
         self._prefixes = logged_prefixes()  # every registered method's metrics
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "searcher": None}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "_pending": {}, "searcher": None}
 
     @property
     def client(self):
@@ -96,10 +114,12 @@ class MLflowSearchLogger(Callback):
 
         sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         cfg = apply_overrides(from_dict(self.base_config), sampled)
+        protocol = protocol_record(cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps)
         run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
                                      tags={Tag.PARENT: self.parent_run_id, Tag.TRIAL_NUMBER: str(number),
                                            Tag.TRIAL_ID: trial_run_name(number), Tag.KIND: "trial",
-                                           Tag.METHOD: cfg.method, Tag.RAY_TRIAL_ID: ray_trial_id})
+                                           Tag.METHOD: cfg.method, Tag.RAY_TRIAL_ID: ray_trial_id,
+                                           **protocol_tags(protocol)})  # what its val/* scores were measured under
         params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -139,14 +159,14 @@ class MLflowSearchLogger(Callback):
 
     def recover_line(self, number: int, trial) -> str:
         """``trial-0015: worker lost after epoch 6; resumes from its epoch-6 checkpoint (retry 1 of 2)``:
-        what failed, the last epoch reported, what the retry starts from (Tune's checkpoint, else the
-        trial's own file, as ``tuning.trainable`` reads them) and the retries used."""
+        what failed, the last epoch reported, what the retry starts from (the trial's own file, at the
+        epoch its last report named: ``checkpoint/epoch``) and the retries used."""
         epoch = int((trial.last_result or {}).get("epoch", 0))
-        saved = trial.latest_checkpoint_result if trial.checkpoint is not None else None
-        if saved is not None:
-            start = f"resumes from its epoch-{int(saved.metrics.get('epoch', epoch))} checkpoint"
-        elif self.folder.trial_checkpoint(number).is_file():
-            start = f"resumes from its own checkpoint {self.folder.trial_checkpoint(number)}"
+        saved = int((trial.last_result or {}).get(SAVED_EPOCH, 0))
+        if saved and self.folder.trial_checkpoint(number).is_file():
+            redo = "" if saved >= epoch else f", redoing epoch {epoch}" if saved + 1 == epoch else \
+                f", redoing epochs {saved + 1}-{epoch}"
+            start = f"resumes from its epoch-{saved} checkpoint{redo}"
         else:
             start = "restarts from its start (no checkpoint yet)"
         limit = "unlimited" if trial.max_failures < 0 else str(trial.max_failures)
@@ -185,14 +205,29 @@ class MLflowSearchLogger(Callback):
         if result.get("val_evaluated", any(k.startswith("val/") for k in result)):  # history entries: val/* iff evaluated
             metrics += [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
         if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+            self._pending.setdefault(run_id, []).extend(metrics)
         self._logged_epoch[number] = step
+        if self.clock() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write the buffered epochs of one run (or of all, restarting the interval): one call per run."""
+        for rid in [run_id] if run_id is not None else list(self._pending):
+            metrics = self._pending.pop(rid, [])
+            for i in range(0, len(metrics), MLFLOW_BATCH):
+                self.client.log_batch(rid, metrics=metrics[i : i + MLFLOW_BATCH])
+        if run_id is None:
+            self._flushed = self.clock()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
 
     def finish(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         """Close the trial's run FINISHED with its totals and tags (once)."""
         from mlflow.entities import Metric, RunTag
 
         run_id = self.run_id(number, config)
+        self.flush(run_id)
         run = self.client.get_run(run_id)
         if run.info.status == "FINISHED":
             return  # recorded by an earlier session
@@ -221,6 +256,7 @@ class MLflowSearchLogger(Callback):
 
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         run_id = self.run_id(number, config)
+        self.flush(run_id)
         self.client.set_tag(run_id, Tag.ERROR, reason[:5000])
         if "trial/compute_s" in result and TRIAL_WALL not in self.client.get_run(run_id).data.metrics:
             self.client.log_metric(run_id, TRIAL_WALL, float(result["trial/compute_s"]))

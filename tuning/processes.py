@@ -11,6 +11,10 @@ is touched):
   end of a pipe the driver writes nothing to, notes the driver's other descendants every half
   second; when the pipe closes (the driver ended, however it ended) it sends SIGTERM to
   those still alive, then SIGKILL after three seconds;
+* a worker the raylet forked in the last half second before the kill is orphaned before the
+  reaper saw it, so the driver also marks its environment (``MARK``, a token unique to this
+  driver, which Ray's processes inherit) and the reaper ends the marked processes too, as
+  Jenkins' process-tree killer does with ``BUILD_ID``;
 * the driver writes its descendants into ``search.json``; ``--resume`` ends those still
   alive before it starts (if the reaper itself was killed too).
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 import psutil
 
 Recorded = dict[int, float]  # pid -> process start time (psutil's create_time)
+MARK = "DERD_SEARCH_DRIVER"  # environment variable naming the driver whose Ray processes these are
 
 
 def descendants(pid: int | None = None) -> Recorded:
@@ -41,6 +46,20 @@ def descendants(pid: int | None = None) -> Recorded:
             out[child.pid] = child.create_time()
         except psutil.Error:
             continue
+    return out
+
+
+def marked(token: str) -> Recorded:
+    """The processes (of any parent) whose environment carries ``MARK=token``, but this one.
+
+    A process that rewrote its title over its environment (Ray's agents do) no longer shows the
+    mark; those start with Ray, long before any kill, so the reaper has seen them already."""
+    out: Recorded = {}
+    if not token:
+        return out
+    for proc in psutil.process_iter(["environ", "create_time"]):
+        if proc.pid != os.getpid() and (proc.info["environ"] or {}).get(MARK) == token:
+            out[proc.pid] = proc.info["create_time"]
     return out
 
 
@@ -73,6 +92,7 @@ def start_reaper() -> subprocess.Popen:
     """Start the reaper of this process's descendants; it ends them if this process dies. Stop it
     with ``stop_reaper`` once they have been shut down properly."""
     before = descendants()  # taken here, before Ray can start: those children are not Ray's
+    os.environ[MARK] = f"{os.getpid()}-{time.time_ns()}"  # Ray's processes, started after this, inherit it
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid()), *map(str, before)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -80,6 +100,7 @@ def start_reaper() -> subprocess.Popen:
 
 def stop_reaper(reaper: subprocess.Popen) -> None:
     """After a clean shutdown: the reaper leaves (nothing of ours is left to end)."""
+    os.environ.pop(MARK, None)
     reaper.terminate()
     try:
         reaper.wait(timeout=10)
@@ -99,7 +120,9 @@ def _reap(driver: int, before: set[int]) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     sys.stdin.buffer.read()  # returns when the driver's end of the pipe closes: the driver ended
-    end_processes(dict(seen))
+    token = os.environ.get(MARK, "")
+    end_processes({**seen, **marked(token)})
+    end_processes(marked(token))  # a worker forked while the others were ending
 
 
 if __name__ == "__main__":

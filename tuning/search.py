@@ -36,11 +36,13 @@ if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: imp
 
 from derd.cache import cache_dir
 from derd.config import to_dict
+from derd.data import available_datasets, dataset_spec
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.records import SearchFolder, Tag, encode_objectives, teacher_metric
+from derd.records import SearchFolder, Tag, encode_objectives, protocol_tags, teacher_metric
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
 from analysis.choice import parse_floor
 from analysis.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
+from tuning import processes
 from tuning.checks import (Unreadable, check_cluster_resources, check_ray_address, check_resumable, check_search_folder,
                            check_storage_path, set_aside, teacher_preflight)
 from tuning.space import SAMPLERS, SCHEDULERS, SearchSpace, default_space_path
@@ -87,7 +89,7 @@ class Plan:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python tuning/search.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", help="digits (embedded, default), cifar10, cifar100, imagenet100")
+    p.add_argument("--dataset", help=f"one of {', '.join(available_datasets())} (default: digits, embedded)")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/<dataset>.yaml)")
     p.add_argument("--method", nargs="+", help="the methods to search (one drops the space's method dimension; "
                                                "'all': every registered method), default: the space's")
@@ -174,7 +176,11 @@ def _check_trial_memory(space: SearchSpace) -> None:
 
 
 def plan_search(args: argparse.Namespace) -> Plan:
-    """Validate every input (space, data, addresses, folders, teachers); write nothing."""
+    """Validate every input (space, data, addresses, folders, teachers); write nothing.
+
+    The flags every search shares are checked first; then a fresh search (``fresh_inputs``) or a resumed
+    one (``resumed_inputs``) finds its folder, name and space; then both check what a search needs to
+    run (``checked_plan``)."""
     cache_dir()  # a bad $DERD_CACHE is one line here, not a failure in every trial
     if args.min_clean is not None:
         parse_floor(args.min_clean, "--min-clean")
@@ -182,39 +188,66 @@ def plan_search(args: argparse.Namespace) -> Plan:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_failures" else 1):
             raise UserError(f"--{flag.replace('_', '-')} {value}: must be at least {0 if flag == 'max_failures' else 1}")
-    if args.resume:
-        if not (args.out or args.name):
-            raise UserError("--resume needs the search's folder: pass --out DIR (or --name NAME for runs/NAME)")
-        folder = SearchFolder(Path(args.out or Path("runs") / args.name).resolve())
-        record = check_search_folder(folder)
-        if args.name and args.name != record["name"]:
-            raise UserError(f"{folder.root} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
-        name = record["name"]
-        space, unreadable = _resumed_space(args, folder, record)
-    else:
-        if args.dataset is not None and not args.dataset.strip():
-            raise UserError("--dataset '' names no dataset; pass digits, cifar10, cifar100 or imagenet100 (or drop it: "
-                            "digits, or the --space file's)")
-        space = SearchSpace.from_yaml(args.space or default_space_path(args.dataset or "digits"), methods=args.method)
-        if args.dataset is not None and space.dataset != args.dataset:
-            raise UserError(f"--dataset {args.dataset} contradicts the search space {space.source}, which is for "
-                            f"{space.dataset}; drop --dataset or pass a {args.dataset} space")
-        name, out = _fresh_name(args, space.dataset)
-        folder = SearchFolder(check_output_folder(out))
-        if folder.record.is_file():
-            raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
-        for attr in (*RESUME_SETTINGS, "scheduler", "seed"):
-            if getattr(args, attr) is not None:
-                setattr(space, attr, getattr(args, attr))
-        overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
-        space.base.update({k: v for k, v in overrides.items() if v is not None})
-        space.validate_settings("command line")
-        record, unreadable = {}, []
+    return checked_plan(args, resumed_inputs(args) if args.resume else fresh_inputs(args))
+
+
+@dataclass
+class SearchInputs:
+    """What a search's mode (fresh or resumed) decides before the checks both share: where, under which
+    name, over which space; a resumed search also its record and the checkpoints to set aside."""
+
+    folder: SearchFolder
+    name: str
+    space: SearchSpace
+    record: dict[str, Any] = field(default_factory=dict)
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+
+def resumed_inputs(args: argparse.Namespace) -> SearchInputs:
+    """``--resume``: the folder named by --out (or --name), its record, and its space with the settings a
+    resume may change (``_resumed_space``)."""
+    if not (args.out or args.name):
+        raise UserError("--resume needs the search's folder: pass --out DIR (or --name NAME for runs/NAME)")
+    folder = SearchFolder(Path(args.out or Path("runs") / args.name).resolve())
+    record = check_search_folder(folder)
+    if args.name and args.name != record["name"]:
+        raise UserError(f"{folder.root} holds the search {record['name']!r}, not {args.name!r}; drop --name to resume it")
+    space, unreadable = _resumed_space(args, folder, record)
+    return SearchInputs(folder, record["name"], space, record, unreadable)
+
+
+def fresh_inputs(args: argparse.Namespace) -> SearchInputs:
+    """A new search: its space (--space, else the dataset's) with the command line's settings and
+    overrides, and a folder that holds nothing yet."""
+    if args.dataset is not None and not args.dataset.strip():
+        raise UserError(f"--dataset '' names no dataset; pass one of {', '.join(available_datasets())} (or drop it: "
+                        "digits, or the --space file's)")
+    space = SearchSpace.from_yaml(args.space or default_space_path(args.dataset or "digits"), methods=args.method)
+    if args.dataset is not None and space.dataset != args.dataset:
+        raise UserError(f"--dataset {args.dataset} contradicts the search space {space.source}, which is for "
+                        f"{space.dataset}; drop --dataset or pass a {args.dataset} space")
+    name, out = _fresh_name(args, space.dataset)
+    folder = SearchFolder(check_output_folder(out))
+    if folder.record.is_file():
+        raise UserError(f"{out} already holds a search; pass --resume to continue it, or choose another --name/--out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} holds files but no search; choose another --name/--out or empty it")
+    for attr in (*RESUME_SETTINGS, "scheduler", "seed"):
+        if getattr(args, attr) is not None:
+            setattr(space, attr, getattr(args, attr))
+    overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
+    space.base.update({k: v for k, v in overrides.items() if v is not None})
+    space.validate_settings("command line")
+    return SearchInputs(folder, name, space)
+
+
+def checked_plan(args: argparse.Namespace, inputs: SearchInputs) -> Plan:
+    """The checks a fresh and a resumed search share: the largest trial fits, the data is there, the
+    MLflow store, the Ray address, the folders and the teachers are usable."""
+    space, folder, record = inputs.space, inputs.folder, inputs.record
     base_cfg = space.base_config()
     _check_trial_memory(space)
-    if base_cfg.data.dataset != "digits":
+    if dataset_spec(base_cfg.data.dataset).needs_root:
         from derd.data import download, load_split
 
         if args.download:
@@ -229,8 +262,8 @@ def plan_search(args: argparse.Namespace) -> Plan:
     from derd.experts import load_experts
 
     experts = load_experts(base_cfg, methods=space.methods)  # checks the checkpoints; digits: trains the pair on first use
-    return Plan(space, to_dict(base_cfg), folder, name, tracking_uri, args.storage_path or str(folder.root), args.resume,
-                args.max_failures, args.address, experts, record, unreadable, args.min_clean)
+    return Plan(space, to_dict(base_cfg), folder, inputs.name, tracking_uri, args.storage_path or str(folder.root),
+                args.resume, args.max_failures, args.address, experts, record, inputs.unreadable, args.min_clean)
 
 
 def _tracking_uri(args: argparse.Namespace, record: dict[str, Any], folder: SearchFolder) -> tuple[str, str]:
@@ -261,9 +294,15 @@ def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: 
         client.update_run(found[0].info.run_id, status="RUNNING")
         return exp_id, found[0].info.run_id
     space = plan.space
+    from derd.data import dataset_info
+    from derd.evaluate import protocol_record
+
+    base = space.base_config()
+    measured = protocol_record(base.eval.protocol, dataset_info(base.data.dataset, base.data.image_size).eps)
     run = client.create_run(exp_id, run_name=f"search-{plan.name}", tags={
         Tag.SEARCH_DIR: str(plan.out), Tag.KIND: "search", Tag.DATASET: space.dataset,
-        Tag.OBJECTIVES: encode_objectives(space.objectives), Tag.METHODS: ",".join(space.methods)})
+        Tag.OBJECTIVES: encode_objectives(space.objectives), Tag.METHODS: ",".join(space.methods),
+        **protocol_tags(measured)})  # the protocol of every trial's val/* scores
     params = {"dataset": space.dataset, "num_trials": space.num_trials, "max_concurrent": space.max_concurrent,
               "sampler": space.sampler, "scheduler": space.scheduler, "cpus_per_trial": space.cpus_per_trial,
               "gpus_per_trial": space.gpus_per_trial, "space": ",".join(p.key for p in space.params),
@@ -324,13 +363,12 @@ def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | N
     keyword arguments plus ``trainable_params``): the simulator's faithfulness test runs the real
     search over a stand-in that reports the tabulated benchmark's curves
     (``tuning.tabular.table_trainable``)."""
-    from tuning import processes
-
     args = build_parser().parse_args(argv)
     plan = plan_search(args)
     print(f"search {plan.name}: results in {plan.out}", flush=True)
     if plan.resume:
-        processes.end_processes({int(p): t for p, t in plan.record.get("ray_processes", {}).items()})
+        recorded = {int(p): t for p, t in plan.record.get("ray_processes", {}).items()}
+        processes.end_processes({**recorded, **processes.marked(plan.record.get("ray_mark", ""))})
     teachers, threshold = teacher_preflight(plan)
     _loopback_only(plan)
     import ray
@@ -397,7 +435,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
                              cpus_per_trial=space.cpus_per_trial, **(trainable_params or {})),
         {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial},
     )
-    record.update(ray_processes=ray_processes, driver_pid=os.getpid())
+    record.update(ray_processes=ray_processes, ray_mark=os.environ.get(processes.MARK, ""), driver_pid=os.getpid())
     clock = SessionClock(folder.record, record)  # the session counts from here, even if this driver is killed
     tuner = tune.Tuner(
         trainable,
@@ -413,6 +451,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
         tuner.fit()
     finally:
         clock.close()
+        logger.flush()  # the epochs still buffered (an interrupted search)
     study = open_study(space, folder.optuna_uri, plan.name)
     unfinished = [t for t in study.trials if t.state == TrialState.RUNNING]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)

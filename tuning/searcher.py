@@ -7,9 +7,11 @@ takes no feasibility constraint. Here:
 
 * the Optuna trial number is a trial's identity: it travels in the Ray config under
   ``TRIAL_NUMBER`` and names the trial's MLflow run and checkpoint folder;
-* every epoch's ``search/score`` and the val objectives (when evaluated) are stored as the
-  trial's user attributes ``scores`` and ``intermediate`` (Optuna's ``report`` does not
-  exist for multi-objective studies), so a resumed search rebuilds ASHA's rungs from them;
+* the val objectives (when evaluated) are stored as the trial's user attribute
+  ``intermediate``, and, under ASHA, every epoch's ``search/score`` as ``scores`` (Optuna's
+  ``report`` does not exist for multi-objective studies), so a resumed search rebuilds the
+  scheduler's rungs from them (MO-ASHA's from ``intermediate``: no write per epoch, which a
+  driver of hundreds of trials would pay for in SQLite commits);
 * a trial that ran its full budget is told COMPLETE with its objectives; one the scheduler
   stopped is told PRUNED (TPE ranks pruned trials below complete ones); a failed one FAIL;
   a trial interrupted with the driver stays RUNNING and is handed out again, with the same
@@ -179,7 +181,8 @@ class StudySearcher(Searcher):
         ot = self._live.get(trial_id)
         if ot is None or "epoch" not in result:
             return
-        self._set(ot, "scores", result["epoch"], result["search/score"])
+        if self.space.scheduler == "asha":
+            self._set(ot, "scores", result["epoch"], result["search/score"])
         if self.pool.observe(ot.number, self._params.get(trial_id, {}), result):
             ot.set_user_attr(TRAINED, True)
         if result.get("val_evaluated"):

@@ -1,13 +1,17 @@
 """Search spaces: one YAML per dataset, validated before anything starts.
 
-Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``)::
+Layout of a search-space YAML (all keys optional but ``dataset``, and ``space`` unless ``ranges``
+is ``declared``)::
 
     dataset: digits
     base: {budget.epochs: 12, ...}         # run-config overrides: the per-trial budget
-    space:                                 # searched config keys and their distributions
+    ranges: declared                       # search every key the searched methods declare a range
+                                           # for (derd.settings.setting(search=...)); default: listed
+    space:                                 # the method dimension, and ranges this dataset changes
       method: {distribution: categorical, choices: [derd, derd_no_nat]}
-      stage1.lambda_adv: {distribution: loguniform, low: 0.0005, high: 5}
-      stage2.pgd_steps: {distribution: int, low: 3, high: 10}
+      stage1.lambda_bn: {distribution: loguniform, low: 1e-07, high: 0.1}   # replaces the declared one
+      stage1.lambda_d: null                # not searched here (stays at the base config's value)
+      student.arch: {distribution: categorical, choices: [...]}             # a key no method declares
     presets: [paper]                       # evaluated first: 'paper' (one point per searched method)
                                            # or {key: value, ...}
     objectives:                            # what the search maximises / minimises
@@ -17,9 +21,15 @@ Layout of a search-space YAML (all keys optional but ``dataset`` and ``space``):
     search: {num_trials: 10, max_concurrent: 2, sampler: tpe, scheduler: moasha, grace_period: 8, reduction_factor: 2}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
 
+With ``ranges: declared`` a key's range is written once, next to its config field, and a
+dataset's space holds only what differs for that dataset (its budget, the ranges it narrows);
+``--method NAME`` then searches NAME's own declared keys. With ``ranges: listed`` (the default)
+exactly the keys under ``space`` are searched.
+
 ``SearchSpace.from_yaml`` reads and checks one; ``to_yaml`` writes the space a search
-actually ran (with the command line's overrides and the presets expanded), which
-``from_yaml`` reads back unchanged: that is what ``--resume`` continues.
+actually ran (with the command line's overrides, the declared ranges and the presets
+expanded, as ``ranges: listed``), which ``from_yaml`` reads back unchanged: that is what
+``--resume`` continues.
 
 Conditional keys: a searched key is sampled only for the methods that read it
 (``derd.methods.uses_key``: a method's own config sections, plus the sections no method
@@ -43,18 +53,19 @@ from derd.data import available_datasets
 from derd.errors import UserError
 from derd.inputs import expect, read_yaml
 from derd.evaluate import PROTOCOLS
-from derd.methods import available_methods, get_method, total_epochs, uses_key
+from derd.methods import available_methods, get_method, method_sections, total_epochs, uses_key
 from derd.records import DEFAULT_OBJECTIVES, VAL_CLEAN, Objectives, val
-from derd.settings import SEED_MAX, as_number
+from derd.settings import DISTRIBUTIONS, SEED_MAX, SearchRange, as_number, declared_ranges
 
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "moasha", "none")
 SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed",
                "share_stage1")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 CONSTRAINT_KEYS = ("min_clean_fraction",)
-TOP_KEYS = {"dataset", "base", "space", "presets", "objectives", "constraints", "search", "resources", "description"}
+RANGES = ("listed", "declared")  # which keys a space searches: those under space:, or also the methods' declared ones
+TOP_KEYS = {"dataset", "base", "ranges", "space", "presets", "objectives", "constraints", "search", "resources",
+            "description"}
 MAX_TRIALS = 100_000  # trials (and concurrent trials) of one search
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -83,6 +94,14 @@ class Param:
         if self.distribution == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high))
         return trial.suggest_float(self.key, self.low, self.high, log=self.distribution == "loguniform")
+
+    @classmethod
+    def declared(cls, key: str, search: SearchRange) -> "Param":
+        """The range a config field declares (``derd.settings.setting(search=...)``) as a searched key."""
+        if search.distribution == "categorical":
+            return cls(key, search.distribution, choices=tuple(search.choices))
+        number = int if search.distribution == "int" else float
+        return cls(key, search.distribution, number(search.low), number(search.high))
 
     def to_yaml(self) -> dict[str, Any]:
         if self.distribution == "categorical":
@@ -125,9 +144,11 @@ class SearchSpace:
         methods = _parse_methods(methods)
         only = methods[0] if methods is not None and len(methods) == 1 else None
         dataset, base, base_cfg = _parse_base(raw, path, only)
-        space = cls(dataset, base, _parse_params(raw, path, base_cfg), source=str(path),
-                    description=str(raw.get("description") or ""))
-        space.params = _choose_methods(space, methods, path)
+        ranges = raw.get("ranges", "listed")
+        _require(ranges in RANGES, f"{path}: ranges", f"{ranges!r} is not one of {', '.join(RANGES)}")
+        listed, unsearched = _parse_params(raw, path, base_cfg, required=ranges == "listed")
+        space = cls(dataset, base, listed, source=str(path), description=str(raw.get("description") or ""))
+        space.params = _choose_methods(space, methods, path, base_cfg, unsearched if ranges == "declared" else None)
         space.presets = _parse_presets(raw, path, space, only)
         space.objectives = _parse_objectives(raw, path, base_cfg)
         _parse_settings(raw, path, space)
@@ -303,23 +324,57 @@ def _parse_param(key: str, spec: Any, where: str, base_cfg: RunConfig, known: di
     return Param(key, dist, low, high)
 
 
-def _parse_params(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> list[Param]:
+def _parse_params(raw: dict[str, Any], path: Path, base_cfg: RunConfig, required: bool) -> tuple[list[Param], set[str]]:
+    """(the listed params, the keys listed as ``null``: not searched)."""
     space = raw.get("space")
-    _require(isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys")
+    if required:
+        _require(isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys")
+    space = space or {}
+    _require(isinstance(space, dict), f"{path}: space", "expected a mapping of config keys")
     known = to_flat(base_cfg)
-    return [_parse_param("method" if key == "variant" else key, spec, f"{path}: space.{key}", base_cfg, known)
-            for key, spec in space.items()]  # 'variant': the old name of the method dimension
+    params, unsearched = [], set()
+    for key, spec in space.items():
+        key = "method" if key == "variant" else key  # 'variant': the old name of the method dimension
+        if spec is None:
+            _require(key in known and key != "method", f"{path}: space.{key}", "unknown config key (use dotted keys "
+                     "such as stage1.lambda_adv); null leaves a declared key out of the search")
+            unsearched.add(key)
+        else:
+            params.append(_parse_param(key, spec, f"{path}: space.{key}", base_cfg, known))
+    return params, unsearched
 
 
-def _choose_methods(space: SearchSpace, methods: list[str] | None, path: Path) -> list[Param]:
-    """The params after ``--method``, keeping only keys some searched method reads (a space lists
-    every method's keys)."""
+def _with_declared(params: list[Param], methods: list[str], path: Path, base_cfg: RunConfig,
+                   unsearched: set[str]) -> list[Param]:
+    """The method dimension, then every range the searched methods' sections declare (the space's own
+    range where it lists the key; none where it lists ``null``), then the space's other keys."""
+    listed = {p.key: p for p in params}
+    out = [listed["method"]] if "method" in listed else []
+    for key, search in declared_ranges(method_sections(methods)).items():
+        if key in unsearched:
+            continue
+        if key in listed:
+            out.append(listed[key])
+            continue
+        param = Param.declared(key, search)
+        _check_values(base_cfg, key, list(param.choices) or [param.low, param.high], f"{path}: the declared range of {key}")
+        out.append(param)
+    return out + [p for p in params if p not in out]
+
+
+def _choose_methods(space: SearchSpace, methods: list[str] | None, path: Path, base_cfg: RunConfig,
+                    unsearched: set[str] | None) -> list[Param]:
+    """The params after ``--method`` (and, with ``unsearched`` given, ``ranges: declared``: the searched
+    methods' declared ranges), keeping only keys some searched method reads (a space may list every
+    method's keys)."""
     params = space.params
     if methods is not None:
         params = [p for p in params if p.key != "method"]
         if len(methods) > 1:
             params.insert(0, Param("method", "categorical", choices=tuple(methods)))
     space.params = params
+    if unsearched is not None:
+        params = space.params = _with_declared(params, space.methods, path, base_cfg, unsearched)
     kept = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in space.methods)]
     _require(any(p.key != "method" for p in kept) or len(space.methods) > 1, f"{path}: space",
              f"no searched key is read by {', '.join(space.methods)}")

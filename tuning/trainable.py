@@ -1,29 +1,32 @@
 """The Ray Tune trainable: one trial is one run of the sampled method, reported every epoch.
 
 The teachers arrive through Ray's object store (``tune.with_parameters``), once for all
-trials. Each epoch the whole run state is written to ``<out>/trials/<number>/run.pt``
+trials. The whole run state is written to ``<out>/trials/<number>/run.pt``
 (``derd.records.SearchFolder``; the trial's identity is its Optuna trial number,
-``tuning.searcher.TRIAL_NUMBER``) and
-reported to Tune as a checkpoint, so a trial survives a worker failure (``FailureConfig``,
-from Tune's checkpoint) and a driver restart (``--resume``, from its own file). The
-stage-I cache lives in the search's folder, shared by all trials.
+``tuning.searcher.TRIAL_NUMBER``) at the cadence of ``derd.cadence`` (every epoch on the
+CPU; on a GPU at each val epoch, at the end, and at least every 5 minutes). That one file
+is the only copy: a trial survives a worker failure (``FailureConfig``: the retry reads it)
+and a driver restart (``--resume``) from it, and Tune is handed no checkpoint, which it
+would copy into its storage path once more per report. Each report says which epoch the
+file holds (``checkpoint/epoch``). The stage-I cache lives in the search's folder, shared
+by all trials.
 """
 from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from derd.cadence import CheckpointCadence, checkpoint_every_s
 from derd.config import apply_overrides, from_dict
 from derd.errors import UserError
 from derd.experts import Experts
 from derd.methods import total_epochs
-from derd.records import TRIAL_CACHED_EPOCHS, VAL_CLEAN, SearchFolder
+from derd.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, VAL_CLEAN, SearchFolder
 from derd.run import DistillationRun
 from tuning.searcher import TRIAL_NUMBER
 
@@ -54,16 +57,10 @@ def trial_device() -> torch.device:
 
 def _open_run(config: dict[str, Any], base_config: dict[str, Any], experts: Experts, out: str,
               device: torch.device) -> DistillationRun:
-    """Continue from Tune's checkpoint (worker retry), else from the trial's own file (driver
-    restart), else start the sampled config."""
-    from ray import tune
-
+    """Continue from the trial's own file (a worker retry and a driver restart alike), else start
+    the sampled config."""
     folder = SearchFolder(out)
     cache = folder.stage1_cache
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            return DistillationRun.resume(Path(folder) / "run.pt", experts, device=device, stage1_cache=cache)
     own = folder.trial_checkpoint(config[TRIAL_NUMBER])
     if own.is_file():
         return DistillationRun.resume(own, experts, device=device, stage1_cache=cache)
@@ -97,13 +94,15 @@ def derd_trainable(
         results = [run.history[-1]]
     else:
         results = run.epochs()
+    cadence = CheckpointCadence(checkpoint_every_s(run.cfg.train.checkpoint_every_s, device))
+    saved_epoch = run.epoch if own.is_file() else 0
     for result in results:
-        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time()}
-        with tempfile.TemporaryDirectory() as folder:
-            run.save(Path(folder) / "run.pt")
-            own.parent.mkdir(parents=True, exist_ok=True)
+        if cadence.due(result, run.total_epochs) and not (run.epoch == saved_epoch and own.is_file()):
             run.save(own)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            cadence.wrote(run.epoch)
+            saved_epoch = run.epoch
+        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time(), SAVED_EPOCH: saved_epoch}
+        tune.report(metrics)
     run.close()
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from derd.context import Context, Phase, Terms
-from derd.synthesis import GeneratorSynthesizer
+from derd.synthesis import GeneratorSynthesizer, TermLike
 
 if TYPE_CHECKING:
     from derd.config import RunConfig
@@ -32,7 +32,9 @@ class Method:
     * ``table``: which of the paper's tables lists it (1: against real data, 2: data-free robust
       distillation methods, 3: DERD's variants);
     * ``sections``: the config sections it reads, name -> dataclass (``derd.config`` adds them
-      to the run config; only they are searched or logged for it);
+      to the run config; only they are searched or logged for it). A field made with
+      ``derd.settings.setting(..., search=loguniform(lo, hi))`` declares the range every search
+      space with ``ranges: declared`` draws it from (``tuning.space``);
     * ``metric_prefixes``: the prefixes of the metrics it logs beside ``loss/*`` and ``time/*``;
     * ``teachers``: the experts it needs (``natural`` and/or ``robust``);
     * ``presets``: dataset -> its published values of its own keys there (a search's first
@@ -120,12 +122,20 @@ class GeneratorMethod(Method):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.synth = GeneratorSynthesizer(ctx, **self.generator_settings())
+        self.synth = GeneratorSynthesizer(ctx, terms=self.generator_terms(), **self.generator_settings())
         self.modules["generator"] = self.synth.generator
 
     def generator_settings(self) -> dict[str, Any]:
         """``GeneratorSynthesizer``'s options for this method (noise size, Adam's betas, clipping, the
-        student's mode); default: the data-free literature's generator at ``student.latent_dim``."""
+        student's mode, a conditional generator); default: the data-free literature's generator at
+        ``student.latent_dim``."""
+        return {}
+
+    def generator_terms(self) -> dict[str, TermLike]:
+        """This method's own generator terms by name, beside the shared ``derd.synthesis.GENERATOR_TERMS``:
+        each a function of one batch's ``Signals`` (x = G(z) with its gradient, z, the drawn labels, the
+        teachers' and the student's logits) that may also read the method's own tensors; weigh it by name
+        in ``self.synth.step(weights=...)``. A ``GeneratorTerm`` says which hooks it reads (``needs``)."""
         return {}
 
     def generator_lr(self, phase: Phase) -> float:

@@ -38,7 +38,7 @@ from typing import Any
 from derd.methods.base import Context, Method, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, setting
+from derd.settings import LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, loguniform, setting
 from derd.synthesis import ContrastiveSynthesizer
 
 
@@ -48,8 +48,8 @@ class CMIConfig:
 
     lambda_bn: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
     lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
-    lambda_adv: float = setting(0.5, lo=0, hi=WEIGHT_MAX)
-    lambda_cr: float = setting(0.8, lo=0, hi=WEIGHT_MAX)
+    lambda_adv: float = setting(0.5, lo=0, hi=WEIGHT_MAX, search=loguniform(0.05, 5))
+    lambda_cr: float = setting(0.8, lo=0, hi=WEIGHT_MAX, search=loguniform(0.08, 8))
     cr_tau: float = setting(0.2, lo=1e-3, hi=TEMPERATURE_MAX, doc="temperature of the contrastive loss")
     synthesis_steps: int = setting(200, lo=1, hi=100_000, doc="optimisation steps per synthesis round (CMI's g_steps)")
     synthesis_every: int = setting(400, lo=1, hi=1_000_000, doc="student iterations per synthesis round (CMI's kd_steps)")

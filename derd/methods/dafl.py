@@ -36,7 +36,7 @@ from typing import Any
 from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import LR_MAX, WEIGHT_MAX, setting
+from derd.settings import LR_MAX, WEIGHT_MAX, loguniform, setting
 from derd.synthesis import DEFAULT_BETAS
 
 
@@ -45,8 +45,9 @@ class DAFLConfig:
     """DAFL's generator; defaults: the MNIST script's (``DAFL-train.py`` lines 33-42)."""
 
     lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
-    lambda_act: float = setting(0.1, lo=0, hi=WEIGHT_MAX)
-    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 information entropy")
+    lambda_act: float = setting(0.1, lo=0, hi=WEIGHT_MAX, search=loguniform(0.001, 1))
+    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 information entropy",
+                              search=loguniform(0.5, 50))
     lr_g: float = setting(0.2, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.9, 0.999)")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
 

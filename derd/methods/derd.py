@@ -34,7 +34,7 @@ from derd.context import Context
 from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import expert_sga, natural_kd
-from derd.settings import ConfigError, LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, setting
+from derd.settings import ConfigError, LR_MAX, TEMPERATURE_MAX, WEIGHT_MAX, integer, loguniform, setting
 
 
 @dataclass
@@ -42,13 +42,13 @@ class Stage1Config:
     """DERD's natural warm-up: generator vs student, the student follows T_nat."""
 
     epochs: int = setting(10, lo=0, hi=100_000, doc="stage I's share of budget.epochs (stage II runs the rest)")
-    lambda_adv: float = setting(0.05, lo=0, hi=WEIGHT_MAX)
-    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX)
-    lambda_bn: float = setting(1e-5, lo=0, hi=WEIGHT_MAX)
-    lambda_d: float = setting(0.01, lo=0, hi=WEIGHT_MAX)
+    lambda_adv: float = setting(0.05, lo=0, hi=WEIGHT_MAX, search=loguniform(0.0005, 5))
+    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX, search=loguniform(0.05, 50))
+    lambda_bn: float = setting(1e-5, lo=0, hi=WEIGHT_MAX, search=loguniform(1e-7, 1e-3))
+    lambda_d: float = setting(0.01, lo=0, hi=WEIGHT_MAX, search=loguniform(1e-4, 1))
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.5, 0.999)")
     lr_s: float = setting(0.05, lo=1e-12, hi=LR_MAX, doc="SGD, momentum 0.9, weight decay 5e-4, cosine schedule")
-    student_steps: int = setting(1, lo=1, hi=1000, doc="student steps per generator step")
+    student_steps: int = setting(1, lo=1, hi=1000, doc="student steps per generator step", search=integer(1, 3))
     tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
 
 
@@ -56,16 +56,29 @@ class Stage1Config:
 class Stage2Config:
     """DERD's robust distillation guided by both experts, with SGA."""
 
-    lambda_gen: float = setting(0.003, lo=0, hi=WEIGHT_MAX)
-    lambda_nat: float = setting(0.5, lo=0, hi=WEIGHT_MAX)
-    lambda_sga: float = setting(5e-4, lo=0, hi=WEIGHT_MAX)
-    lr_g: float = setting(1e-4, lo=1e-12, hi=LR_MAX)
-    lr_s: float = setting(0.05, lo=1e-12, hi=LR_MAX)
-    pgd_steps: int = setting(10, lo=1, hi=1000, doc="sample-level adversary: steps of eps/4 from a uniform start")
+    lambda_gen: float = setting(0.003, lo=0, hi=WEIGHT_MAX, search=loguniform(3e-5, 0.3))
+    lambda_nat: float = setting(0.5, lo=0, hi=WEIGHT_MAX, search=loguniform(0.05, 5))
+    lambda_sga: float = setting(5e-4, lo=0, hi=WEIGHT_MAX, search=loguniform(5e-6, 0.05))
+    lr_g: float = setting(1e-4, lo=1e-12, hi=LR_MAX, search=loguniform(1e-5, 1e-3))
+    lr_s: float = setting(0.05, lo=1e-12, hi=LR_MAX, search=loguniform(0.01, 0.2))
+    pgd_steps: int = setting(10, lo=1, hi=1000, doc="sample-level adversary: steps of eps/4 from a uniform start",
+                             search=integer(3, 10))
     tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
 
 
 DERD_SECTIONS = {"stage1": Stage1Config, "stage2": Stage2Config}
+
+# The paper's chosen weights (METHOD.md, supplement section 1): the searches' first point.
+_CIFAR10 = {"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 5, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.01,
+            "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 0.5, "stage2.lambda_sga": 5e-4}
+PAPER_WEIGHTS = {
+    "cifar10": _CIFAR10,
+    "cifar100": {"stage1.lambda_adv": 0.5, "stage1.lambda_ie": 20, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.1,
+                 "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 0.5, "stage2.lambda_sga": 5e-4},
+    "imagenet100": {"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 20, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.1,
+                    "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 1, "stage2.lambda_sga": 5e-4},
+    "digits": _CIFAR10,  # none published: CIFAR-10's (also 10 classes)
+}
 
 
 def check_warmup(cfg) -> None:
@@ -99,6 +112,7 @@ class DERD(GeneratorMethod):
     sections = DERD_SECTIONS
     metric_prefixes = ("sga/",)
     teachers = ("natural", "robust")
+    presets = PAPER_WEIGHTS  # a dataset without published weights takes the sections' defaults
 
     # ---- teacher roles ----------------------------------------------------------------
     def prior(self, phase: Phase) -> nn.Module:

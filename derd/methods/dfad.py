@@ -24,7 +24,7 @@ from typing import Any
 from derd.methods.base import GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import LR_MAX, setting
+from derd.settings import LR_MAX, integer, setting
 from derd.synthesis import DEFAULT_BETAS
 
 
@@ -32,7 +32,8 @@ from derd.synthesis import DEFAULT_BETAS
 class DFADConfig:
     """DFAD's adversarial generator."""
 
-    student_steps: int = setting(5, lo=1, hi=1000, doc="student iterations per generator step (DFAD's k)")
+    student_steps: int = setting(5, lo=1, hi=1000, doc="student iterations per generator step (DFAD's k)",
+                                search=integer(1, 10))
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
 
 

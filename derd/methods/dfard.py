@@ -36,7 +36,7 @@ from typing import Any
 from derd.methods.base import Context, GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import LR_MAX, TEMPERATURE_MAX, setting
+from derd.settings import LR_MAX, TEMPERATURE_MAX, loguniform, setting
 
 
 @dataclass
@@ -45,7 +45,8 @@ class DFARDConfig:
 
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
     tau_min: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when the student agrees with T_rob everywhere")
-    tau_max: float = setting(4.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when it agrees nowhere")
+    tau_max: float = setting(4.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when it agrees nowhere",
+                            search=loguniform(1.5, 16))
 
 
 def balanced(terms: Terms) -> Any:

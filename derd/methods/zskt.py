@@ -38,7 +38,7 @@ import torch
 from derd.methods.base import Context, GeneratorMethod, Phase, Terms
 from derd.methods.registry import register_method
 from derd.objectives import RobustConfig, rslad
-from derd.settings import LR_MAX, WEIGHT_MAX, setting
+from derd.settings import LR_MAX, WEIGHT_MAX, integer, loguniform, setting
 from derd.synthesis import DEFAULT_BETAS
 
 
@@ -46,8 +46,10 @@ from derd.synthesis import DEFAULT_BETAS
 class ZSKTConfig:
     """ZSKT's adversarial generator and attention transfer (main0.sh's values)."""
 
-    student_steps: int = setting(10, lo=1, hi=1000, doc="student iterations per generator step (ZSKT's n_S)")
-    lambda_at: float = setting(250.0, lo=0, hi=WEIGHT_MAX, doc="attention transfer weight per layer (ZSKT's beta)")
+    student_steps: int = setting(10, lo=1, hi=1000, doc="student iterations per generator step (ZSKT's n_S)",
+                                search=integer(1, 20))
+    lambda_at: float = setting(250.0, lo=0, hi=WEIGHT_MAX, doc="attention transfer weight per layer (ZSKT's beta)",
+                               search=loguniform(2.5, 2500))
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.9, 0.999), cosine to 0")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
     max_grad_norm: float = setting(5.0, lo=1e-6, hi=1e6, doc="the generator's and the student's gradient-norm clip")

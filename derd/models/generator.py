@@ -48,3 +48,17 @@ class Generator(nn.Module):
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+
+class ConditionalGenerator(Generator):
+    """(z, y) to pseudo images of class y: the noise times a learnt embedding of the label, then the
+    generator above (GDFQ's conditional generator, Xu et al. ECCV 2020: ``gen_input =
+    torch.mul(self.label_emb(labels), z)`` with ``label_emb = nn.Embedding(n_classes, latent_dim)``)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 100,
+                 width: int = 128) -> None:
+        super().__init__(image_shape, latent_dim, width)
+        self.label_embedding = nn.Embedding(num_classes, latent_dim)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.label_embedding(labels) * z)
