@@ -22,8 +22,9 @@ not ours. Ray Tune's own controller (its event loop, trial table and experiment-
 snapshots) is therefore not in these figures.
 
 Printed per concurrency N (N trials at once, 2N in all): the driver's service time per report
-(p50, p99, max), the reports per second it sustains (reports over its busy time: beyond that
-rate the backlog grows), the rate a cluster of N GPUs would ask for at one report per
+(p50, p99, max; a trial's last report with its completion counted apart, as "trial end"), per
+trial start (the sampler's suggestion and the trial's MLflow run), the reports per second it
+sustains (reports over its whole busy time, starts included: beyond that rate the backlog grows), the rate a cluster of N GPUs would ask for at one report per
 ``--epoch-s`` (10.3 s: an H200 compiled CIFAR stage-II epoch of 50 x 512 images at 2,483 img/s),
 the driver's CPU seconds and peak memory, the stores' sizes and SQL writes, and the summary's
 time.
@@ -96,7 +97,7 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
     record = {"name": "scale", "dataset": space.dataset, "sessions": []}
     clock = SessionClock(folder.record, record)
     answers = TableAnswers(rows, space)
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {"report": [], "start": [], "end": []}
     live: dict[str, SimpleNamespace] = {}
     started = 0
     WRITES["count"] = 0
@@ -109,7 +110,7 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
         config = searcher.suggest(trial_id)
         trial = SimpleNamespace(config=config, trial_id=trial_id, last_result=None)
         logger.on_trial_start(0, [], trial)
-        latencies.append(time.perf_counter() - t0)  # a start is a driver event too
+        latencies["start"].append(time.perf_counter() - t0)
         keys = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         trial.results = epoch_results(answers.row_for(keys))
         trial.reports = Reports(space.objectives, threshold, total_epochs(apply_overrides(space.base_config(), keys)))
@@ -128,6 +129,7 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
             metrics = {**trial.reports.next(result, trial.history), "wall_clock": time.time()}
             last = len(trial.history) == len(trial.results)
             t0 = time.perf_counter()
+            kind = "report"
             decision = scheduler.on_trial_result(None, trial, metrics)
             if decision != TrialScheduler.STOP:
                 searcher.on_trial_result(trial_id, metrics)
@@ -135,11 +137,12 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
             clock.on_trial_result(0, [], trial, metrics)
             trial.last_result = metrics
             if decision == TrialScheduler.STOP or last:
+                kind = "end"  # the trial's last report and its completion
                 scheduler.on_trial_complete(None, trial, metrics)
                 searcher.on_trial_complete(trial_id, result=metrics)
                 logger.on_trial_complete(0, [], trial)
                 del live[trial_id]
-            latencies.append(time.perf_counter() - t0)
+            latencies[kind].append(time.perf_counter() - t0)
             if trial_id not in live and started < space.num_trials:
                 start()
     clock.close()
@@ -149,13 +152,16 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
     plan = SimpleNamespace(space=space, folder=folder, out=root, name="scale", tracking_uri=folder.mlflow_uri)
     finish_search(client, exp, parent, plan, record, interrupted=False)
     summary_s = time.perf_counter() - t0
-    ordered = sorted(latencies)
-    return {"n": n, "events": len(latencies), "p50_ms": 1e3 * statistics.median(ordered),
-            "p99_ms": 1e3 * ordered[int(0.99 * (len(ordered) - 1))], "max_ms": 1e3 * ordered[-1],
-            "sustained": len(latencies) / sum(latencies), "cpu_s": reports_cpu,
+    reports = sorted(latencies["report"])
+    busy = sum(sum(v) for v in latencies.values())
+    events = sum(len(v) for v in latencies.values())
+    return {"n": n, "reports": events - len(latencies["start"]), "p50_ms": 1e3 * statistics.median(reports),
+            "p99_ms": 1e3 * reports[int(0.99 * (len(reports) - 1))], "max_ms": 1e3 * reports[-1],
+            "start_ms": 1e3 * statistics.mean(latencies["start"]), "end_ms": 1e3 * statistics.mean(latencies["end"]),
+            "sustained": (events - len(latencies["start"])) / busy, "cpu_s": reports_cpu,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "optuna_mb": folder.optuna_db.stat().st_size / 1e6, "mlflow_mb": folder.mlflow_db.stat().st_size / 1e6,
-            "writes_per_event": writes / len(latencies), "summary_s": summary_s}
+            "writes_per_report": writes / (events - len(latencies["start"])), "summary_s": summary_s}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,17 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epoch-s", type=float, default=10.3, help="seconds between a GPU trial's reports")
     args = p.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPU cores; stores: SQLite on local disk")
-    print("| concurrent trials | driver events | p50 ms | p99 ms | max ms | sustained reports/s | needed at "
-          f"{args.epoch_s:g} s/epoch | driver CPU s | peak RSS MB | optuna.db MB | mlflow.db MB | SQL writes/event | "
-          "summary s |")
-    print("|" + "---|" * 13)
+    print("| concurrent trials | reports | report p50 ms | p99 ms | max ms | trial start ms (mean) | trial end ms "
+          f"(mean) | sustained reports/s | needed at {args.epoch_s:g} s/epoch | driver CPU s | peak RSS MB | "
+          "optuna.db MB | mlflow.db MB | SQL writes/report | summary s |")
+    print("|" + "---|" * 15)
     for n in args.concurrent:
         with tempfile.TemporaryDirectory() as tmp:
             f = drive(n, Path(tmp) / "search", args.epoch_s)
-        print(f"| {n} | {f['events']} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['max_ms']:.0f} | "
-              f"{f['sustained']:.0f} | {n / args.epoch_s:.1f} | {f['cpu_s']:.0f} | {f['rss_mb']:.0f} | "
-              f"{f['optuna_mb']:.1f} | {f['mlflow_mb']:.1f} | {f['writes_per_event']:.1f} | {f['summary_s']:.1f} |",
-              flush=True)
+        print(f"| {n} | {f['reports']} | {f['p50_ms']:.2f} | {f['p99_ms']:.1f} | {f['max_ms']:.0f} | "
+              f"{f['start_ms']:.0f} | {f['end_ms']:.0f} | {f['sustained']:.0f} | {n / args.epoch_s:.1f} | "
+              f"{f['cpu_s']:.0f} | {f['rss_mb']:.0f} | {f['optuna_mb']:.1f} | {f['mlflow_mb']:.1f} | "
+              f"{f['writes_per_report']:.1f} | {f['summary_s']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ def checkpoint_every_s(configured: float | None, device: torch.device) -> float:
 class CheckpointCadence:
     """Says, epoch by epoch, whether the run's checkpoint is due; counts the writes it allowed."""
 
-    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic, saved_epoch: int = 0) -> None:
         self.every_s, self.clock = every_s, clock
         self.last_write = clock()
         self.writes = 0
-        self.saved_epoch: int | None = None  # the epoch the last write holds (None: none yet in this process)
+        self.saved_epoch = saved_epoch  # the epoch the checkpoint on disk holds (0: none)
 
     def due(self, result: dict[str, Any], total_epochs: int) -> bool:
         """True at the last epoch, an evaluated epoch, or once ``every_s`` has passed since the last write."""

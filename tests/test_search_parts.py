@@ -1,6 +1,7 @@
 """The search's parts without a Ray cluster: the space, the Optuna searcher, ASHA across a restart."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import optuna
@@ -76,7 +77,8 @@ def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_runni
     searcher.on_trial_complete("e", _result(2, 4, 60.0, 1.0))          # interrupted with the driver
     trials = optuna.load_study(study_name="s", storage=storage).trials
     states = [t.state.name for t in trials]
-    assert states == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "RUNNING"]
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "RUNNING"]
+    assert [t.user_attrs.get("stopped_early", False) for t in trials[:3]] == [False, True, False]
     assert trials[0].values == [70.0, 6.0] and trials[0].user_attrs["constraint"] == [-20.0]
     assert trials[0].user_attrs["scores"] == {"2": 32.5, "4": 38.0} and trials[0].user_attrs["intermediate"]["2"] == [60.0, 5.0]
     assert trials[2].user_attrs["constraint"] == [40.0]  # > 0: TPE and NSGA-II treat it as infeasible
@@ -278,3 +280,23 @@ def test_the_reaper_ends_an_orphan_it_never_saw_by_the_drivers_mark_and_nothing_
         bystander.kill()
         for pid in marked("driver-1"):
             psutil.Process(pid).kill()
+
+
+def test_tpe_samples_when_stopped_trials_outnumber_the_complete_ones(space):
+    """Many trials stopped early and two at full budget: TPE's good group then holds stopped trials, and
+    it still samples (told PRUNED, with no values in a multi-objective study, Optuna's TPE failed here);
+    a stopped trial counts as barely infeasible, a full one as feasible."""
+    storage = optuna.storages.InMemoryStorage()
+    stopped: set[int] = set()
+    searcher = StudySearcher(dataclasses.replace(space, sampler="tpe"), storage, "s", clean_threshold=50.0,
+                             stopped_early=stopped)
+    for i in range(40):
+        config = searcher.suggest(f"t{i}")
+        if i >= 2:
+            stopped.add(config[TRIAL_NUMBER])
+        searcher.on_trial_complete(f"t{i}", _result(4 if i < 2 else 2, 4, 60.0 + i, 5.0 + i))
+    assert sum(bool(t.user_attrs.get("stopped_early")) for t in searcher.study.trials) == 38
+    assert searcher.suggest("next")[TRIAL_NUMBER] == 40  # TPE's good group holds stopped trials: it samples
+    from tuning.searcher import trial_constraint
+
+    assert trial_constraint(searcher.study.trials[0]) == [-10.0] and trial_constraint(searcher.study.trials[5]) == [1e-6]

@@ -12,8 +12,9 @@ of its val scores (``derd.protocol``, ``derd.eps``, ``derd.attacks``, ``derd.max
 ``derd.preset``, ``derd.stopped_early``, ``derd.feasible``, ``derd.budget`` (full|partial), and ``derd.restores``
 (how often Tune restored the trial from its checkpoint after a failure; absent if never).
 
-Epochs are written behind: buffered, then one ``log_batch`` per trial every ``flush_s``
-seconds (30), at the trial's end and at the search's end. MLflow's SQL store pays about 20 ms
+Epochs are written behind: buffered, then one ``log_batch`` per trial once its oldest buffered
+epoch is ``flush_s`` seconds old (30; each trial on its own clock, so the writes spread over
+the reports), at the trial's end and at the search's end. MLflow's SQL store pays about 20 ms
 per call on this project's 2-core machine, and a cluster's driver sees a report per GPU
 every 10 s (``benchmarks/bench_scale.py``). A driver killed with epochs in its buffer loses
 none: the resumed search's logger starts from what MLflow holds, and takes the missing epochs
@@ -74,12 +75,12 @@ class MLflowSearchLogger(Callback):
         self._runs: dict[int, str] = {}
         self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered
         self._pending: dict[str, list] = {}  # run id -> metrics buffered, not yet written
+        self._since: dict[str, float] = {}  # run id -> when its oldest buffered epoch arrived
         self.flush_s, self.clock = flush_s, clock  # clock: a benchmark's simulated time
-        self._flushed = clock()
         self._prefixes = logged_prefixes()  # every registered method's metrics
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "_pending": {}, "searcher": None}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "_pending": {}, "_since": {}, "searcher": None}
 
     @property
     def client(self):
@@ -206,18 +207,18 @@ class MLflowSearchLogger(Callback):
             metrics += [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
         if metrics:
             self._pending.setdefault(run_id, []).extend(metrics)
+            self._since.setdefault(run_id, self.clock())
         self._logged_epoch[number] = step
-        if self.clock() - self._flushed >= self.flush_s:
-            self.flush()
+        if run_id in self._since and self.clock() - self._since[run_id] >= self.flush_s:
+            self.flush(run_id)  # each trial on its own clock: the writes spread over the reports
 
     def flush(self, run_id: str | None = None) -> None:
-        """Write the buffered epochs of one run (or of all, restarting the interval): one call per run."""
+        """Write the buffered epochs of one run (or of all): one call per run."""
         for rid in [run_id] if run_id is not None else list(self._pending):
             metrics = self._pending.pop(rid, [])
+            self._since.pop(rid, None)
             for i in range(0, len(metrics), MLFLOW_BATCH):
                 self.client.log_batch(rid, metrics=metrics[i : i + MLFLOW_BATCH])
-        if run_id is None:
-            self._flushed = self.clock()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()

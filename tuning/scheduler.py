@@ -5,7 +5,7 @@ its periodic snapshot), so a resumed search would forget every rung: a trial tha
 uninterrupted search stops at epoch 8 would run to the end. This scheduler keeps the rungs
 itself, keyed by the Optuna trial number (the trial's identity across sessions), refills
 them on start from the scores the study holds (``tuning.searcher``), and records which
-trials it stopped, so the searcher can tell Optuna PRUNED for those and leave interrupted
+trials it stopped, so the searcher can tell Optuna those ended (stopped early) and leave interrupted
 ones RUNNING. The paper's presets are never stopped: they are the reference every trial is
 compared with, so they run the full trial budget (their scores still count at every rung).
 

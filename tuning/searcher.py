@@ -13,7 +13,12 @@ takes no feasibility constraint. Here:
   scheduler's rungs from them (MO-ASHA's from ``intermediate``: no write per epoch, which a
   driver of hundreds of trials would pay for in SQLite commits);
 * a trial that ran its full budget is told COMPLETE with its objectives; one the scheduler
-  stopped is told PRUNED (TPE ranks pruned trials below complete ones); a failed one FAIL;
+  stopped too, with its objectives where it stopped, marked ``stopped_early`` and counted as
+  barely infeasible (``trial_constraint``: TPE ranks it below every feasible full-budget
+  trial). Not PRUNED: a multi-objective study stores no values for a pruned trial, and
+  Optuna's TPE then fails as soon as one enters its good group, which happens once stopped
+  trials outnumber full ones (``benchmarks/bench_scale.py`` hit it at 64 concurrent trials);
+  a failed trial is told FAIL;
   a trial interrupted with the driver stays RUNNING and is handed out again, with the same
   parameters, to the first ``suggest`` of the resumed search;
 * feasibility: the user attribute ``constraint`` = [threshold - val/clean_acc] (<= 0 is
@@ -35,9 +40,20 @@ from tuning.stage1_pool import SHARED_FROM, TRAINED, Stage1Pool
 TRIAL_NUMBER = "trial_number"  # key in a Ray trial's config: the Optuna trial number
 
 
+STOPPED = "stopped_early"  # user attribute: the scheduler stopped this trial
+STOPPED_VIOLATION = 1e-6  # a stopped trial's least violation: below every feasible full-budget trial
+
+
 def trial_constraint(trial) -> list[float]:
-    """Optuna's constraints_func: the stored violation (<= 0 is feasible)."""
-    return list(trial.user_attrs.get("constraint", [math.inf]))
+    """Optuna's constraints_func: the stored violation (<= 0 is feasible).
+
+    A trial the scheduler stopped (user attribute ``stopped_early``) counts as barely infeasible:
+    its objectives are those of a partial budget, so TPE and NSGA-II rank it below every feasible
+    full-budget trial and never compare its values with theirs (TPE weighs it by its violation)."""
+    violation = list(trial.user_attrs.get("constraint", [math.inf]))
+    if trial.user_attrs.get(STOPPED):
+        return [max(v, STOPPED_VIOLATION) for v in violation]
+    return violation
 
 
 def make_sampler(space: SearchSpace):
@@ -206,10 +222,9 @@ class StudySearcher(Searcher):
             return  # interrupted with the driver: stays RUNNING, resumed by the next session
         ot.set_user_attr("epochs", int(result["epoch"]))
         ot.set_user_attr("constraint", [self.clean_threshold - result[VAL_CLEAN]])
-        if finished:
-            self.study.tell(ot, [result[m] for m in self.space.objective_names()])
-        else:
-            self.study.tell(ot, state=TrialState.PRUNED)
+        if not finished:
+            ot.set_user_attr(STOPPED, True)
+        self.study.tell(ot, [result[m] for m in self.space.objective_names()])
 
     def set_user_attr(self, number: int, key: str, value: Any) -> None:
         """For the MLflow logger: the trial's MLflow run id beside its Optuna record."""

@@ -83,9 +83,7 @@ class Param:
     choices: tuple = ()
 
     def contains(self, value: Any) -> bool:
-        if self.distribution == "categorical":
-            return value in self.choices
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        return SearchRange(self.distribution, self.low, self.high, self.choices).contains(value)
 
     def suggest(self, trial) -> Any:
         """Sample this key on an Optuna trial (define-by-run)."""

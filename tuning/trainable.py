@@ -94,14 +94,14 @@ def derd_trainable(
         results = [run.history[-1]]
     else:
         results = run.epochs()
-    cadence = CheckpointCadence(checkpoint_every_s(run.cfg.train.checkpoint_every_s, device))
-    saved_epoch = run.epoch if own.is_file() else 0
+    cadence = CheckpointCadence(checkpoint_every_s(run.cfg.train.checkpoint_every_s, device),
+                                saved_epoch=run.epoch if own.is_file() else 0)
     for result in results:
-        if cadence.due(result, run.total_epochs) and not (run.epoch == saved_epoch and own.is_file()):
+        if cadence.due(result, run.total_epochs) and cadence.saved_epoch != run.epoch:
             run.save(own)
             cadence.wrote(run.epoch)
-            saved_epoch = run.epoch
-        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time(), SAVED_EPOCH: saved_epoch}
+        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time(),
+                   SAVED_EPOCH: cadence.saved_epoch}
         tune.report(metrics)
     run.close()
 
