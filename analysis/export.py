@@ -33,9 +33,8 @@ from analysis.pareto import KNEE_RULE, front_of, knee_point
 from analysis.store import open_experiment
 from analysis.trials import TrialRecord, choosable, robust_objective, search_trials
 from derd.config import RunConfig, apply_overrides, migrate, preset, save_yaml, to_flat
-from derd.data import dataset_info
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import protocol_record
+from derd.validation import val_protocol
 from derd.records import VAL_CLEAN, VAL_N
 
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
@@ -76,7 +75,7 @@ def export_config(record: TrialRecord, experiment: str, budget: str, teacher_sha
     for kind, digest in teacher_sha256.items():
         if getattr(cfg.teachers, kind) is not None:
             overrides[f"teachers.{kind}_sha256"] = digest
-    measured = protocol_record(cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps)
+    measured = val_protocol(cfg)
     origin = {"experiment": experiment, "run_id": record.run_id, "trial": record.name, "budget": budget,
               "val": {k: v for k, v in record.metrics.items() if k.startswith("val/")}, "val_protocol": measured,
               **(chosen_by or {})}

@@ -30,7 +30,7 @@ import yaml
 from derd.data import IMAGE_SIZES, available_datasets, dataset_spec
 from derd.errors import UserError
 from derd.methods.registry import available_methods, get_method, method_sections
-from derd.settings import ConfigError, SEED_MAX, build_section, section_values, setting
+from derd.settings import LR_MAX, WEIGHT_MAX, ConfigError, SEED_MAX, build_section, section_values, setting
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_yaml", "preset", "save_yaml", "to_dict",
            "to_flat"]
@@ -65,6 +65,8 @@ class StudentConfig:
     generator_width: int = setting(128, lo=8, hi=8192)
 
 
+VALIDATIONS = ("real", "synthetic")  # eval.validation: what a run's val/* scores are measured on
+SYNTHETIC_PROCEDURES = ("inversion", "robust", "both")  # synthetic_val.procedure (derd/validation.py)
 SWITCHES = ("auto", "on", "off")  # a train.* choice that only changes how fast a run computes
 
 
@@ -96,12 +98,35 @@ class EvalConfig:
     every: int = setting(5, lo=1, hi=100_000, doc="score the search protocol on val every k epochs (and at the end)")
     protocol: str = setting("search", choices=("search", "full"))
     final_protocol: str = setting("full", choices=("search", "full"))
+    validation: str = setting("real", choices=VALIDATIONS,
+                              doc="what val/* is scored on: 'real' (the dataset's val split) or 'synthetic' (a set made "
+                                  "from the teachers alone: synthetic_val.*, derd/validation.py; experimental)")
+
+
+@dataclass
+class SyntheticValConfig:
+    """How the synthetic validation set is made (``eval.validation: synthetic``; derd/validation.py says why).
+    The defaults suit digits: about a minute on 2 CPU cores."""
+
+    procedure: str = setting("both", choices=SYNTHETIC_PROCEDURES,
+                             doc="inversion (DeepInversion against every teacher), robust (T_rob's gradients) or "
+                                 "both (half the draws each)")
+    per_class: int = setting(100, lo=1, hi=100_000, doc="draws per class and snapshot, before the teachers' filter")
+    steps: int = setting(200, lo=1, hi=100_000, doc="optimisation steps per draw")
+    lr: float = setting(0.05, lo=1e-6, hi=LR_MAX, doc="inversion: Adam's step on the pixels; robust: the L2 step in "
+                                                       "units of 10 sqrt(pixels) / steps")
+    bn_weight: float = setting(0.05, lo=0, hi=WEIGHT_MAX, doc="inversion: weight of each teacher's L_bn")
+    tv_weight: float = setting(0.01, lo=0, hi=WEIGHT_MAX, doc="inversion: weight of the total variation")
+    snapshots: int = setting(1, lo=1, hi=10, doc="images kept per draw, at steps spaced evenly on a log scale up to "
+                                                 "the last: nearer the decision boundary, where students differ")
+    batch_size: int = setting(250, lo=1, hi=65_536)
+    file: typing.Optional[str] = setting(None, doc="the set (a search writes it into its folder, synthetic_val.pt)")
 
 
 # The sections every run has, in YAML order; the methods' sections follow ``budget``.
 CORE_SECTIONS: dict[str, type] = {"data": DataConfig, "teachers": TeacherConfig, "student": StudentConfig,
                                   "train": TrainConfig, "budget": BudgetConfig}
-CLOSING_SECTIONS: dict[str, type] = {"eval": EvalConfig}
+CLOSING_SECTIONS: dict[str, type] = {"eval": EvalConfig, "synthetic_val": SyntheticValConfig}
 
 
 @dataclass

@@ -84,28 +84,51 @@ AA_ATTACKS = {"standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
               "fast": "APGD-CE + APGD-T (standard AutoAttack's first two)"}
 
 
+@dataclass(frozen=True)
+class IterativeAttack:
+    """One iterative column's attack at eps = 8/255 (step and start scale with eps / (8/255)): the one
+    place its numbers are written, read both to run it (``column_attacks``) and to describe it
+    (``column_attack``)."""
+
+    steps: int
+    step_size: float
+    start: str  # "uniform", "normal" (start_scale * N(0, I)) or "none"
+    loss: str  # "CE" or "CW margin"
+    start_scale: float = 0.0
+
+    def described(self, scale: float) -> str:
+        start = {"uniform": "uniform start", "none": "",
+                 "normal": f"start {self.start_scale * scale:.4g}*N(0, I)"}[self.start]
+        loss = "CW margin loss" if self.loss == "CW margin" else self.loss
+        return ", ".join(p for p in (f"{self.steps} steps of {self.step_size * scale:.4g}", start, loss) if p)
+
+
+ITERATIVE_ATTACKS: dict[str, IterativeAttack] = {
+    "pgd_acc": IterativeAttack(20, 2 / 255, "uniform", "CE"),
+    "pgd_t_acc": IterativeAttack(20, 0.003, "normal", "CE", start_scale=0.001),
+    "cw_acc": IterativeAttack(30, 0.003, "none", "CW margin"),
+}
+
+
 def column_attack(column: str, eps: float, aa_version: str) -> str:
     """The attack behind a column at radius ``eps``, in words with its step sizes (``column_attacks``
     runs it): ``PGD_S: 20 steps of 0.00784, uniform start, CE``."""
     scale = eps / REFERENCE_EPS
-    described = {
-        "clean_acc": "no attack",
-        "fgsm_acc": f"one signed step of {eps:.4g}",
-        "pgd_acc": f"20 steps of {2 / 255 * scale:.4g}, uniform start, CE",
-        "pgd_t_acc": f"20 steps of {0.003 * scale:.4g}, start {0.001 * scale:.4g}*N(0, I), CE",
-        "cw_acc": f"30 steps of {0.003 * scale:.4g}, CW margin loss",
-        "aa_acc": AA_ATTACKS[aa_version],
-    }
+    described = {"clean_acc": "no attack", "fgsm_acc": f"one signed step of {eps:.4g}",
+                 "aa_acc": AA_ATTACKS[aa_version],
+                 **{c: a.described(scale) for c, a in ITERATIVE_ATTACKS.items()}}
     return f"{COLUMNS[column]}: {described[column]}"
 
 
-def protocol_record(protocol: str | Protocol, eps: float) -> dict[str, Any]:
+def protocol_record(protocol: str | Protocol, eps: float, validation: str | None = None) -> dict[str, Any]:
     """What a score was measured under, written beside every score (a training's ``table.json``, its
     MLflow tags, an exported config's ``origin``) so that no reader mixes protocols: the protocol's
-    name, the L-inf radius, each column's attack and the images it is limited to (None: all)."""
+    name, the L-inf radius, each column's attack and the images it is limited to (None: all); for a
+    val score also what it was scored on (``validation``: ``real`` or ``synthetic``, ``eval.validation``)."""
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
-    return {"name": proto.name, "eps": float(eps), "attacks": [column_attack(c, eps, proto.aa_version) for c in proto.columns],
-            "max_images": proto.max_images}
+    record = {"name": proto.name, "eps": float(eps), "attacks": [column_attack(c, eps, proto.aa_version) for c in proto.columns],
+              "max_images": proto.max_images}
+    return {**record, "validation": validation} if validation else record
 
 
 def infer_protocol(columns: Iterable[str]) -> str | None:
@@ -124,7 +147,9 @@ def describe_protocol(record: dict[str, Any] | None) -> str:
     aa = next((a.split(": ", 1)[1] for a in record.get("attacks", []) if a.startswith(f"{COLUMNS['aa_acc']}: ")), None)
     limit = record.get("max_images")
     return (f"{record['name']} protocol, eps {record['eps']:.4g}" + (f"; AA = {aa}" if aa else "")
-            + (f"; first {limit} images" if limit else ""))
+            + (f"; first {limit} images" if limit else "")
+            + ("; on the synthetic validation set (no real image), not the val split"
+               if record.get("validation") == "synthetic" else ""))
 
 
 def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -132,7 +157,8 @@ def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     are alike, an unrecorded one is like no recorded one."""
     if not a or not b:
         return not a and not b
-    return a["name"] == b["name"] and math.isclose(a["eps"], b["eps"], rel_tol=1e-6)
+    return (a["name"] == b["name"] and math.isclose(a["eps"], b["eps"], rel_tol=1e-6)
+            and a.get("validation", "real") == b.get("validation", "real"))
 
 
 def header(column: str, protocol: str | None = None, split: str | None = None) -> str:
@@ -152,22 +178,21 @@ def column_generator(column: str, seed: int, device: torch.device | str) -> torc
 
 
 def column_attacks(eps: float, seed: int, aa_version: str, device: torch.device | str = "cpu") -> dict[str, AttackFn]:
-    """The attack behind each column at radius eps (step sizes scaled from 8/255)."""
+    """The attack behind each column at radius eps (``ITERATIVE_ATTACKS``' step sizes scaled from 8/255),
+    each iterative one with a random start drawing from its own column's generator."""
     scale = eps / REFERENCE_EPS
-    pgd_gen = column_generator("pgd_acc", seed, device)
-    pgd_t_gen = column_generator("pgd_t_acc", seed, device)
+    losses = {"CE": attacks.ce_loss, "CW margin": attacks.cw_margin_loss}
+
+    def iterative(column: str, spec: IterativeAttack) -> AttackFn:
+        gen = column_generator(column, seed, device) if spec.start != "none" else None
+        return lambda m, x, y: attacks.pgd(m, x, y, eps=eps, steps=spec.steps, step_size=spec.step_size * scale,
+                                           start=spec.start, start_scale=spec.start_scale * scale,
+                                           loss_fn=losses[spec.loss], generator=gen)
+
     return {
         "clean_acc": lambda m, x, y: x,
         "fgsm_acc": lambda m, x, y: attacks.fgsm(m, x, y, eps=eps),
-        "pgd_acc": lambda m, x, y: attacks.pgd(
-            m, x, y, eps=eps, steps=20, step_size=2 / 255 * scale, start="uniform", generator=pgd_gen
-        ),
-        "pgd_t_acc": lambda m, x, y: attacks.pgd(
-            m, x, y, eps=eps, steps=20, step_size=0.003 * scale, start="normal", start_scale=0.001 * scale, generator=pgd_t_gen
-        ),
-        "cw_acc": lambda m, x, y: attacks.pgd(
-            m, x, y, eps=eps, steps=30, step_size=0.003 * scale, start="none", loss_fn=attacks.cw_margin_loss
-        ),
+        **{c: iterative(c, a) for c, a in ITERATIVE_ATTACKS.items()},
         "aa_acc": lambda m, x, y: attacks.autoattack(m, x, y, eps=eps, version=aa_version, seed=seed, batch_size=len(x)),
     }
 

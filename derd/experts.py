@@ -17,14 +17,15 @@ from derd.teachers import cached_teachers
 
 @dataclass
 class Experts:
-    """The natural and the robust teacher (frozen, eval mode). ``natural`` may be None for
-    methods that use only T_rob (derd_no_nat and the baselines)."""
+    """The natural and the robust teacher (frozen, eval mode). Either may be None when no method of
+    the run or search reads it: ``natural`` for the methods that use only T_rob (derd_no_nat and the
+    baselines), ``robust`` for the undefended ``nature``."""
 
     natural: nn.Module | None
-    robust: nn.Module
+    robust: nn.Module | None
 
     def to(self, device: torch.device) -> "Experts":
-        return Experts(self.natural.to(device) if self.natural is not None else None, self.robust.to(device))
+        return Experts(*(m.to(device) if m is not None else None for m in (self.natural, self.robust)))
 
 
 def _check_sha256(path: str, expected: str | None, key: str) -> None:
@@ -40,7 +41,7 @@ def load_experts(cfg: RunConfig, progress: bool = True, methods: Sequence[str] =
     dataset; an embedded dataset's is trained there on first use)."""
     info = dataset_info(cfg.data.dataset, cfg.data.image_size)
     t = cfg.teachers
-    kinds = tuple(dict.fromkeys([*needed_teachers((cfg.method, *methods)), "robust"]))  # Experts always has T_rob
+    kinds = needed_teachers((cfg.method, *methods))
     unnamed = tuple(kind for kind in kinds if getattr(t, kind) is None)
     cached = cached_teachers(info, unnamed, progress=progress) if unnamed else {}
 

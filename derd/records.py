@@ -52,6 +52,7 @@ class Tag:
     EPS = "derd.eps"  # that protocol's L-inf radius
     ATTACKS = "derd.attacks"  # that protocol's attack per column, "; "-separated (derd.evaluate.column_attack)
     MAX_IMAGES = "derd.max_images"  # the images that protocol is limited to ("all" when none)
+    VALIDATION = "derd.validation"  # on a search or trial run: what val/* was scored on (real or synthetic)
     ORIGIN_RUN_ID = "derd.origin_run_id"
     STUDENT = "derd.student"
     PARETO_FRONT = "pareto_front"
@@ -70,8 +71,9 @@ class Tag:
 def protocol_tags(record: dict) -> dict[str, str]:
     """A recorded protocol (``derd.evaluate.protocol_record``) as the MLflow tags of the run whose scores
     it measured."""
-    return {Tag.PROTOCOL: record["name"], Tag.EPS: repr(float(record["eps"])), Tag.ATTACKS: "; ".join(record["attacks"]),
+    tags = {Tag.PROTOCOL: record["name"], Tag.EPS: repr(float(record["eps"])), Tag.ATTACKS: "; ".join(record["attacks"]),
             Tag.MAX_IMAGES: str(record["max_images"] if record.get("max_images") is not None else "all")}
+    return {**tags, Tag.VALIDATION: record["validation"]} if record.get("validation") else tags
 
 
 def protocol_of_tags(tags: dict[str, str]) -> dict | None:
@@ -84,8 +86,9 @@ def protocol_of_tags(tags: dict[str, str]) -> dict | None:
         eps, max_images = float(tags[Tag.EPS]), None if limit == "all" else int(limit)
     except ValueError:  # a tag edited by hand: as good as none
         return None
-    return {"name": tags[Tag.PROTOCOL], "eps": eps, "attacks": [a for a in tags.get(Tag.ATTACKS, "").split("; ") if a],
-            "max_images": max_images}
+    record = {"name": tags[Tag.PROTOCOL], "eps": eps, "attacks": [a for a in tags.get(Tag.ATTACKS, "").split("; ") if a],
+              "max_images": max_images}
+    return {**record, "validation": tags[Tag.VALIDATION]} if Tag.VALIDATION in tags else record
 
 
 FRONT_FILTER = f"tags.{Tag.PARETO_FRONT} = 'true'"
@@ -182,6 +185,11 @@ class SearchFolder:
     @property
     def stage1_cache(self) -> Path:
         return self.root / "stage1_cache"
+
+    @property
+    def synthetic_val(self) -> Path:
+        """synthetic_val.pt: the validation set made from the teachers (``--validation synthetic``)."""
+        return self.root / "synthetic_val.pt"
 
     @property
     def best_trials(self) -> Path:

@@ -3,7 +3,8 @@ checkpoint and resume, and the stage-I cache.
 
 ``DistillationRun(cfg, experts).epochs()`` yields one dict per epoch: every loss term
 (``loss/*``), ``sga/conflict_frac`` where SGA runs, the method's extra metrics, and every
-``eval.every`` epochs the configured protocol on the val split (``val/*``). Between two
+``eval.every`` epochs the configured protocol on the val set (``val/*``: the real val split,
+or the synthetic set with ``eval.validation: synthetic``, ``derd.validation``). Between two
 epochs a caller may report, ``save()`` or stop; ``DistillationRun.resume()`` continues
 exactly.
 
@@ -32,7 +33,7 @@ import torch
 
 from derd.checkpoints import atomic_save, read_checkpoint_file
 from derd.config import RunConfig, from_dict, to_dict
-from derd.data import dataset_info, first_n, load_split, make_loader
+from derd.data import dataset_info, first_n, make_loader
 from derd.device import Compute, resolve_device, synchronize
 from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
@@ -43,6 +44,7 @@ from derd.methods import get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
 from derd.records import VAL_N
+from derd.validation import validation_data
 
 RUN_FORMAT = "derd-run/2"
 # the keys of a run checkpoint whose type is checked on reading (``read_state``)
@@ -97,7 +99,7 @@ class DistillationRun:
         self._phase_index = -1  # the phase whose optimisers are set up
         self._compiled_phases: set[int] = set()  # phases whose first iteration this process has compiled
         if val_data is None:
-            val_data = load_split(self.info.name, "val", cfg.data.root, image_size=cfg.data.image_size)
+            val_data = validation_data(cfg, self.info)
         n = PROTOCOLS[cfg.eval.protocol].max_images
         self.val_loader = make_loader(first_n(val_data, n), eval_batch_size(cfg.data.val_batch_size,
                                                                               self.info.image_shape, device))
@@ -204,7 +206,7 @@ class DistillationRun:
         return metrics
 
     def validate(self) -> dict[str, float]:
-        """The configured protocol (``search`` by default) on the val split, as ``val/*`` (in fp32),
+        """The configured protocol (``search`` by default) on the val set, as ``val/*`` (in fp32),
         with the number of images scored (``val/n_images``: a figure's binomial uncertainty)."""
         metrics = evaluate(self.student, self.val_loader, self.cfg.eval.protocol, eps=self.info.eps,
                            device=self.device, seed=self.cfg.seed)

@@ -3,6 +3,7 @@ $DERD_PLUGINS) and its search space. Its teachers are found in the cache by data
 search runs with no --teacher-* flag; a dataset that is not embedded is never trained for silently."""
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_a_dataset_from_outside_is_searched_with_its_teachers_found_in_the_cache
     experts = load_experts(cfg)
     assert experts.natural is not None and experts.robust is not None
     assert load_experts(apply_overrides(cfg, {"method": "dafl"})).natural is None  # only what the method needs
+    assert load_experts(apply_overrides(cfg, {"method": "nature"})).robust is None  # the undefended one: T_nat only
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({
@@ -127,3 +129,45 @@ def test_a_dataset_must_state_its_budget():
     with pytest.raises(ValueError, match="its budget must set budget.epochs, budget.iters_per_epoch"):
         DatasetSpec(DatasetInfo("x", 2, (1, 8, 8), 0.1, (0.5,), (0.5,)), lambda *a: None, "digits_cnn_small", 1,
                     budget={"student.arch": "digits_cnn_small"})
+
+
+def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, tmp_path):
+    """``--validation synthetic``: the set is made from the teachers alone before any trial, stored and
+    logged, every trial is scored on it, and the dataset's images are never read: here they are deleted
+    before the search starts."""
+    from mlflow.tracking import MlflowClient
+
+    from derd.errors import UserError
+    from derd.records import Tag
+    from derd.validation import load_validation_set
+    from tuning.search import run_search
+
+    info, root = colour_digits
+    _cache_teachers(info, root)
+    (root / "colour_digits.pt").unlink()  # no real image left to read
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "dataset": NAME, "base": {**TINY_BASE, "data.val_batch_size": 32, "synthetic_val.per_class": 4,
+                                  "synthetic_val.steps": 6},
+        "space": {"stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
+        "presets": ["paper"], "search": {"num_trials": 2, "max_concurrent": 1, "scheduler": "none"}}))
+    out = tmp_path / "search"
+    summary = run_search(["--space", str(space), "--out", str(out), "--data-root", str(root), "--validation", "synthetic"])
+    assert summary["trials_finished"] == 2 and summary["validation"] == "synthetic"
+    assert "synthetic validation set" in summary["markdown"]
+    made = load_validation_set(out / "synthetic_val.pt", info)
+    n = made.stats["n_images"]
+    assert 0 < n <= 40 and sum(made.stats["class_counts"]) == n and made.stats["n_drawn"] == 40
+    record = json.loads((out / "search.json").read_text())
+    assert record["validation"]["kind"] == "synthetic" and record["validation"]["n_images"] == n
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"derd-{NAME}")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "search")
+    assert parent.data.tags[Tag.VALIDATION] == "synthetic" and parent.data.metrics["validation/n_images"] == n
+    trials = [r for r in runs if r.data.tags.get(Tag.KIND) == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" and r.data.tags[Tag.VALIDATION] == "synthetic"
+                                    and r.data.metrics["val/n_images"] == n for r in trials)
+    # a resume may not switch what the trials are scored on
+    with pytest.raises(UserError, match="--validation cannot change when resuming"):
+        run_search(["--out", str(out), "--resume", "--validation", "real"])

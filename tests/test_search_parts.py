@@ -300,3 +300,33 @@ def test_tpe_samples_when_stopped_trials_outnumber_the_complete_ones(space):
     from tuning.searcher import trial_constraint
 
     assert trial_constraint(searcher.study.trials[0]) == [-10.0] and trial_constraint(searcher.study.trials[5]) == [1e-6]
+
+
+def test_an_actor_exit_inside_a_gc_callback_prints_no_traceback_and_other_errors_still_do():
+    """Ray ends a finished or stopped trial's actor with SIGTERM, whose handler raises SystemExit(1); raised
+    inside a garbage-collection callback, Python printed it as "Exception ignored ... SystemExit: 1" (seen in
+    a digits search). With ``quiet_actor_exit`` that SystemExit is silent; any other unraisable error is not."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, weakref
+        from tuning.trainable import quiet_actor_exit
+        if sys.argv[1] == "quiet":
+            quiet_actor_exit()
+        class Thing: pass
+        def ending(kind):
+            def callback(ref):
+                raise SystemExit(1) if kind == "exit" else ValueError("a real error")
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing  # the callback runs here, where nothing can be raised
+        ending("exit"); ending("error")
+        print("still running")
+    """)
+    runs = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60)
+            for mode in ("default", "quiet")}
+    assert "SystemExit: 1" in runs["default"].stderr  # what the search printed before
+    assert "SystemExit" not in runs["quiet"].stderr and "ValueError: a real error" in runs["quiet"].stderr
+    assert all(r.stdout.strip() == "still running" for r in runs.values())

@@ -286,8 +286,9 @@ def driver_alive(pid: int | None) -> bool:
         return False
 
 
-def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, float]], float]:
-    """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images, printed before
+def teacher_preflight(plan, n_images: int = 256, val=None) -> tuple[dict[str, dict[str, float]], float]:
+    """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images (of ``val``, the
+    synthetic validation set, when given: its clean accuracy is 100 by construction), printed before
     any GPU-hour is spent, and the feasibility threshold: ``min_clean_fraction`` of the natural
     teacher's clean accuracy (of the robust teacher's when the search uses no natural one)."""
     import torch
@@ -300,7 +301,9 @@ def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, fl
     cfg = from_dict(plan.base_config)
     info = dataset_info(cfg.data.dataset, cfg.data.image_size)
     device = resolve_device(cfg.device)
-    val = first_n(load_split(info.name, "val", cfg.data.root, image_size=cfg.data.image_size), n_images)
+    if val is None:
+        val = load_split(info.name, "val", cfg.data.root, image_size=cfg.data.image_size)
+    val = first_n(val, n_images)
     loader = make_loader(val, eval_batch_size(cfg.data.val_batch_size, info.image_shape, device))
     protocol = Protocol("preflight", ("clean_acc", "pgd_acc"), n_images, "fast")
     tables = {}
@@ -309,7 +312,8 @@ def teacher_preflight(plan, n_images: int = 256) -> tuple[dict[str, dict[str, fl
         if model is not None:
             tables[kind] = evaluate(model.to(device), loader, protocol, eps=info.eps, device=device, seed=cfg.seed)
     plan.experts.to(torch.device("cpu"))  # back in place: trials receive them pickled, and a CPU node has no CUDA
-    print(f"teachers on the first {len(val)} val images (eps {info.eps:.4f}):\n"
+    print(f"teachers on the first {len(val)} {'synthetic ' if cfg.eval.validation == 'synthetic' else ''}val images "
+          f"(eps {info.eps:.4f}):\n"
           + markdown_table({f"{kind} teacher": t for kind, t in tables.items()}), flush=True)
     reference = tables.get("natural", tables.get("robust"))
     threshold = plan.space.min_clean_fraction * reference["clean_acc"]

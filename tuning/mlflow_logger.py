@@ -32,8 +32,7 @@ from ray.tune import Callback
 from analysis.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
-from derd.data import dataset_info
-from derd.evaluate import protocol_record
+from derd.validation import val_protocol
 from derd.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
                           Tag, protocol_tags)
 from tuning.searcher import TRIAL_NUMBER
@@ -115,13 +114,14 @@ class MLflowSearchLogger(Callback):
 
         sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         cfg = apply_overrides(from_dict(self.base_config), sampled)
-        protocol = protocol_record(cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps)
+        protocol = val_protocol(cfg)
         run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
                                      tags={Tag.PARENT: self.parent_run_id, Tag.TRIAL_NUMBER: str(number),
                                            Tag.TRIAL_ID: trial_run_name(number), Tag.KIND: "trial",
                                            Tag.METHOD: cfg.method, Tag.RAY_TRIAL_ID: ray_trial_id,
                                            **protocol_tags(protocol)})  # what its val/* scores were measured under
-        params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)]
+        params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)
+                  and (cfg.eval.validation == "synthetic" or not k.startswith("synthetic_val."))]  # only what it read
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         self.client.log_batch(run.info.run_id, tags=[RunTag(Tag.SEARCHED_KEYS, ",".join(sorted(sampled))),

@@ -35,8 +35,8 @@ if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: imp
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from derd.cache import cache_dir
-from derd.config import to_dict
-from derd.data import available_datasets, dataset_spec
+from derd.config import VALIDATIONS, apply_overrides, from_dict, to_dict
+from derd.data import available_datasets, dataset_info, dataset_spec
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.records import SearchFolder, Tag, encode_objectives, protocol_tags, teacher_metric
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
@@ -60,6 +60,7 @@ RESUME_FIXED = {
     "seed": "every trial's seed is the search's",
     "data_root": "the trials' configs name their data root",
     "mlflow_uri": "the search's records are in the store it started with",
+    "validation": "every trial is scored on the same validation set",
     **{flag: "the trials compare students of the same teachers" for flag in TEACHER_FLAGS},
 }
 
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(s3://, gs://) for clusters (default: <out>)")
     p.add_argument("--mlflow-uri", help="MLflow tracking server (http://HOST:PORT); default: $MLFLOW_TRACKING_URI, "
                                         "else SQLite in <out>/mlflow.db")
+    p.add_argument("--validation", choices=VALIDATIONS,
+                   help="what trials are scored on: real (the val split; default) or synthetic (a set made from the "
+                        "teachers alone before any trial, in <out>/synthetic_val.pt: no real image is read; "
+                        "experimental, README: Validation without data)")
     p.add_argument("--data-root", help="dataset root (CIFAR, ImageNet-100)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root before the search (torchvision)")
     add_teacher_flags(p)
@@ -235,7 +240,8 @@ def fresh_inputs(args: argparse.Namespace) -> SearchInputs:
     for attr in (*RESUME_SETTINGS, "scheduler", "seed"):
         if getattr(args, attr) is not None:
             setattr(space, attr, getattr(args, attr))
-    overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed}
+    overrides = {"data.root": args.data_root, **teacher_overrides(args), "seed": args.seed,
+                 "eval.validation": args.validation}
     space.base.update({k: v for k, v in overrides.items() if v is not None})
     space.validate_settings("command line")
     return SearchInputs(folder, name, space)
@@ -246,8 +252,10 @@ def checked_plan(args: argparse.Namespace, inputs: SearchInputs) -> Plan:
     MLflow store, the Ray address, the folders and the teachers are usable."""
     space, folder, record = inputs.space, inputs.folder, inputs.record
     base_cfg = space.base_config()
+    if base_cfg.eval.validation == "synthetic":  # every trial reads the set the search makes in its folder
+        base_cfg = apply_overrides(base_cfg, {"synthetic_val.file": str(folder.synthetic_val)})
     _check_trial_memory(space)
-    if dataset_spec(base_cfg.data.dataset).needs_root:
+    if dataset_spec(base_cfg.data.dataset).needs_root and base_cfg.eval.validation == "real":
         from derd.data import download, load_split
 
         if args.download:
@@ -276,8 +284,10 @@ def _tracking_uri(args: argparse.Namespace, record: dict[str, Any], folder: Sear
     return folder.mlflow_uri, "the search's store"
 
 
-def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float) -> tuple[str, str]:
-    """(experiment id, parent run id): created on a fresh search, found again on --resume."""
+def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float,
+                  validation: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(experiment id, parent run id): created on a fresh search, found again on --resume. The parent
+    records the synthetic validation set's figures (``validation``: its stats) when the search uses one."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
@@ -294,11 +304,10 @@ def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: 
         client.update_run(found[0].info.run_id, status="RUNNING")
         return exp_id, found[0].info.run_id
     space = plan.space
-    from derd.data import dataset_info
-    from derd.evaluate import protocol_record
+    from derd.validation import val_protocol
 
     base = space.base_config()
-    measured = protocol_record(base.eval.protocol, dataset_info(base.data.dataset, base.data.image_size).eps)
+    measured = val_protocol(base)
     run = client.create_run(exp_id, run_name=f"search-{plan.name}", tags={
         Tag.SEARCH_DIR: str(plan.out), Tag.KIND: "search", Tag.DATASET: space.dataset,
         Tag.OBJECTIVES: encode_objectives(space.objectives), Tag.METHODS: ",".join(space.methods),
@@ -320,6 +329,11 @@ def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: 
         for k, v in table.items():
             client.log_metric(run.info.run_id, teacher_metric(kind, k), v)
     client.log_artifact(run.info.run_id, str(plan.folder.space))
+    if validation:
+        for key in ("n_images", "n_drawn", "teacher_agreement", "seconds"):
+            client.log_metric(run.info.run_id, f"validation/{key}", float(validation[key]))
+        client.log_param(run.info.run_id, "validation.procedure", validation["procedure"])
+        client.log_param(run.info.run_id, "validation.class_counts", ",".join(map(str, validation["class_counts"])))
     return exp_id, run.info.run_id
 
 
@@ -369,7 +383,8 @@ def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | N
     if plan.resume:
         recorded = {int(p): t for p, t in plan.record.get("ray_processes", {}).items()}
         processes.end_processes({**recorded, **processes.marked(plan.record.get("ray_mark", ""))})
-    teachers, threshold = teacher_preflight(plan)
+    synthetic = synthetic_validation(plan)
+    teachers, threshold = teacher_preflight(plan, val=synthetic.dataset() if synthetic else None)
     _loopback_only(plan)
     import ray
 
@@ -377,7 +392,8 @@ def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | N
     started = _init_ray(plan)
     try:
         check_cluster_resources(plan.space.cpus_per_trial, plan.space.gpus_per_trial)
-        return _fit(plan, teachers, threshold, processes.descendants() if started else {}, trainable, trainable_params)
+        return _fit(plan, teachers, threshold, processes.descendants() if started else {}, trainable, trainable_params,
+                    synthetic)
     finally:
         if started:
             ray.shutdown()
@@ -385,8 +401,34 @@ def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | N
             processes.stop_reaper(reaper)
 
 
+def synthetic_validation(plan: Plan):
+    """With ``eval.validation: synthetic``, the search's validation set (``derd.validation``): the one in its
+    folder (a resumed search), else made now from the teachers, seeded by the search's seed; None for real val."""
+    import torch
+
+    from derd.validation import load_validation_set, make_validation_set
+
+    cfg = from_dict(plan.base_config)
+    if cfg.eval.validation != "synthetic":
+        return None
+    info = dataset_info(cfg.data.dataset, cfg.data.image_size)
+    if plan.folder.synthetic_val.is_file():
+        return load_validation_set(plan.folder.synthetic_val, info)
+    from derd.device import resolve_device
+
+    print("making the synthetic validation set from the teachers (no real image is read) ...", flush=True)
+    made = make_validation_set(plan.experts, info, cfg.synthetic_val, cfg.seed, device=resolve_device(cfg.device))
+    plan.experts.to(torch.device("cpu"))  # trials receive them pickled, and a CPU node has no CUDA
+    stats = made.stats
+    print(f"synthetic validation set: {stats['n_images']} images ({stats['procedure']}), the teachers agree on "
+          f"{100 * stats['teacher_agreement']:.1f}% of {stats['n_drawn']} drawn; per class {stats['class_counts']}; "
+          f"made in {stats['seconds']:.0f} s", flush=True)
+    return made
+
+
 def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ray_processes: dict[int, float],
-         trainable: Callable[..., None] | None = None, trainable_params: dict[str, Any] | None = None) -> dict[str, Any]:
+         trainable: Callable[..., None] | None = None, trainable_params: dict[str, Any] | None = None,
+         synthetic=None) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
     from ray import tune
@@ -405,11 +447,18 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
                                    "tracking_uri": plan.tracking_uri, "created": time.time(), "sessions": []}
     folder.space.write_text(space.to_yaml())  # with this session's settings: the next --resume reads them
     record.update(clean_threshold=threshold, teachers=teachers)
+    if synthetic is not None:
+        if not folder.synthetic_val.is_file():  # before any trial reads it; atomic
+            from derd.validation import save_validation_set
+
+            save_validation_set(synthetic, dataset_info(space.dataset, plan.base_config["data"]["image_size"]),
+                                folder.synthetic_val)
+        record["validation"] = {"kind": "synthetic", "file": str(folder.synthetic_val), **synthetic.stats}
     if plan.min_clean:  # the user's floor (a resume without --min-clean keeps the recorded one)
         record["min_clean"] = plan.min_clean
     _write_record(plan, record)
     folder.stage1_cache.mkdir(exist_ok=True)
-    exp_id, parent_id = mlflow_parent(plan, teachers, threshold)
+    exp_id, parent_id = mlflow_parent(plan, teachers, threshold, synthetic.stats if synthetic is not None else None)
     study = open_study(space, folder.optuna_uri, plan.name)
     enqueue_presets(study, space)
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]

@@ -32,10 +32,13 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
               f"{space.num_trials - len(records) - failed} not run or unfinished, of "
               f"{space.num_trials} requested; {wall / 60:.1f} min over {len(record.get('sessions', []))} session(s)"
               + (f"; {saved} stage-I epochs read from the shared cache instead of run" if saved else ""))
+    synthetic = record.get("validation")  # what every val/* figure below was scored on
+    scored_on = (f"val = the synthetic validation set ({synthetic['n_images']} images made from the teachers, "
+                 f"{synthetic['procedure']}; experimental), not real images" if synthetic else "val = the real val split")
     objectives = space.objectives
     robust = robust_objective(objectives)  # compared under the user's --min-clean, when the search recorded one
     versus = best_versus_preset(records, robust, constraint_of(parent, robust))
-    text = (f"Best trials ({counts}; objectives {', '.join(m for m, _ in objectives)})\n\n"
+    text = (f"Best trials ({counts}; objectives {', '.join(m for m, _ in objectives)}; {scored_on})\n\n"
             + best_trials_markdown(records, front, objectives) + "\n" + versus + "\n")
     plan.folder.best_trials.write_text(text)
     client.log_artifact(parent_run_id, str(plan.folder.best_trials))
@@ -48,5 +51,5 @@ def finish_search(client, experiment_id: str, parent_run_id: str, plan, record: 
         client.log_metric(parent_run_id, f"search/{key}", float(value))
     client.set_terminated(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return {"markdown": text, "records": records, "front": front, **metrics, "interrupted": interrupted,
-            "out": str(plan.out), "name": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": experiment_id,
+            "validation": "synthetic" if synthetic else "real", "out": str(plan.out), "name": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": experiment_id,
             "parent_run_id": parent_run_id}

@@ -46,6 +46,27 @@ def search_score(metrics: dict[str, float], objectives: list[tuple[str, str]], c
     return mean - (INFEASIBLE_PENALTY if metrics[VAL_CLEAN] < clean_threshold else 0.0)
 
 
+def quiet_actor_exit() -> None:
+    """Drop the traceback Ray's actor shutdown prints when a trial has ended (finished, or stopped early).
+
+    Tune ends the trial's actor with SIGTERM; Ray's handler raises ``SystemExit(1)``. When that lands
+    inside a garbage-collection callback, Python cannot raise it there and prints it as an ignored
+    exception with a traceback ("Exception ignored in ... SystemExit: 1") that reads like a failure.
+    The trial has reported its end by then, so a ``SystemExit`` raised where it cannot be raised is
+    dropped; every other unraisable exception is printed as before. (The handler itself cannot be
+    replaced: a trial runs in Ray's runner thread, and signal handlers belong to the main thread.)"""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_actor_exit", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook.quiet_actor_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def trial_device() -> torch.device:
     """The GPU Ray assigned to this trial (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
     import ray
@@ -83,6 +104,7 @@ def derd_trainable(
     from ray import tune
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" line per epoch
+    quiet_actor_exit()
     torch.set_num_threads(max(1, int(cpus_per_trial)))
     device = trial_device()
     run = _open_run(config, base_config, experts, out, device)
