@@ -1,6 +1,7 @@
 """How faithfully does a validation set made from the teachers alone rank students? (prints figures)
 
-    python benchmarks/bench_validation.py --searches runs/digits-all runs/bench-confirm/*/* [--out runs/bench-validation]
+    python benchmarks/bench_validation.py --searches runs/digits-all runs/bench-confirm/full/* [--out runs/bench-validation]
+                                          [--variants both inversion robust] [--full-budget-only]
 
 Every student is a trial of the searches named (its ``trials/<n>/run.pt``: students of every method,
 of varied quality, stopped early or not). Each is scored with the ``search`` protocol twice: on the
@@ -90,6 +91,9 @@ def main() -> None:
     p.add_argument("--searches", nargs="+", required=True, help="search folders (each with trials/*/run.pt)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-validation"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--full-budget-only", action="store_true",
+                   help="score only the trials that ran the full budget (the only ones a search chooses): enough "
+                        "for the regret, and cheaper; tau is then over those students only")
     args = p.parse_args()
     torch.set_num_threads(1)
     info = dataset_info("digits")
@@ -107,6 +111,8 @@ def main() -> None:
         record = json.loads((search / "search.json").read_text())
         for path in sorted(search.glob("trials/*/run.pt")):
             model, meta = student_of(path, info)
+            if args.full_budget_only and not meta["full_budget"]:
+                continue
             entry = {"path": str(path), "search": str(search), "threshold": record["clean_threshold"], **meta}
             for name, data in sets.items():
                 key = (str(path), name)
