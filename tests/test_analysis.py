@@ -208,7 +208,7 @@ def test_an_exported_origin_names_the_protocol_of_its_val_scores(fabricated, tmp
     from derd.evaluate import protocol_record
 
     origin = _export(fabricated, tmp_path, "--select", "knee")[0]
-    assert origin["val_protocol"] == protocol_record("search", 0.2) and "val/aa_acc" in origin["val"]
+    assert origin["val_protocol"] == protocol_record("search", 0.2, "real") and "val/aa_acc" in origin["val"]
 
 
 def test_report_names_the_protocols_and_sorts_the_front(fabricated, tmp_path):
