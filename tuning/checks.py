@@ -13,6 +13,8 @@ from derd.errors import UserError, check_output_folder
 from derd.records import SearchFolder
 
 if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
     from tuning.space import SearchSpace
 
 
@@ -286,7 +288,8 @@ def driver_alive(pid: int | None) -> bool:
         return False
 
 
-def teacher_preflight(plan, n_images: int = 256, val=None) -> tuple[dict[str, dict[str, float]], float]:
+def teacher_preflight(plan, n_images: int = 256,
+                      val: Dataset | None = None) -> tuple[dict[str, dict[str, float]], float]:
     """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images (of ``val``, the
     synthetic validation set, when given: its clean accuracy is 100 by construction), printed before
     any GPU-hour is spent, and the feasibility threshold: ``min_clean_fraction`` of the natural

@@ -40,6 +40,8 @@ from derd.data import available_datasets, dataset_info, dataset_spec
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.records import SearchFolder, Tag, encode_objectives, protocol_tags, teacher_metric
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
+from derd.validation import (SyntheticValidation, load_validation_set, make_validation_set, save_validation_set,
+                             val_protocol)
 from analysis.choice import parse_floor
 from analysis.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
 from tuning import processes
@@ -304,8 +306,6 @@ def mlflow_parent(plan: Plan, teachers: dict[str, dict[str, float]], threshold: 
         client.update_run(found[0].info.run_id, status="RUNNING")
         return exp_id, found[0].info.run_id
     space = plan.space
-    from derd.validation import val_protocol
-
     base = space.base_config()
     measured = val_protocol(base)
     run = client.create_run(exp_id, run_name=f"search-{plan.name}", tags={
@@ -401,12 +401,10 @@ def run_search(argv: list[str] | None = None, trainable: Callable[..., None] | N
             processes.stop_reaper(reaper)
 
 
-def synthetic_validation(plan: Plan):
+def synthetic_validation(plan: Plan) -> SyntheticValidation | None:
     """With ``eval.validation: synthetic``, the search's validation set (``derd.validation``): the one in its
     folder (a resumed search), else made now from the teachers, seeded by the search's seed; None for real val."""
     import torch
-
-    from derd.validation import load_validation_set, make_validation_set
 
     cfg = from_dict(plan.base_config)
     if cfg.eval.validation != "synthetic":
@@ -428,7 +426,7 @@ def synthetic_validation(plan: Plan):
 
 def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ray_processes: dict[int, float],
          trainable: Callable[..., None] | None = None, trainable_params: dict[str, Any] | None = None,
-         synthetic=None) -> dict[str, Any]:
+         synthetic: SyntheticValidation | None = None) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
     from ray import tune
@@ -449,8 +447,6 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
     record.update(clean_threshold=threshold, teachers=teachers)
     if synthetic is not None:
         if not folder.synthetic_val.is_file():  # before any trial reads it; atomic
-            from derd.validation import save_validation_set
-
             save_validation_set(synthetic, dataset_info(space.dataset, plan.base_config["data"]["image_size"]),
                                 folder.synthetic_val)
         record["validation"] = {"kind": "synthetic", "file": str(folder.synthetic_val), **synthetic.stats}
