@@ -70,6 +70,7 @@ class MLflowSearchLogger(Callback):
         self.gpus_per_trial = gpus_per_trial
         self.searcher = searcher
         self.stopped_early = stopped_early if stopped_early is not None else set()
+        self.stop_reasons: dict[int, str] = {}  # the scheduler's: what it decided each stop on
         self._client = None
         self._runs: dict[int, str] = {}
         self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered
@@ -252,8 +253,9 @@ class MLflowSearchLogger(Callback):
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
+            why = self.stop_reasons.get(number) or f"score {result.get('search/score', float('nan')):.2f}"
             print(f"{trial_run_name(number)}: stopped early by {self.scheduler_name} at epoch {step} of {total} "
-                  f"(score {result.get('search/score', float('nan')):.2f})", file=sys.stderr, flush=True)
+                  f"({why})", file=sys.stderr, flush=True)
 
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         run_id = self.run_id(number, config)

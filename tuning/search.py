@@ -474,6 +474,7 @@ def _fit(plan: Plan, teachers: dict[str, dict[str, float]], threshold: float, ra
     stopped = getattr(scheduler, "stopped_early", set())
     searcher = StudySearcher(space, folder.optuna_uri, plan.name, threshold, stopped)
     logger.searcher, logger.stopped_early = searcher, stopped
+    logger.stop_reasons = getattr(scheduler, "stop_reasons", {})
     trainable = tune.with_resources(
         tune.with_parameters(trainable or derd_trainable, base_config=plan.base_config, experts=plan.experts,
                              out=str(plan.out), objectives=space.objectives, clean_threshold=threshold,
