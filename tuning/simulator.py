@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import statistics
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -118,24 +119,30 @@ class SimResult:
         """The trial ``export --select best-robust --min-clean floor`` chooses after ``budget``
         trial-epochs: among full-budget trials whose observed clean (the mean over its runs, race
         replicates included) meets the floor, the highest mean observed robust value."""
+        return self.exports(floor, [math.inf if budget is None else budget], clean, robust)[0]
+
+    def exports(self, floor: float, budgets: list[float], clean: int = 0, robust: int = 1) -> list[SimTrial | None]:
+        """``exported`` at each of ``budgets`` (ascending), in one pass over the runs."""
         runs: dict[int, list[SimTrial]] = {}
-        for spent, trial in self.in_order():
-            if budget is not None and spent > budget:
-                break
-            if trial.full_budget:
-                runs.setdefault(trial.number, []).append(trial)
-        means = {n: [statistics.mean(t.objectives[i] for t in ts) for i in (clean, robust)] for n, ts in runs.items()}
-        chosen = [n for n, (c, _) in means.items() if c >= floor]
-        if not chosen:
-            return None
-        best = max(chosen, key=lambda n: (means[n][1], means[n][0]))
-        return runs[best][0]
+        order, out, k = self.in_order(), [], 0
+        for budget in budgets:
+            while k < len(order) and order[k][0] <= budget:
+                if order[k][1].full_budget:
+                    runs.setdefault(order[k][1].number, []).append(order[k][1])
+                k += 1
+            means = {n: [statistics.mean(t.objectives[i] for t in ts) for i in (clean, robust)] for n, ts in runs.items()}
+            chosen = [n for n, (c, _) in means.items() if c >= floor]
+            out.append(runs[max(chosen, key=lambda n: (means[n][1], means[n][0]))][0] if chosen else None)
+        return out
 
     def regret(self, floor: float, best_aa: float, budget: float | None = None) -> float:
         """``best_aa`` (the best noise-free robust value a floor allows) minus the noise-free robust
         value of the trial the export would choose (nothing to choose yet: ``best_aa``)."""
-        trial = self.exported(floor, budget)
-        return best_aa - ((trial.truth or trial.objectives)[1] if trial else 0.0)
+        return self.regrets(floor, best_aa, [math.inf if budget is None else budget])[0]
+
+    def regrets(self, floor: float, best_aa: float, budgets: list[float]) -> list[float]:
+        """``regret`` at each of ``budgets`` (ascending)."""
+        return [best_aa - ((t.truth or t.objectives)[1] if t else 0.0) for t in self.exports(floor, budgets)]
 
     def misses(self, floor: float, budget: float | None = None) -> bool:
         """Whether the export's choice misses the floor noise-free (its noisy clean put it above), or
