@@ -16,10 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.store import runs_tagged
+from tuning.store import runs_tagged
 from derd.methods import display_name, footnotes
-from derd.records import (TRIAL_EPOCHS, VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, Objectives, Tag, column_header,
-                          decode_objectives)
+from derd.pareto import Objectives, signed
+from tuning.records import TRIAL_EPOCHS, Tag, decode_objectives
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, column_header
 
 
 @dataclass
@@ -86,10 +87,6 @@ def choosable(records: list[TrialRecord], include_partial: bool = False) -> list
     """The trials the front, the knee and export may choose from: feasible, and run at the full budget
     unless ``include_partial``."""
     return [r for r in records if r.feasible and (include_partial or r.full_budget)]
-
-
-def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
-    return [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives]
 
 
 def search_parents(client, experiment_id: str) -> list:

@@ -51,7 +51,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from derd.config import apply_overrides, to_dict  # noqa: E402
 from derd.methods import total_epochs  # noqa: E402
-from derd.records import SearchFolder  # noqa: E402
+from tuning.records import SearchFolder  # noqa: E402
 from tuning.mlflow_logger import MLflowSearchLogger  # noqa: E402
 from tuning.scheduler import make_scheduler  # noqa: E402
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets, open_study  # noqa: E402

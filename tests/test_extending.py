@@ -19,7 +19,7 @@ from derd.data import load_split
 from derd.experts import Experts
 from derd.methods import available_methods, get_method, logged_prefixes, register_method, unregister_method
 from derd.methods.registry import PLUGINS_ENV
-from derd.records import SearchFolder, Tag, encode_objectives
+from tuning.records import SearchFolder, Tag, encode_objectives
 from derd.run import DistillationRun
 
 LEGACY = Path(__file__).parent / "legacy"

@@ -229,7 +229,7 @@ def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_ent
 def test_a_trial_on_a_shared_stage1_reports_only_the_compute_it_ran(tmp_path, experts, val_data):
     """trial/compute_s leaves out the stage-I epochs read from the cache (the trial that trained them
     counts them), trial/cached_epochs counts them, and a resumed run keeps that accounting."""
-    from derd.records import TRIAL_CACHED_EPOCHS
+    from tuning.records import TRIAL_CACHED_EPOCHS
     from tuning.trainable import Reports
 
     objectives = [("val/clean_acc", "max"), ("val/aa_acc", "max")]

@@ -138,7 +138,7 @@ def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, t
     from mlflow.tracking import MlflowClient
 
     from derd.errors import UserError
-    from derd.records import Tag
+    from tuning.records import Tag
     from derd.validation import load_validation_set
     from tuning.search import run_search
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from analysis.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
+from tuning.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
 from derd.errors import UserError, check_output_folder
-from derd.records import SearchFolder
+from tuning.records import SearchFolder
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

@@ -29,12 +29,12 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from analysis.store import runs_tagged
+from tuning.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
 from derd.validation import val_protocol
-from derd.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
-                          Tag, protocol_tags)
+from tuning.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS,
+                            TRIAL_WALL, SearchFolder, Tag, protocol_tags)
 from tuning.searcher import TRIAL_NUMBER
 
 

@@ -31,19 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-if __name__ == "__main__" and __package__ in (None, ""):  # run as a script: import the repo's packages
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from derd.cache import cache_dir
 from derd.config import VALIDATIONS, apply_overrides, from_dict, to_dict
 from derd.data import available_datasets, dataset_info, dataset_spec
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.records import SearchFolder, Tag, encode_objectives, protocol_tags, teacher_metric
+from tuning.records import SearchFolder, Tag, encode_objectives, parse_floor, protocol_tags, teacher_metric
 from derd.train import TEACHER_FLAGS, add_teacher_flags, teacher_overrides
 from derd.validation import (SyntheticValidation, load_validation_set, make_validation_set, save_validation_set,
                              val_protocol)
-from analysis.choice import parse_floor
-from analysis.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
+from tuning.store import ENV_URI, check_mlflow_uri, runs_tagged, ui_instructions
 from tuning import processes
 from tuning.checks import (Unreadable, check_cluster_resources, check_ray_address, check_resumable, check_search_folder,
                            check_storage_path, set_aside, teacher_preflight)

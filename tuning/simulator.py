@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import TrialScheduler
 
-from analysis.trials import signed
+from derd.pareto import signed
 from derd.config import apply_overrides, to_dict
 from derd.methods import total_epochs
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
@@ -84,7 +84,7 @@ class SimResult:
 
     def curve(self) -> list[tuple[float, float]]:
         """[(cumulative trial-epochs, hypervolume of the choosable front)] after each finished trial."""
-        from analysis.pareto import hypervolume
+        from derd.pareto import hypervolume
 
         points, spent, pool = [], 0.0, []
         for trial in sorted(self.trials, key=lambda t: (t.finished_at, t.number)):

@@ -52,9 +52,10 @@ from derd.config import RunConfig, apply_overrides, preset, to_flat
 from derd.data import available_datasets
 from derd.errors import UserError
 from derd.inputs import expect, read_yaml
-from derd.evaluate import PROTOCOLS
+from derd.evaluate import PROTOCOLS, VAL_CLEAN, val
 from derd.methods import available_methods, get_method, method_sections, total_epochs, uses_key
-from derd.records import DEFAULT_OBJECTIVES, VAL_CLEAN, Objectives, val
+from tuning.records import DEFAULT_OBJECTIVES
+from derd.pareto import Objectives
 from derd.settings import DISTRIBUTIONS, SEED_MAX, SearchRange, as_number, declared_ranges
 
 SAMPLERS = ("tpe", "nsga2", "random")

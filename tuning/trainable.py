@@ -26,7 +26,8 @@ from derd.config import apply_overrides, from_dict
 from derd.errors import UserError
 from derd.experts import Experts
 from derd.methods import total_epochs
-from derd.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, VAL_CLEAN, SearchFolder
+from tuning.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, SearchFolder
+from derd.evaluate import VAL_CLEAN
 from derd.run import DistillationRun
 from tuning.searcher import TRIAL_NUMBER
 
