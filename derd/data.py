@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from derd.errors import UserError
-from derd.methods.registry import load_plugins
+from derd.registry import Registry
 
 SPLITS = ("teacher", "val", "test")
 SPLIT_SEED = 0  # fixed: splits never change between calls, runs or machines
@@ -82,31 +82,27 @@ class DatasetSpec:
 REQUIRED_BUDGET = ("budget.epochs", "budget.iters_per_epoch", "budget.batch_size", "student.arch")
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry("dataset")  # in the order of registration
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space). A module
-    outside the package that calls this is found through ``$DERD_PLUGINS`` (``derd.methods.load_plugins``)."""
-    _DATASETS[spec.info.name] = spec
-    return spec
+    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space); a name taken
+    already is refused. A module outside the package that calls this is found through ``$DERD_PLUGINS``
+    (``derd.registry.load_plugins``)."""
+    return _DATASETS.add(spec.info.name, spec)
 
 
 def unregister_dataset(name: str) -> None:
     """Remove a dataset (for tests that register one of their own)."""
-    _DATASETS.pop(name, None)
+    _DATASETS.remove(name)
 
 
 def available_datasets() -> list[str]:
-    load_plugins()
-    return list(_DATASETS)
+    return _DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    load_plugins()
-    if name not in _DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}")
-    return _DATASETS[name]
+    return _DATASETS.get(name)
 
 
 IMAGE_SIZES = (8, 1024)  # the side a resizable dataset may be given (data.image_size, --image-size)

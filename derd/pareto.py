@@ -10,6 +10,7 @@ Conventions: every objective is maximised (``signed`` negates a "min" objective)
 reference point is the origin by default, the natural worst case for accuracies in percent; points that
 do not dominate the reference add nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,9 @@ def pareto_ranks(points: Sequence[Point]) -> list[int]:
     remaining = set(range(len(points)))
     rank = 0
     while remaining:
-        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)}
+        front = {
+            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)
+        }
         for i in front:
             ranks[i] = rank
         remaining -= front
@@ -110,8 +113,10 @@ def hypervolume(points: Sequence[Point], reference: Point | None = None) -> floa
     return volume
 
 
-KNEE_RULE = ("the front's point at the least Euclidean distance from its ideal point (every objective at its "
-             "best on the front), each objective scaled to [0, 1] over the front")
+KNEE_RULE = (
+    "the front's point at the least Euclidean distance from its ideal point (every objective at its "
+    "best on the front), each objective scaled to [0, 1] over the front"
+)
 
 
 def knee_point(points: Sequence[Point]) -> int:
@@ -124,6 +129,8 @@ def knee_point(points: Sequence[Point]) -> int:
     hi = [max(p[d] for p in points) for d in range(dim)]
 
     def gap(p: Point) -> float:
-        return math.sqrt(sum(((hi[d] - p[d]) / (hi[d] - lo[d]) if hi[d] > lo[d] else 0.0) ** 2 for d in range(dim)))
+        return math.sqrt(
+            sum(((hi[d] - p[d]) / (hi[d] - lo[d]) if hi[d] > lo[d] else 0.0) ** 2 for d in range(dim))
+        )
 
     return min(range(len(points)), key=lambda i: gap(points[i]))

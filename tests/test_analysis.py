@@ -260,7 +260,7 @@ def store(tmp_path_factory, teacher_args):
 
 def test_the_search_refuses_a_bad_min_clean_before_anything_runs(tmp_path):
     from derd.errors import UserError
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     with pytest.raises(UserError, match="write 0.9x"):  # the same reader as analysis/export.py's
         plan_search(build_parser().parse_args(["--min-clean", "0.9", "--out", str(tmp_path / "s")]))

@@ -229,7 +229,7 @@ def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_
     """The plan finds it and writes nothing; the search's first write moves it aside with one warning
     line, so the trial restarts from its start; the pickled code never runs."""
     from tuning.checks import set_aside
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     folder = copy_search(template, tmp_path / "s")
     checkpoint, marker = folder / "trials" / "0002" / "run.pt", tmp_path / "pwned"
@@ -252,7 +252,7 @@ def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_
 
 def test_a_whole_search_folder_resumes_its_plan(tmp_path, template):
     """The template itself passes every resume check (the catalogue's refusals are the damage alone)."""
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     folder = copy_search(template, tmp_path / "s")
     plan = plan_search(build_parser().parse_args(["--out", str(folder), "--resume", "--num-trials", "4"]))
@@ -308,7 +308,7 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     from derd.config import to_dict
     from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.search import mlflow_parent
+    from tuning.parent import mlflow_parent
     from tuning.space import SearchSpace
 
     folder = SearchFolder(tmp_path / "o'brien's \"runs\"")

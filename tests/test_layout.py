@@ -75,6 +75,13 @@ def test_the_pareto_maths_is_pure():
                                                                                                      "typing"}
 
 
+def test_methods_models_and_datasets_register_through_the_one_registry():
+    """One mechanism (derd.registry): each kind's registry is a Registry, and no other module keeps a dict of
+    its own for them."""
+    for path in ("derd/methods/registry.py", "derd/models/registry.py", "derd/data.py"):
+        assert "derd.registry" in _imports(REPO / path), path
+
+
 def test_no_module_edits_sys_path_outside_benchmarks():
     """Commands are installed (setup.cfg's entry points) and scripts run by path import the installed packages."""
     for folder in ("derd", "tuning", "analysis", "tests"):
@@ -132,10 +139,12 @@ def test_tuning_and_analysis_form_no_import_cycle():
 
 
 def test_the_method_registry_is_the_bottom_layer_and_the_config_imports_it_at_its_top():
-    """derd.methods.registry imports nothing of derd but its errors; derd.config and derd.experts import it at
-    their top; nothing the methods package's __init__ imports leads to derd.config."""
+    """derd.methods.registry imports nothing of derd but the shared registry, which imports only the errors;
+    derd.config and derd.experts import it at their top; nothing the methods package's __init__ imports leads
+    to derd.config."""
     graph = _derd_graph()
-    assert graph["derd.methods.registry"] <= {"derd.errors"}
+    assert graph["derd.registry"] <= {"derd.errors"}
+    assert graph["derd.methods.registry"] <= {"derd.registry"}
     for module in ("config", "experts"):
         tree = ast.parse((REPO / "derd" / f"{module}.py").read_text())
         top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}

@@ -52,7 +52,7 @@ def colour_digits(tmp_path, monkeypatch):
     from sklearn.datasets import load_digits
 
     from derd.data import available_datasets, dataset_info, unregister_dataset
-    from derd.methods.registry import PLUGINS_ENV
+    from derd.registry import PLUGINS_ENV
 
     module = tmp_path / "colour_digits.py"
     module.write_text(DATASET)
