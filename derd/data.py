@@ -313,9 +313,8 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool, download: boo
 
 
 # Full-length budgets (the paper's are not at hand). CIFAR: batch 512 (25,600 pseudo images per
-# epoch, as 256 x 100 before): on an H100, stage II in bf16 + channels_last ran 1,647 img/s at
-# batch 512 against 759 at batch 128 (the code before issue 9's rework; benchmarks/bench_step.py
-# prints the current figures). ImageNet-100 stays at 128: 64 -> 128 gained only 6%.
+# epoch, as 256 x 100 before), the batch that runs fastest on a GPU; ImageNet-100 stays at 128
+# (the measurements: docs/speed-and-scale.md, "Batch sizes of the full-length budgets").
 _CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 50,
                  "budget.batch_size": 512, "student.latent_dim": 256}
 
@@ -323,7 +322,7 @@ _CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs
 # readable) a natural CNN falls to 0% under PGD_S while a PGD-trained one keeps about 60% at
 # the same clean accuracy; at 0.1 even the natural CNN keeps 40%, at 0.3 adversarial
 # training no longer converges on this little data. Its budget is the run config's defaults
-# (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). README shows both teachers' tables.
+# (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). docs/results-digits.md shows both teachers' tables.
 register_dataset(DatasetSpec(
     DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)), _digits, teacher_arch="digits_cnn", teacher_epochs=30,
     budget={"student.arch": "digits_cnn_small", "stage1.epochs": 10, "budget.epochs": 30, "budget.iters_per_epoch": 30,

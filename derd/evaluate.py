@@ -6,7 +6,7 @@ name (``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``pgd_t_acc``, ``cw_acc``, ``aa_
 
 Protocols
 ---------
-``full``: exactly METHOD.md's table (at eps = 8/255; other eps scale every step size by
+``full``: exactly the paper's table (docs/protocols.md) (at eps = 8/255; other eps scale every step size by
 eps / (8/255), which leaves the CIFAR and ImageNet-100 protocol unchanged):
 
 * FGSM: one signed step of size eps;

@@ -1,4 +1,4 @@
-"""Each loss term moves the way METHOD.md says under one gradient step on its own."""
+"""Each loss term moves the way docs/methods.md says under one gradient step on its own."""
 from __future__ import annotations
 
 import pytest

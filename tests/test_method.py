@@ -319,16 +319,16 @@ def test_every_method_file_registers_its_methods_and_the_run_config_has_their_se
         assert set(cls.sections) <= set(sections)
 
 
-def _readme_methods_table() -> list[list[str]]:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def _methods_table() -> list[list[str]]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     section = text.split("## The methods", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))] for row in rows]
 
 
-def test_the_readmes_methods_table_lists_the_registry():
+def test_the_docs_methods_table_lists_the_registry():
     """One row per registered method, in its order, its teachers and config sections as the class says."""
-    rows = _readme_methods_table()
+    rows = _methods_table()
     assert [r[0].strip("`") for r in rows] == available_methods()
     for row in rows:
         cls = get_method(row[0].strip("`"))

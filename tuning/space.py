@@ -119,7 +119,7 @@ class SearchSpace:
     num_trials: int = 10
     max_concurrent: int = 2
     sampler: str = "tpe"
-    scheduler: str = "moasha"  # chosen with the tabulated benchmark (README: How fast the search improves the front)
+    scheduler: str = "moasha"  # chosen with the tabulated benchmark (docs/search-efficiency.md)
     grace_period: int | None = None
     reduction_factor: int = 2
     share_stage1: float = 0.0  # the stage-I pool's alpha (tuning.stage1_pool); 0: every trial trains its own
