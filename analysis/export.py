@@ -4,7 +4,7 @@
     python analysis/export.py --experiment derd-digits --select best-robust --min-clean 0.9x --out exported/
 
 ``--select``: ``front`` (every trial on the Pareto front), ``knee`` (the front's balanced
-trade-off: ``analysis.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
+trade-off: ``derd.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
 objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasible and, unless
 ``--include-partial``, run at the full trial budget; ``analysis.trials``): a collapsed student
 is never exported. ``--min-clean X`` and ``--min-robust Y`` (points, ``80``, or a factor of a

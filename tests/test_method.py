@@ -321,7 +321,7 @@ def test_every_method_file_registers_its_methods_and_the_run_config_has_their_se
 
 def _methods_table() -> list[list[str]]:
     text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
-    section = text.split("## The methods", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## The registered methods", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))] for row in rows]
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from derd.evaluate import VAL_CLEAN
+from derd.pareto import crowding_distances, pareto_ranks, signed
 from tuning.searcher import TRIAL_NUMBER
 
 TIME_ATTR, METRIC = "epoch", "search/score"
@@ -135,9 +137,6 @@ RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed s
 def rung_point(values: list[float], objectives: list[tuple[str, str]], clean_threshold: float) -> RungPoint:
     """A trial's objectives at a rung (in the space's order, as the study stores them) as MO-ASHA
     compares them."""
-    from derd.pareto import signed
-    from derd.evaluate import VAL_CLEAN
-
     named = dict(zip((m for m, _ in objectives), values))
     return named[VAL_CLEAN] >= clean_threshold, tuple(signed(named, objectives))
 
@@ -146,8 +145,6 @@ def rung_order(points: list[RungPoint]) -> list[int]:
     """Indices of ``points`` best first: feasible before infeasible, then by Pareto rank
     (non-dominated sorting), then by crowding distance within the front (larger first: the ends
     of a front and its sparse parts), then by position (an earlier index first)."""
-    from derd.pareto import crowding_distances, pareto_ranks
-
     key: dict[int, tuple] = {}
     for feasible in (True, False):
         group = [i for i, p in enumerate(points) if p[0] == feasible]

@@ -30,9 +30,9 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import TrialScheduler
 
-from derd.pareto import signed
 from derd.config import apply_overrides, to_dict
 from derd.methods import total_epochs
+from derd.pareto import hypervolume, signed
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
 from tuning.scheduler import make_scheduler
 from tuning.space import SearchSpace
@@ -71,7 +71,7 @@ class SimTrial:
     finished_at: float    # simulated seconds since the search started
     full_budget: bool
     feasible: bool
-    objectives: list[float]  # signed, larger is better (analysis.trials.signed)
+    objectives: list[float]  # signed, larger is better (derd.pareto.signed)
     stopped_early: bool
 
 
@@ -84,8 +84,6 @@ class SimResult:
 
     def curve(self) -> list[tuple[float, float]]:
         """[(cumulative trial-epochs, hypervolume of the choosable front)] after each finished trial."""
-        from derd.pareto import hypervolume
-
         points, spent, pool = [], 0.0, []
         for trial in sorted(self.trials, key=lambda t: (t.finished_at, t.number)):
             spent += trial.epochs
