@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from derd.pareto import relation
-from analysis.trials import TrialRecord, binomial_se, with_se
+from derd.pareto import binomial_se, relation
+from analysis.trials import TrialRecord, with_se
 from derd.errors import UserError
 from derd.evaluate import VAL_AA, VAL_CLEAN, column_header
 from tuning.records import Floor, Tag, parse_floor, teacher_metric

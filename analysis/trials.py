@@ -18,7 +18,7 @@ from typing import Any
 
 from tuning.store import runs_tagged
 from derd.methods import display_name, footnotes
-from derd.pareto import Objectives, signed
+from derd.pareto import Objectives, binomial_se, signed
 from tuning.records import TRIAL_EPOCHS, Tag, decode_objectives
 from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, column_header
 
@@ -113,14 +113,6 @@ def search_trials(client, experiment_id: str):
         records = trial_records(client, experiment_id, parent)
         if records:
             yield parent, objectives_of(parent), records
-
-
-def binomial_se(accuracy: float, n: int) -> float:
-    """Standard error (percentage points) of an accuracy in percent measured on n images."""
-    if n <= 0:
-        return float("nan")
-    p = min(max(accuracy / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(p * (1 - p) / n)
 
 
 def with_se(accuracy: float, n: int) -> str:

@@ -17,7 +17,10 @@ val AA %)) against the cumulative trial-epochs spent (every trial's epochs, stop
 included). Figures: each search's final hypervolume and trial-epochs, and the headline
 ratio: the trial-epochs the default search needs to reach 95% of random search's final
 hypervolume, over random search's total (without ``random``: of the best final hypervolume among
-the searches run, over that search's total). A search folder that finished is reused; an
+the searches run, over that search's total). Then how faithful the tabulated benchmark's answers
+are on these searches, which it never saw (``benchmarks/tabular/faithful.py``: Kendall tau and
+error of the surrogate's answers against each trial's real final val values, beside the tau the
+noise allows). A search folder that finished is reused; an
 interrupted one resumes. ``--quick`` runs one seed with small trial counts (a smoke run).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from analysis.pareto import front_of  # noqa: E402
 from derd.pareto import hypervolume  # noqa: E402
 from analysis.trials import trial_records  # noqa: E402
+from benchmarks.tabular.faithful import report  # noqa: E402
 
 # name -> extra search flags and trial count (full run, quick run). The headline asks whether the
 # default reaches its target within 25% of random search's 64 x 12 trial-epochs (192): 24 ASHA
@@ -99,12 +103,13 @@ def main() -> None:
         p.error("--settings needs default and another search (the headline compares them)")
     seeds = args.seeds[:1] if args.quick else args.seeds
     out = Path(args.out) / ("quick" if args.quick else "full")
-    ratios, rows = [], []
+    ratios, rows, folders = [], [], []
     for seed in seeds:
         curves = {}
         for setting in args.settings:
             _, full, quick = SETTINGS[setting]
-            curves[setting] = curve(run(setting, seed, quick if args.quick else full, out))
+            folders.append(run(setting, seed, quick if args.quick else full, out))
+            curves[setting] = curve(folders[-1])
         # the target: 95% of random search's final hypervolume, else of the best final among the searches run
         ref = "random" if "random" in curves else max(curves, key=lambda k: curves[k][-1][1])
         ref_epochs, ref_hv = curves[ref][-1]
@@ -120,6 +125,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for seed, setting, n, epochs, hv, reach in rows:
         print(f"| {seed} | {setting} | {n} | {epochs:.0f} | {hv:.1f} | {'-' if reach is None else f'{reach:.0f}'} |")
+    print()
+    report(folders)  # the table's answers against every search run here: none of them is in the table
     finite = [r for r in ratios if r != float("inf")]
     median = statistics.median(ratios) if ratios else float("nan")
     print(f"default search: trial-epochs to reach 95% of {target} hypervolume, as a fraction of that search's "

@@ -19,6 +19,15 @@ from typing import Sequence
 Objectives = list[tuple[str, str]]  # [(metric, "max" | "min")]: a search's objectives, in order
 
 
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error (percentage points) of an accuracy in percent measured on n images: how far apart two
+    objectives must be to tell (the noise-aware MO-ASHA's one-error move, the reports' ±)."""
+    if n <= 0:
+        return float("nan")
+    p = min(max(accuracy / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
+
+
 def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
     """A point in objective space where larger is better everywhere: each objective's metric, negated
     where its mode is ``min``."""

@@ -330,3 +330,31 @@ def test_an_actor_exit_inside_a_gc_callback_prints_no_traceback_and_other_errors
     assert "SystemExit: 1" in runs["default"].stderr  # what the search printed before
     assert "SystemExit" not in runs["quiet"].stderr and "ValueError: a real error" in runs["quiet"].stderr
     assert all(r.stdout.strip() == "still running" for r in runs.values())
+
+
+def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_stop_says_why():
+    """Rung (clean, AA) = (90, 8), (88, 9): a newcomer at (87, 7.5) on 359 images is dominated by both
+    and ranks last, outside ceil(3 / 2) = 2. One binomial standard error up, (88.7, 8.9), it is no
+    longer dominated by (90, 8) or (88, 9): the noise-aware rule keeps it. A trial at (60, 1) is
+    dominated beyond its errors and stops under both rules, and the stop line says where it stood."""
+    from tuning.scheduler import ResumableMOASHA, rung_point
+
+    rung = {0: (90.0, 8.0), 1: (88.0, 9.0)}
+
+    def moasha(noise_aware: bool) -> ResumableMOASHA:
+        return ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=8, grace_period=4, reduction_factor=2,
+                               noise_aware=noise_aware,
+                               history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()})
+
+    plain, aware = moasha(False), moasha(True)
+    newcomer = {**_rung_result(87, 7.5), "val/n_images": 359}
+    assert plain.on_trial_result(None, _trial(3), newcomer) == "STOP"
+    assert aware.on_trial_result(None, _trial(3), newcomer) == "CONTINUE"
+    assert aware.on_trial_result(None, _trial(4), {**_rung_result(60, 1), "val/n_images": 359}) == "STOP"
+    assert plain.stop_reasons[3] == ("at the epoch-4 rung: feasible, Pareto rank 2 among the feasible, place 3 of 3 "
+                                     "trials at the rung, where the top 2 go on")
+    assert "ranked one standard error up" in aware.stop_reasons[4] and 3 not in aware.stop_reasons
+    asha = ResumableASHA(history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
+                         max_t=8, grace_period=4, reduction_factor=2)
+    assert asha.on_trial_result(None, _trial(3), _rung_result(60, 1)) == "STOP"
+    assert asha.stop_reasons[3].startswith("at the epoch-4 rung: score 30.50 below the rung's cutoff")

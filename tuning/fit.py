@@ -249,6 +249,7 @@ def build_parts(
         searcher=searcher,
         stopped_early=stopped,
         scheduler=space.scheduler,
+        stop_reasons=getattr(scheduler, "stop_reasons", {}),
     )
     return SearchParts(scheduler=scheduler, searcher=searcher, logger=logger)
 

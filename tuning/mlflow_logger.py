@@ -56,7 +56,8 @@ class MLflowSearchLogger(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
                  presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
                  searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha",
-                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic,
+                 stop_reasons: dict[int, str] | None = None) -> None:
         from tuning.scheduler import scheduler_name
 
         self.scheduler_name = scheduler_name(scheduler)
@@ -70,6 +71,8 @@ class MLflowSearchLogger(Callback):
         self.gpus_per_trial = gpus_per_trial
         self.searcher = searcher
         self.stopped_early = stopped_early if stopped_early is not None else set()
+        # the scheduler's (shared, filled as it stops trials): what it decided each stop on
+        self.stop_reasons: dict[int, str] = stop_reasons if stop_reasons is not None else {}
         self._client = None
         self._runs: dict[int, str] = {}
         self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered
@@ -252,8 +255,9 @@ class MLflowSearchLogger(Callback):
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
+            why = self.stop_reasons.get(number) or f"score {result.get('search/score', float('nan')):.2f}"
             print(f"{trial_run_name(number)}: stopped early by {self.scheduler_name} at epoch {step} of {total} "
-                  f"(score {result.get('search/score', float('nan')):.2f})", file=sys.stderr, flush=True)
+                  f"({why})", file=sys.stderr, flush=True)
 
     def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         run_id = self.run_id(number, config)

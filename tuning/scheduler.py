@@ -26,7 +26,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from derd.evaluate import VAL_CLEAN
-from derd.pareto import crowding_distances, pareto_ranks, signed
+from derd.pareto import binomial_se, crowding_distances, pareto_ranks, signed
 from tuning.searcher import TRIAL_NUMBER
 
 TIME_ATTR, METRIC = "epoch", "search/score"
@@ -58,7 +58,8 @@ def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: f
     if space.scheduler == "moasha":
         history = {t.number: {int(e): rung_point(values, space.objectives, clean_threshold)
                               for e, values in t.user_attrs.get("intermediate", {}).items()} for t in study.trials}
-        return ResumableMOASHA(objectives=space.objectives, clean_threshold=clean_threshold, history=history, **settings)
+        return ResumableMOASHA(objectives=space.objectives, clean_threshold=clean_threshold, history=history,
+                               noise_aware=space.noise_aware, **settings)
     history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
     return ResumableASHA(history=history, **settings)
 
@@ -76,6 +77,7 @@ class ResumableASHA(FIFOScheduler):
         self.rungs: list[tuple[float, dict[int, float]]] = [
             (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
         self.stopped_early: set[int] = set()
+        self.stop_reasons: dict[int, str] = {}  # trial number -> what the rule decided on, for the console
         self.protected = set(protected)  # the paper's presets: always run the full budget
         for number, scores in (history or {}).items():
             for milestone, recorded in self.rungs:
@@ -97,12 +99,20 @@ class ResumableASHA(FIFOScheduler):
         """What a rung records of a result (None: the result carries nothing to judge)."""
         return result.get(METRIC)
 
+    def why(self, recorded: dict[int, Any], value: Any) -> str:
+        """What the rule decided on, in words (the console's stop line)."""
+        cutoff = self.cutoff(recorded)
+        return (f"score {value:.2f} below the rung's cutoff {cutoff:.2f}, the top 1/{self.reduction_factor:g} "
+                f"of {len(recorded) + 1} trials there")
+
     def record(self, number: int, epoch: int, value: Any) -> str:
         """One result: record its value at the rung it reaches first, STOP if the rung does not keep it."""
         for milestone, recorded in self.rungs:
             if epoch < milestone or number in recorded:
                 continue
             kept = self.keeps(recorded, value)
+            if not kept:
+                self.stop_reasons[number] = f"at the epoch-{milestone:g} rung: {self.why(recorded, value)}"
             recorded[number] = value
             return TrialScheduler.CONTINUE if kept else TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -141,10 +151,8 @@ def rung_point(values: list[float], objectives: list[tuple[str, str]], clean_thr
     return named[VAL_CLEAN] >= clean_threshold, tuple(signed(named, objectives))
 
 
-def rung_order(points: list[RungPoint]) -> list[int]:
-    """Indices of ``points`` best first: feasible before infeasible, then by Pareto rank
-    (non-dominated sorting), then by crowding distance within the front (larger first: the ends
-    of a front and its sparse parts), then by position (an earlier index first)."""
+def rung_keys(points: list[RungPoint]) -> dict[int, tuple]:
+    """Each point's sort key, best first: (infeasible, Pareto rank, -crowding distance, index)."""
     key: dict[int, tuple] = {}
     for feasible in (True, False):
         group = [i for i, p in enumerate(points) if p[0] == feasible]
@@ -153,6 +161,14 @@ def rung_order(points: list[RungPoint]) -> list[int]:
             front = [i for i, r in zip(group, ranks) if r == rank]
             for i, d in zip(front, crowding_distances([points[i][1] for i in front])):
                 key[i] = (not feasible, rank, -d, i)
+    return key
+
+
+def rung_order(points: list[RungPoint]) -> list[int]:
+    """Indices of ``points`` best first: feasible before infeasible, then by Pareto rank
+    (non-dominated sorting), then by crowding distance within the front (larger first: the ends
+    of a front and its sparse parts), then by position (an earlier index first)."""
+    key = rung_keys(points)
     return sorted(range(len(points)), key=lambda i: key[i])
 
 
@@ -164,12 +180,18 @@ class ResumableMOASHA(ResumableASHA):
     ``>=`` cutoff does). No single score mixes the objectives, so a trial on the front at a rung
     is stopped only when the rung's front alone is larger than the trials it keeps; the first
     trial at a rung always goes on. Rungs are rebuilt on resume from the study's ``intermediate``
-    objectives."""
+    objectives.
+
+    ``noise_aware``: the newcomer is ranked at its optimistic point, each objective moved one
+    binomial standard error (on the val images it was scored on) its better way, and feasible if
+    that point is; so a trial is stopped only when it falls outside the kept places by more than
+    its standard errors."""
 
     key = "moasha"
 
-    def __init__(self, *, objectives: list[tuple[str, str]], clean_threshold: float, **kwargs: Any) -> None:
-        self.objectives, self.clean_threshold = objectives, clean_threshold
+    def __init__(self, *, objectives: list[tuple[str, str]], clean_threshold: float, noise_aware: bool = False,
+                 **kwargs: Any) -> None:
+        self.objectives, self.clean_threshold, self.noise_aware = objectives, clean_threshold, noise_aware
         super().__init__(**kwargs)
 
     def value(self, result: dict[str, Any]) -> RungPoint | None:
@@ -177,6 +199,34 @@ class ResumableMOASHA(ResumableASHA):
             return None
         return rung_point([result[m] for m, _ in self.objectives], self.objectives, self.clean_threshold)
 
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        self._n_images = int(result.get("val/n_images") or 0)  # the standard errors of the result judged now
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def optimistic(self, value: RungPoint) -> RungPoint:
+        """``value`` moved one standard error its better way in every objective (noise-aware rule)."""
+        n = getattr(self, "_n_images", 0)  # 0: no images known (a rung rebuilt on resume), no move
+        if not self.noise_aware or n <= 0:
+            return value
+        moved = tuple(v + binomial_se(abs(v), n) for v in value[1])
+        named = dict(zip((m for m, _ in self.objectives), moved))
+        return named[VAL_CLEAN] >= self.clean_threshold, moved
+
+    def placed(self, recorded: dict[int, RungPoint], value: RungPoint) -> tuple[int, int, tuple]:
+        """(the newcomer's place among the rung's trials and itself, the places kept, its sort key)."""
+        points = [self.optimistic(value), *recorded.values()]  # the newcomer first: ties go its way
+        keys = rung_keys(points)
+        order = sorted(range(len(points)), key=lambda i: keys[i])
+        return order.index(0), math.ceil(len(points) / self.reduction_factor), keys[0]
+
     def keeps(self, recorded: dict[int, RungPoint], value: RungPoint) -> bool:
-        points = [value, *recorded.values()]  # the newcomer first: ties go its way
-        return rung_order(points).index(0) < math.ceil(len(points) / self.reduction_factor)
+        place, kept, _ = self.placed(recorded, value)
+        return place < kept
+
+    def why(self, recorded: dict[int, RungPoint], value: RungPoint) -> str:
+        place, kept, (infeasible, rank, _, _) = self.placed(recorded, value)
+        n = len(recorded) + 1
+        where = "infeasible" if infeasible else "feasible"
+        noise = ", ranked one standard error up" if self.noise_aware else ""
+        return (f"{where}, Pareto rank {rank + 1} {'among the infeasible' if infeasible else 'among the feasible'}, "
+                f"place {place + 1} of {n} trials at the rung, where the top {kept} go on{noise}")

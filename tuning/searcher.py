@@ -57,17 +57,29 @@ def trial_constraint(trial) -> list[float]:
 
 
 def make_sampler(space: SearchSpace):
+    """The space's Optuna sampler: ``search.sampler`` after ``search.startup_trials`` finished trials
+    (presets included), behind the presets' prior when ``search.prior_weight`` > 0."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # constant_liar, constraints_func
     if space.sampler == "tpe":
         conditional = len(space.methods) > 1
-        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=conditional, constant_liar=True,
-                                          constraints_func=trial_constraint)
-    if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, space.max_concurrent * 2),
-                                             constraints_func=trial_constraint)
-    return optuna.samplers.RandomSampler(seed=space.seed)
+        sampler = optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=conditional, constant_liar=True,
+                                             n_startup_trials=space.startup_trials, constraints_func=trial_constraint)
+    elif space.sampler == "gp":
+        # conditional keys (one method's own) fall back to random sampling, which is what they need
+        sampler = optuna.samplers.GPSampler(seed=space.seed, n_startup_trials=space.startup_trials,
+                                            constraints_func=trial_constraint, warn_independent_sampling=False)
+    elif space.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, space.max_concurrent * 2),
+                                                constraints_func=trial_constraint)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=space.seed)
+    if space.prior_weight > 0:
+        from tuning.prior import PriorSampler
+
+        sampler = PriorSampler(sampler, space.prior_centers or space.presets, space.prior_weight, space.seed)
+    return sampler
 
 
 def open_study(space: SearchSpace, storage, name: str):

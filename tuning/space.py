@@ -58,10 +58,10 @@ from tuning.records import DEFAULT_OBJECTIVES
 from derd.pareto import Objectives
 from derd.settings import DISTRIBUTIONS, SEED_MAX, SearchRange, as_number, declared_ranges
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")
 SCHEDULERS = ("asha", "moasha", "none")
 SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed",
-               "share_stage1")
+               "share_stage1", "startup_trials", "prior_weight", "noise_aware")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 CONSTRAINT_KEYS = ("min_clean_fraction",)
 RANGES = ("listed", "declared")  # which keys a space searches: those under space:, or also the methods' declared ones
@@ -123,6 +123,11 @@ class SearchSpace:
     grace_period: int | None = None
     reduction_factor: int = 2
     share_stage1: float = 0.0  # the stage-I pool's alpha (tuning.stage1_pool); 0: every trial trains its own
+    startup_trials: int = 10  # finished trials (the presets among them) before TPE or GP models the study
+    prior_weight: float = 0.0  # beta of the presets' prior (tuning.prior); 0: no prior
+    noise_aware: bool = False  # MO-ASHA stops only a trial dominated beyond its standard errors
+    # where the prior is centred (tuning.prior): None, the presets; a measurement may set other points
+    prior_centers: list[dict[str, Any]] | None = None
     seed: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -215,6 +220,11 @@ class SearchSpace:
             (real(self.reduction_factor, 2, 100), "search.reduction_factor", "must be a number in [2, 100]"),
             (real(self.share_stage1, 0, 1e6), "search.share_stage1",
              "must be a number in [0, 1e6] (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)"),
+            (whole(self.startup_trials, 0, MAX_TRIALS), "search.startup_trials",
+             f"must be an integer in [0, {MAX_TRIALS}] (finished trials, presets included, before the sampler models)"),
+            (real(self.prior_weight, 0, 1e6), "search.prior_weight",
+             "must be a number in [0, 1e6] (0: off; the presets' prior weight: tuning/prior.py)"),
+            (isinstance(self.noise_aware, bool), "search.noise_aware", "must be true or false"),
             (self.grace_period is None or whole(self.grace_period, 1, 10**6), "search.grace_period",
              "must be an integer in [1, 1000000]"),
             (whole(self.seed, 0, SEED_MAX), "search.seed", f"must be an integer in [0, {SEED_MAX}]"),

@@ -68,7 +68,7 @@ def features(space, keys: dict[str, Any]) -> list[float]:
 class TableAnswers:
     """What a trial of any configuration reports, answered from the table's rows (seed 0).
 
-    ``mode="surrogate"``: a random forest on the normalised keys (``features``), one model per
+    ``mode="surrogate"``: extremely randomised trees (``fit_models``) on the normalised keys (``features``), one model per
     evaluation epoch predicting clean, PGD_S and AA there, and one for the compute seconds of
     every epoch; a configuration that is in the table (the paper's presets are) gets its row.
     ``mode="nearest"``: the nearest row in the unit cube that this simulation has not handed
@@ -76,9 +76,10 @@ class TableAnswers:
     ``reset()`` starts a new simulation (``nearest`` forgets the rows it used).
     """
 
-    def __init__(self, rows: list[dict[str, Any]], space, mode: str = "surrogate", seed: int = 0) -> None:
-        if mode not in ("surrogate", "nearest"):
-            raise ValueError(f"mode {mode!r}: surrogate or nearest")
+    def __init__(self, rows: list[dict[str, Any]], space, mode: str = "surrogate", seed: int = 0,
+                 kind: str = "extra-trees") -> None:
+        if mode not in ("surrogate", "nearest") or kind not in SURROGATES:
+            raise ValueError(f"mode {mode!r}: surrogate or nearest; kind {kind!r}: one of {', '.join(SURROGATES)}")
         self.space, self.mode = space, mode
         self.rows = [r for r in rows if r["seed"] == seed]
         if not self.rows:
@@ -89,7 +90,7 @@ class TableAnswers:
         self.exact = {self._key(r["keys"]): i for i, r in enumerate(self.rows)}
         self.used: set[int] = set()
         if mode == "surrogate":
-            self.models = fit_models(self.x, self.rows, self.eval_epochs)
+            self.models = fit_models(self.x, self.rows, self.eval_epochs, kind=kind)
 
     @staticmethod
     def _key(keys: dict[str, Any]) -> str:
@@ -151,13 +152,77 @@ class TableAnswers:
         return best(made)
 
 
-def fit_models(x: list[list[float]], rows: list[dict[str, Any]], eval_epochs: list[int], seed: int = 0):
+# ---- noise: what a re-run at another seed would report ------------------------------------
+
+def replicate_sets(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The configurations the table holds at every one of its seeds (presets included): their rows,
+    one per seed."""
+    by_config: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_config.setdefault(r["id"].rsplit("-s", 1)[0], {})[r["seed"]] = r
+    seeds = {r["seed"] for r in rows}
+    return [list(v.values()) for v in by_config.values() if len(v) == len(seeds) and len(seeds) > 1]
+
+
+def curve_vector(row: dict[str, Any]) -> list[float]:
+    """A row's val curve as one vector: (clean, PGD_S, AA) at each evaluation epoch, in order."""
+    return [e[c] for e in row["epochs"] if "aa_acc" in e for c in CURVE]
+
+
+class NoiseModel:
+    """Seed-to-seed noise of a val curve: a normal distribution with the pooled within-configuration
+    covariance of ``curve_vector`` over the configurations trained at every seed (so a draw moves
+    clean, PGD and AA at every evaluation together, as a second seed does). ``perturb`` returns a
+    row as a re-run with draw ``key`` would report it (clipped to [0, 100]); the same key, the same
+    draw."""
+
+    def __init__(self, rows: list[dict[str, Any]], scale: float = 1.0) -> None:
+        import numpy as np
+
+        sets = replicate_sets(rows)
+        if not sets:
+            raise ValueError("the table holds no configuration at more than one seed: no noise to model")
+        deviations = []
+        for replicates in sets:
+            x = np.array([curve_vector(r) for r in replicates])
+            deviations.extend(x - x.mean(axis=0))
+        d = np.array(deviations)
+        dof = len(d) - len(sets)
+        self.covariance = (d.T @ d) / dof * scale ** 2
+        self.sd = np.sqrt(np.diag(self.covariance))
+        self.factor = np.linalg.cholesky(self.covariance + 1e-9 * np.eye(len(self.covariance)))
+        self.n_configs, self.n_seeds = len(sets), len(sets[0])
+
+    def perturb(self, row: dict[str, Any], key: tuple[int, ...]) -> dict[str, Any]:
+        import numpy as np
+
+        z = self.factor @ np.random.default_rng(list(key)).standard_normal(len(self.factor))
+        values = iter(z)
+        epochs = []
+        for e in row["epochs"]:
+            e = dict(e)
+            if "aa_acc" in e:
+                for c in CURVE:
+                    e[c] = float(min(100.0, max(0.0, e[c] + next(values))))
+            epochs.append(e)
+        return {**row, "epochs": epochs}
+
+
+SURROGATES = ("extra-trees", "forest")  # chosen by grouped cross-validation (benchmarks/tabular/simulate.py)
+
+
+def fit_models(x: list[list[float]], rows: list[dict[str, Any]], eval_epochs: list[int], seed: int = 0,
+               kind: str = "extra-trees"):
     """({evaluation epoch: forest predicting (clean, PGD_S, AA) there}, forest predicting every
-    epoch's training seconds and then every epoch's evaluation seconds)."""
-    from sklearn.ensemble import RandomForestRegressor
+    epoch's training seconds and then every epoch's evaluation seconds). ``kind``: extremely
+    randomised trees (the default: the best held-out Kendall tau with folds grouped by stage-I
+    group) or a random forest."""
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
     def forest(y):
-        return RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed).fit(x, y)
+        if kind == "forest":
+            return RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed).fit(x, y)
+        return ExtraTreesRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed).fit(x, y)
 
     per_epoch = {}
     for e in eval_epochs:
