@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from analysis.pareto import relation
-from analysis.trials import TrialRecord, binomial_se, with_se
+from derd.pareto import binomial_se, relation
+from analysis.trials import TrialRecord, with_se
 from derd.errors import UserError
-from derd.records import VAL_AA, VAL_CLEAN, Tag, column_header, teacher_metric
+from derd.evaluate import VAL_AA, VAL_CLEAN, column_header
+from tuning.records import Floor, Tag, parse_floor, teacher_metric
 
 FLAGS = {"clean": "--min-clean", "robust": "--min-robust"}
 # the teachers' preflight scores a relative floor is a factor of, first found first
@@ -33,33 +34,6 @@ REFERENCES = {"clean": (("natural", "clean_acc"), ("robust", "clean_acc")), "rob
 def short_name(metric: str) -> str:
     """A metric as a sentence names it: ``Clean``, ``AA``, ``PGD_S`` (the metric itself otherwise)."""
     return column_header(metric).split(" ")[0]
-
-
-@dataclass(frozen=True)
-class Floor:
-    """A floor as the user wrote it: ``80`` (points) or ``0.9x`` (a factor of a teacher's score)."""
-
-    text: str
-    value: float
-    relative: bool
-
-
-def parse_floor(text: str, flag: str) -> Floor:
-    """Read ``80`` or ``0.9x``: the one reader of ``--min-clean`` and ``--min-robust``, for the search and
-    the export alike. A bare number below 1 is refused: it is almost surely a factor missing its ``x``."""
-    s = text.strip().lower()
-    relative = s.endswith("x")
-    try:
-        value = float(s[:-1] if relative else s)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0 or (not relative and value > 100):
-        raise UserError(f"{flag} {text!r}: expected points of accuracy in [0, 100] (e.g. 80) or a factor of the "
-                        f"teacher's score (e.g. 0.9x)")
-    if not relative and 0 < value < 1:
-        raise UserError(f"{flag} {text}: {value:g} points is no floor; for a factor of the teacher's score write "
-                        f"{s}x, for points a number from 1 to 100")
-    return Floor(text.strip(), value, relative)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     python analysis/export.py --experiment derd-digits --select best-robust --min-clean 0.9x --out exported/
 
 ``--select``: ``front`` (every trial on the Pareto front), ``knee`` (the front's balanced
-trade-off: ``analysis.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
+trade-off: ``derd.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
 objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasible and, unless
 ``--include-partial``, run at the full trial budget; ``analysis.trials``): a collapsed student
 is never exported. ``--min-clean X`` and ``--min-robust Y`` (points, ``80``, or a factor of a
@@ -21,21 +21,18 @@ run id, val metrics and the protocol they were measured under (name, eps, attack
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from analysis.choice import Constraint, Floors, constraint_of, most_robust
-from analysis.pareto import KNEE_RULE, front_of, knee_point
-from analysis.store import open_experiment
+from derd.pareto import KNEE_RULE, knee_point
+from analysis.pareto import front_of
+from tuning.store import open_experiment
 from analysis.trials import TrialRecord, choosable, robust_objective, search_trials
 from derd.config import RunConfig, apply_overrides, migrate, preset, save_yaml, to_flat
 from derd.errors import UserError, check_output_folder, cli_errors
 from derd.validation import val_protocol
-from derd.records import VAL_CLEAN, VAL_N
+from derd.evaluate import VAL_CLEAN, VAL_N
 
 SELECTIONS = ("front", "knee", "best-robust", "best-clean")
 
@@ -165,6 +162,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         under = f", chosen under {constraint.describe()}" if constraint else ""
         print(f"{path}  ({record.method}: {val}{under})  train: python -m derd.train --config {path}")
     return written
+
+
+def command() -> None:
+    """``derd-export``, the installed command: ``main`` over the command line with its return value (the
+    files written) dropped, because a console script exits with whatever its function returns."""
+    main()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import html
 import math
 
 from analysis.trials import TrialRecord, key_weights, with_se
-from derd.records import column_header, run_link
+from derd.evaluate import column_header
+from tuning.records import run_link
 
 COLOURS = {"trial": "#b0b0b0", "front": "#d62728", "knee": "#1f77b4", "preset": "#2ca02c", "partial": "#ff7f0e",
            "infeasible": "#7f7f7f"}

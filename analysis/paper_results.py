@@ -1,4 +1,4 @@
-"""The paper's published rows (METHOD.md), keyed by dataset and table; accuracies in percent.
+"""The paper's published rows (docs/protocols.md), keyed by dataset and table; accuracies in percent.
 
 Where the paper reports only AA for a baseline (CIFAR-10: DAFL, DFAD, ZSKT, CMI combined
 with robust distillation), the other columns are NaN and print as '-'.

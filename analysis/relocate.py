@@ -14,15 +14,11 @@ import argparse
 import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from analysis.store import MLFLOW_TABLES, check_sqlite_store, read_search_record
+from tuning.store import MLFLOW_TABLES, check_sqlite_store, read_search_record
 from derd.errors import UserError, cli_errors
-from derd.records import SearchFolder, Tag
+from tuning.records import SearchFolder, Tag
 
 
 def relocate(folder: Path) -> tuple[str, str]:

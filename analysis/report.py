@@ -22,22 +22,18 @@ import argparse
 import csv
 import io
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 from analysis.paper_results import PAPER_ROWS
 from analysis.pareto import front_of
-from analysis.store import open_experiment, runs_tagged
+from tuning.store import open_experiment, runs_tagged
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import (COLUMNS, PROTOCOLS, REFERENCE_EPS, describe_protocol, header, infer_protocol, protocol_record,
-                           same_protocol)
+from derd.evaluate import (COLUMNS, PROTOCOLS, REFERENCE_EPS, VAL_CLEAN, describe_protocol, header, infer_protocol,
+                           protocol_record, same_protocol, val)
 from derd.methods import display_name, footnotes
-from derd.records import VAL_CLEAN, Tag, protocol_of_tags, protocol_tags, val
+from tuning.records import Tag, protocol_of_tags, protocol_tags
 from derd.settings import SEED_MAX, check_flag
 from derd.train import add_teacher_flags, read_table, teacher_overrides
 
@@ -250,6 +246,12 @@ def _paper_tables(args: argparse.Namespace) -> dict[str, Any]:
     print(text)
     print(f"written: {out / 'paper_tables.md'}")
     return {"dataset": args.dataset, "results": results, "markdown": text}
+
+
+def command() -> None:
+    """``derd-report``, the installed command: ``main`` over the command line with its return value (the rows reported)
+    dropped, because a console script exits with whatever its function returns."""
+    main()
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.store import runs_tagged
+from tuning.store import runs_tagged
 from derd.methods import display_name, footnotes
-from derd.records import (TRIAL_EPOCHS, VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, Objectives, Tag, column_header,
-                          decode_objectives)
+from derd.pareto import Objectives, binomial_se, signed
+from tuning.records import TRIAL_EPOCHS, Tag, decode_objectives
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, column_header
 
 
 @dataclass
@@ -88,10 +89,6 @@ def choosable(records: list[TrialRecord], include_partial: bool = False) -> list
     return [r for r in records if r.feasible and (include_partial or r.full_budget)]
 
 
-def signed(metrics: dict[str, float], objectives: Objectives) -> list[float]:
-    return [metrics[m] if mode == "max" else -metrics[m] for m, mode in objectives]
-
-
 def search_parents(client, experiment_id: str) -> list:
     return runs_tagged(client, [experiment_id], {Tag.KIND: "search"})
 
@@ -116,14 +113,6 @@ def search_trials(client, experiment_id: str):
         records = trial_records(client, experiment_id, parent)
         if records:
             yield parent, objectives_of(parent), records
-
-
-def binomial_se(accuracy: float, n: int) -> float:
-    """Standard error (percentage points) of an accuracy in percent measured on n images."""
-    if n <= 0:
-        return float("nan")
-    p = min(max(accuracy / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(p * (1 - p) / n)
 
 
 def with_se(accuracy: float, n: int) -> str:

@@ -5,7 +5,7 @@ own code, timed (prints a table, asserts nothing).
 
 Every report of every trial passes through one process, the driver. This benchmark measures
 the part of it this project adds around Ray Tune's controller, with the real objects a search
-builds (``tuning/search.py``'s ``_fit``), on the real on-disk stores of a search folder:
+builds (``tuning.fit``), on the real on-disk stores of a search folder:
 
 * the ``StudySearcher`` over the search's SQLite ``optuna.db`` (the paper's presets enqueued);
 * the scheduler ``make_scheduler`` builds (the default: MO-ASHA, resumable);
@@ -51,7 +51,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from derd.config import apply_overrides, to_dict  # noqa: E402
 from derd.methods import total_epochs  # noqa: E402
-from derd.records import SearchFolder  # noqa: E402
+from tuning.records import SearchFolder  # noqa: E402
 from tuning.mlflow_logger import MLflowSearchLogger  # noqa: E402
 from tuning.scheduler import make_scheduler  # noqa: E402
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets, open_study  # noqa: E402

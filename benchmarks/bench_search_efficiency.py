@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.pareto import front_of, hypervolume  # noqa: E402
+from analysis.pareto import front_of  # noqa: E402
+from derd.pareto import hypervolume  # noqa: E402
 from analysis.trials import trial_records  # noqa: E402
 from benchmarks.tabular.faithful import report  # noqa: E402
 

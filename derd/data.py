@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from derd.errors import UserError
-from derd.methods.registry import load_plugins
+from derd.registry import Registry
 
 SPLITS = ("teacher", "val", "test")
 SPLIT_SEED = 0  # fixed: splits never change between calls, runs or machines
@@ -82,31 +82,27 @@ class DatasetSpec:
 REQUIRED_BUDGET = ("budget.epochs", "budget.iters_per_epoch", "budget.batch_size", "student.arch")
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry("dataset")  # in the order of registration
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space). A module
-    outside the package that calls this is found through ``$DERD_PLUGINS`` (``derd.methods.load_plugins``)."""
-    _DATASETS[spec.info.name] = spec
-    return spec
+    """Make a dataset available by ``spec.info.name`` (to every CLI, config and search space); a name taken
+    already is refused. A module outside the package that calls this is found through ``$DERD_PLUGINS``
+    (``derd.registry.load_plugins``)."""
+    return _DATASETS.add(spec.info.name, spec)
 
 
 def unregister_dataset(name: str) -> None:
     """Remove a dataset (for tests that register one of their own)."""
-    _DATASETS.pop(name, None)
+    _DATASETS.remove(name)
 
 
 def available_datasets() -> list[str]:
-    load_plugins()
-    return list(_DATASETS)
+    return _DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    load_plugins()
-    if name not in _DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}")
-    return _DATASETS[name]
+    return _DATASETS.get(name)
 
 
 IMAGE_SIZES = (8, 1024)  # the side a resizable dataset may be given (data.image_size, --image-size)
@@ -317,9 +313,8 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool, download: boo
 
 
 # Full-length budgets (the paper's are not at hand). CIFAR: batch 512 (25,600 pseudo images per
-# epoch, as 256 x 100 before): on an H100, stage II in bf16 + channels_last ran 1,647 img/s at
-# batch 512 against 759 at batch 128 (the code before issue 9's rework; benchmarks/bench_step.py
-# prints the current figures). ImageNet-100 stays at 128: 64 -> 128 gained only 6%.
+# epoch, as 256 x 100 before), the batch that runs fastest on a GPU; ImageNet-100 stays at 128
+# (the measurements: docs/speed-and-scale.md, "Batch sizes of the full-length budgets").
 _CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 50,
                  "budget.batch_size": 512, "student.latent_dim": 256}
 
@@ -327,7 +322,7 @@ _CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs
 # readable) a natural CNN falls to 0% under PGD_S while a PGD-trained one keeps about 60% at
 # the same clean accuracy; at 0.1 even the natural CNN keeps 40%, at 0.3 adversarial
 # training no longer converges on this little data. Its budget is the run config's defaults
-# (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). README shows both teachers' tables.
+# (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). docs/results-digits.md shows both teachers' tables.
 register_dataset(DatasetSpec(
     DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)), _digits, teacher_arch="digits_cnn", teacher_epochs=30,
     budget={"student.arch": "digits_cnn_small", "stage1.epochs": 10, "budget.epochs": 30, "budget.iters_per_epoch": 30,

@@ -6,7 +6,7 @@ name (``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``pgd_t_acc``, ``cw_acc``, ``aa_
 
 Protocols
 ---------
-``full``: exactly METHOD.md's table (at eps = 8/255; other eps scale every step size by
+``full``: exactly the paper's table (docs/protocols.md) (at eps = 8/255; other eps scale every step size by
 eps / (8/255), which leaves the CIFAR and ImageNet-100 protocol unchanged):
 
 * FGSM: one signed step of size eps;
@@ -167,6 +167,25 @@ def header(column: str, protocol: str | None = None, split: str | None = None) -
     notes = [PROTOCOLS[protocol].aa_label] if protocol and column == "aa_acc" else []
     notes += [split] if split else []
     return COLUMNS[column] + (f" ({', '.join(notes)})" if notes else "")
+
+
+def val(column: str) -> str:
+    """The val metric of a protocol column, as a run reports it: ``val("aa_acc")`` is ``val/aa_acc``."""
+    return f"val/{column}"
+
+
+VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
+VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
+
+
+def column_header(metric: str) -> str:
+    """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
+    ``Clean (val)``); the metric itself when it is no val column."""
+    split, _, column = metric.partition("/")
+    if column not in COLUMNS or split != "val":
+        return metric
+    return header(column, "search", "val")
+
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,4 +1,4 @@
-"""Every loss term of METHOD.md and of the baselines as its own small function, and the hooks they read.
+"""Every loss term of DERD (docs/methods.md) and of the baselines as its own small function, and the hooks they read.
 
 Logit arguments are raw model outputs; KL terms use softmax at temperature ``tau`` and are
 scaled by tau^2 (Hinton et al.) so that their gradients keep their size across tau. Every
@@ -11,7 +11,7 @@ batch 128, 10 classes; K classes in general). A published weight multiplies its 
 form of a term: before reusing it here, compare the two reductions (a sum over layers against
 a mean, norms against means of squares, a batch mean against an element mean) and rescale the
 weight so that the weighted term has the paper's size next to the others at the start of
-training (README: "Converting a published weight"; GDFQ's L_bn weight is the worked example).
+training (docs/methods.md: "Converting a published weight"; GDFQ's L_bn weight is the worked example).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
 
 def information_entropy_loss(teacher_logits: torch.Tensor, base: float | None = None) -> torch.Tensor:
     """L_ie = -H(mean over the batch of softmax T(x)): minimising it balances classes. The entropy is in
-    nats (DERD, METHOD.md); DAFL's code takes it in base 10 (``base=10``), 1/ln 10 of it.
+    nats (DERD, docs/methods.md); DAFL's code takes it in base 10 (``base=10``), 1/ln 10 of it.
 
     Reduction: one value of the batch-mean distribution. Magnitude: in [-ln K, 0] (-2.30 for 10 balanced
     classes, -4.61 for 100); about -1.8 at the start on digits."""

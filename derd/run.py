@@ -36,14 +36,13 @@ from derd.config import RunConfig, from_dict, to_dict
 from derd.data import dataset_info, first_n, make_loader
 from derd.device import Compute, resolve_device, synchronize
 from derd.errors import UserError
-from derd.evaluate import PROTOCOLS, eval_batch_size, evaluate
+from derd.evaluate import PROTOCOLS, VAL_N, eval_batch_size, evaluate
 from derd.experts import Experts
 from derd.footprint import check_memory
 from derd.context import Context, Phase
 from derd.methods import get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
-from derd.records import VAL_N
 from derd.validation import validation_data
 
 RUN_FORMAT = "derd-run/2"

@@ -12,7 +12,7 @@ Each has ``step`` (one synthesis update, returning its loss terms as 0-dim tenso
 The terms a synthesizer can weigh are ``GeneratorTerm``s: a function of one batch's ``Signals``
 (the pseudo images with their gradient, the noise, the drawn labels, the teachers' and the
 student's logits, the BN statistics), which runs each model at most once per batch and only
-when a term asks. ``GENERATOR_TERMS`` are the shared ones (METHOD.md's and the baselines');
+when a term asks. ``GENERATOR_TERMS`` are the shared ones (DERD's, docs/methods.md, and the baselines');
 a method adds its own by name (``derd.methods.base.GeneratorMethod.generator_terms``: defined
 in the method's file, reading ``Signals`` or the method's own tensors, with gradients). Every
 synthesizer looks a name up with ``resolve_terms``, so CMI's class loss and DAFL's one-hot
@@ -118,7 +118,7 @@ class GeneratorTerm:
 # A term as a method may write it: a GeneratorTerm, or a plain function of the signals (that needs no hooks).
 TermLike = Union[GeneratorTerm, Callable[[Signals], torch.Tensor]]
 
-# name -> term of METHOD.md / the baselines, as a function of one batch's signals (each loss's scale: derd.losses)
+# name -> term of DERD (docs/methods.md) or a baseline, as a function of one batch's signals (each loss's scale: derd.losses)
 GENERATOR_TERMS: Mapping[str, GeneratorTerm] = {
     "oh": GeneratorTerm(lambda s: losses.one_hot_loss(s.prior_logits)),
     "cls": GeneratorTerm(lambda s: losses.target_class_loss(s.prior_logits, s.drawn_labels)),

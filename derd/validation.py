@@ -1,7 +1,7 @@
 """What a run's ``val/*`` is scored on (``validation_data``, ``val_protocol``): the dataset's real val
 split, or a validation set made from the teachers alone (``eval.validation: synthetic``), so that a
 search reads no real image. The synthetic set is experimental: its faithfulness to real val is measured by
-``benchmarks/bench_validation.py`` (README: "Validation without data").
+``benchmarks/bench_validation.py`` (docs/search.md: "Validation without data").
 
 ``make_validation_set(experts, info, recipe)`` optimises images directly, with no generator
 network, so the set is independent of every method's own generator (no trial can have trained on

@@ -16,9 +16,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.pareto import hypervolume, tag_fronts
+from derd.pareto import hypervolume
+from analysis.pareto import tag_fronts
 from conftest import TINY_BASE, write_space
-from derd.records import Tag
+from tuning.records import Tag
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -259,7 +260,7 @@ def store(tmp_path_factory, teacher_args):
 
 def test_the_search_refuses_a_bad_min_clean_before_anything_runs(tmp_path):
     from derd.errors import UserError
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     with pytest.raises(UserError, match="write 0.9x"):  # the same reader as analysis/export.py's
         plan_search(build_parser().parse_args(["--min-clean", "0.9", "--out", str(tmp_path / "s")]))
@@ -352,7 +353,7 @@ def test_mlflow_ui_opens_on_the_trials_and_the_front_fits_in_a_real_browser(fabr
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from analysis.store import ui_instructions
+    from tuning.store import ui_instructions
 
     client, exp_id = fabricated["client"], fabricated["exp_id"]
     parent = client.search_runs([exp_id], "tags.`derd.kind` = 'search'")[0]

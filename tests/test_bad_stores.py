@@ -45,7 +45,7 @@ def template(tmp_path_factory, teachers) -> Path:
     with two finished trials and one still running, the MLflow store with the search's parent run."""
     from mlflow.tracking import MlflowClient
 
-    from derd.records import SearchFolder, Tag
+    from tuning.records import SearchFolder, Tag
     from tuning.searcher import open_study
     from tuning.space import SearchSpace
 
@@ -229,7 +229,7 @@ def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_
     """The plan finds it and writes nothing; the search's first write moves it aside with one warning
     line, so the trial restarts from its start; the pickled code never runs."""
     from tuning.checks import set_aside
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     folder = copy_search(template, tmp_path / "s")
     checkpoint, marker = folder / "trials" / "0002" / "run.pt", tmp_path / "pwned"
@@ -252,7 +252,7 @@ def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_
 
 def test_a_whole_search_folder_resumes_its_plan(tmp_path, template):
     """The template itself passes every resume check (the catalogue's refusals are the damage alone)."""
-    from tuning.search import build_parser, plan_search
+    from tuning.plan import build_parser, plan_search
 
     folder = copy_search(template, tmp_path / "s")
     plan = plan_search(build_parser().parse_args(["--out", str(folder), "--resume", "--num-trials", "4"]))
@@ -266,7 +266,7 @@ AWKWARD = ["o'brien", 'say "hi"', "both ' and \"", "ends in \\", "a%b_c", "/tmp/
 def test_every_value_has_a_filter_that_mlflows_parser_reads_back_exactly():
     from mlflow.utils.search_utils import SearchUtils
 
-    from analysis.store import tag_clause
+    from tuning.store import tag_clause
 
     for value in AWKWARD:
         clause, exact = tag_clause("derd.search_dir", value)
@@ -281,7 +281,7 @@ def test_every_value_has_a_filter_that_mlflows_parser_reads_back_exactly():
 def test_runs_tagged_finds_exactly_the_run_with_each_awkward_value(tmp_path, template):
     from mlflow.tracking import MlflowClient
 
-    from analysis.store import runs_tagged
+    from tuning.store import runs_tagged
 
     shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")  # a real SQLite store, without its migrations' time
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -306,9 +306,9 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     from analysis.report import add_training
     from analysis.trials import search_parents, trial_records
     from derd.config import to_dict
-    from derd.records import SearchFolder
+    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
-    from tuning.search import mlflow_parent
+    from tuning.parent import mlflow_parent
     from tuning.space import SearchSpace
 
     folder = SearchFolder(tmp_path / "o'brien's \"runs\"")

@@ -71,7 +71,7 @@ def test_evaluate_and_teacher_training_write_no_bar_to_a_log():
 def _logger(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from derd.records import SearchFolder
+    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
 
     folder = SearchFolder(tmp_path)
@@ -84,7 +84,7 @@ def _logger(tmp_path):
 
 def _fake_trial(tmp_path, error: str, checkpoint_epoch: int | None, failures: int):
     """What ``on_trial_recover`` reads of a Ray Tune trial, and the trial's own checkpoint file if it has one."""
-    from derd.records import SAVED_EPOCH, SearchFolder
+    from tuning.records import SAVED_EPOCH, SearchFolder
     from tuning.searcher import TRIAL_NUMBER
 
     error_file = tmp_path / "error.txt"
@@ -107,7 +107,7 @@ def _ours(capsys) -> list[str]:
 
 def test_a_restored_trial_is_named_and_counted(tmp_path, capsys):
     """A unit test with fake trials (no worker killed): the line, and the run's restore count."""
-    from derd.records import Tag
+    from tuning.records import Tag
 
     logger, client = _logger(tmp_path)
     died = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
@@ -221,7 +221,7 @@ def test_a_search_joins_a_token_head_and_names_a_restored_trial(tmp_path, token_
     import torch
     from mlflow.tracking import MlflowClient
 
-    from derd.records import SearchFolder, Tag
+    from tuning.records import SearchFolder, Tag
 
     space = write_space(tmp_path / "space.yaml", search={"num_trials": 1, "max_concurrent": 1, "scheduler": "none"},
                         base={**TINY_BASE, "train.checkpoint_every_s": 3600})

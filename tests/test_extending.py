@@ -18,8 +18,8 @@ from derd.config import ConfigError, apply_overrides, from_dict, load_yaml, pres
 from derd.data import load_split
 from derd.experts import Experts
 from derd.methods import available_methods, get_method, logged_prefixes, register_method, unregister_method
-from derd.methods.registry import PLUGINS_ENV
-from derd.records import SearchFolder, Tag, encode_objectives
+from derd.registry import PLUGINS_ENV
+from tuning.records import SearchFolder, Tag, encode_objectives
 from derd.run import DistillationRun
 
 LEGACY = Path(__file__).parent / "legacy"
@@ -172,7 +172,7 @@ def test_unregistering_removes_the_section(toy):
 
 def test_a_methods_own_term_may_not_take_a_shared_terms_name_and_a_bad_plugin_is_one_line(monkeypatch):
     from derd.errors import UserError
-    from derd.methods.registry import load_plugins
+    from derd.registry import load_plugins
     from derd.synthesis import GENERATOR_TERMS, resolve_terms
 
     with pytest.raises(ValueError, match="'oh' is a shared term"):

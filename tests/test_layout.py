@@ -1,5 +1,6 @@
 """The architecture's rules, checked on the source: derd/ is a plain library (no Ray, no MLflow),
-its import graph has no cycle, and tuning/analysis build on it, not the other way round."""
+its import graph has no cycle, tuning/analysis build on it, not the other way round, and the floor plan
+between tuning and analysis (``RECORD_LAYER``, ``REPORT_WRITERS``) holds (docs/layout.md)."""
 from __future__ import annotations
 
 import ast
@@ -37,17 +38,65 @@ def test_derd_imports_neither_ray_nor_mlflow_nor_the_tools_built_on_it():
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
-def test_analysis_does_not_import_tuning():
+# The floor plan. The search's record layer (its MLflow names, folder layout and store checks) imports only derd;
+# analysis reads records through it; the live search never imports analysis; one module of tuning does, the one that
+# writes the final report and tags the front.
+RECORD_LAYER = {"tuning.records", "tuning.store"}
+REPORT_WRITERS = {"tuning.summary"}
+
+
+def _project(path: Path, package: str) -> set[str]:
+    return {m for m in _imports(path, typing_too=True) if m.split(".")[0] == package}
+
+
+def test_analysis_reads_the_search_only_through_its_record_layer():
     for path in (REPO / "analysis").rglob("*.py"):
-        assert not {m for m in _imports(path) if m.split(".")[0] == "tuning"}, path
+        tuning = {m for m in _project(path, "tuning") if m not in RECORD_LAYER and m.rsplit(".", 1)[0] not in RECORD_LAYER}
+        assert not tuning, f"{path.relative_to(REPO)} imports {sorted(tuning)}"
 
 
-def _derd_graph() -> dict[str, set[str]]:
-    """derd's modules -> the derd modules each imports: at run time, inside functions and for type checkers
-    alike. Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so it depends on them too
-    (a module's own packages excepted: they are running already); a package that imports its children with
-    ``pkgutil`` depends on each of them."""
-    files = {_module(p): p for p in (REPO / "derd").rglob("*.py")}
+def test_the_record_layer_imports_only_derd_and_itself():
+    for module in RECORD_LAYER:
+        path = REPO / Path(*module.split(".")).with_suffix(".py")
+        bad = {m for m in _imports(path, typing_too=True) if m.split(".")[0] in ("analysis", "tuning", "ray", "optuna")
+               and m not in RECORD_LAYER and m.rsplit(".", 1)[0] not in RECORD_LAYER}
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_the_live_search_imports_nothing_from_analysis():
+    """Only the module that writes the final report and tags the front imports analysis: the scheduler, the
+    stage-I pool, the simulator, the checks and the logger rank trials with derd.pareto."""
+    importers = {_module(p) for p in (REPO / "tuning").rglob("*.py") if _project(p, "analysis")}
+    assert importers <= REPORT_WRITERS, sorted(importers - REPORT_WRITERS)
+
+
+def test_the_pareto_maths_is_pure():
+    assert not {m.split(".")[0] for m in _imports(REPO / "derd" / "pareto.py", typing_too=True)} - {"__future__", "math",
+                                                                                                     "typing"}
+
+
+def test_methods_models_and_datasets_register_through_the_one_registry():
+    """One mechanism (derd.registry): each kind's registry is a Registry, and no other module keeps a dict of
+    its own for them."""
+    for path in ("derd/methods/registry.py", "derd/models/registry.py", "derd/data.py"):
+        assert "derd.registry" in _imports(REPO / path), path
+
+
+def test_no_module_edits_sys_path_outside_benchmarks():
+    """Commands are installed (setup.cfg's entry points) and scripts run by path import the installed packages."""
+    for folder in ("derd", "tuning", "analysis", "tests"):
+        for path in (REPO / folder).rglob("*.py"):
+            uses = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)
+                    and n.attr == "path" and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+            assert not uses, f"{path.relative_to(REPO)}:{uses[0]} touches sys.path"
+
+
+def _graph(packages: tuple[str, ...] = ("derd",)) -> dict[str, set[str]]:
+    """The packages' modules -> the modules of them each imports: at run time, inside functions and for type
+    checkers alike. Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so it depends on
+    them too (a module's own packages excepted: they are running already); a package that imports its children
+    with ``pkgutil`` depends on each of them."""
+    files = {_module(p): p for package in packages for p in (REPO / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for m, p in files.items():
         direct = {d for d in _imports(p, typing_too=True) if d in files}
@@ -58,8 +107,11 @@ def _derd_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_the_derd_import_graph_has_no_cycle_type_checking_imports_included():
-    graph = _derd_graph()
+def _derd_graph() -> dict[str, set[str]]:
+    return _graph(("derd",))
+
+
+def _assert_acyclic(graph: dict[str, set[str]]) -> None:
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:
@@ -76,11 +128,23 @@ def test_the_derd_import_graph_has_no_cycle_type_checking_imports_included():
             visit(module, [module])
 
 
+def test_the_derd_import_graph_has_no_cycle_type_checking_imports_included():
+    _assert_acyclic(_derd_graph())
+
+
+def test_tuning_and_analysis_form_no_import_cycle():
+    """tuning.summary imports analysis and analysis imports tuning's record layer, and no chain of imports leads
+    back (function-level imports included)."""
+    _assert_acyclic(_graph(("tuning", "analysis")))
+
+
 def test_the_method_registry_is_the_bottom_layer_and_the_config_imports_it_at_its_top():
-    """derd.methods.registry imports nothing of derd but its errors; derd.config and derd.experts import it at
-    their top; nothing the methods package's __init__ imports leads to derd.config."""
+    """derd.methods.registry imports nothing of derd but the shared registry, which imports only the errors;
+    derd.config and derd.experts import it at their top; nothing the methods package's __init__ imports leads
+    to derd.config."""
     graph = _derd_graph()
-    assert graph["derd.methods.registry"] <= {"derd.errors"}
+    assert graph["derd.registry"] <= {"derd.errors"}
+    assert graph["derd.methods.registry"] <= {"derd.registry"}
     for module in ("config", "experts"):
         tree = ast.parse((REPO / "derd" / f"{module}.py").read_text())
         top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}

@@ -1,4 +1,4 @@
-"""Each loss term moves the way METHOD.md says under one gradient step on its own."""
+"""Each loss term moves the way docs/methods.md says under one gradient step on its own."""
 from __future__ import annotations
 
 import pytest
@@ -52,7 +52,7 @@ def test_adversarial_loss_step_increases_teacher_student_disagreement(teacher):
 def test_information_entropy_step_balances_classes():
     logits0 = torch.zeros(32, 10)
     logits0[:, 0] = 3.0  # everything predicted as class 0
-    entropy = lambda l: -(torch.softmax(l, 1).mean(0) * torch.log(torch.softmax(l, 1).mean(0))).sum()  # noqa: E731
+    entropy = lambda z: -(torch.softmax(z, 1).mean(0) * torch.log(torch.softmax(z, 1).mean(0))).sum()  # noqa: E731
     before, after = _descend(logits0 + 0.01 * torch.randn(32, 10), losses.information_entropy_loss, lr=1.0)
     assert after < before  # L_ie falls, so the entropy of the mean prediction rises
     assert before == pytest.approx(-entropy(logits0).item(), abs=0.05)

@@ -229,7 +229,7 @@ def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_ent
 def test_a_trial_on_a_shared_stage1_reports_only_the_compute_it_ran(tmp_path, experts, val_data):
     """trial/compute_s leaves out the stage-I epochs read from the cache (the trial that trained them
     counts them), trial/cached_epochs counts them, and a resumed run keeps that accounting."""
-    from derd.records import TRIAL_CACHED_EPOCHS
+    from tuning.records import TRIAL_CACHED_EPOCHS
     from tuning.trainable import Reports
 
     objectives = [("val/clean_acc", "max"), ("val/aa_acc", "max")]
@@ -319,16 +319,16 @@ def test_every_method_file_registers_its_methods_and_the_run_config_has_their_se
         assert set(cls.sections) <= set(sections)
 
 
-def _readme_methods_table() -> list[list[str]]:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split("## The methods", 1)[1].split("\n## ", 1)[0]
+def _methods_table() -> list[list[str]]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
+    section = text.split("## The registered methods", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))] for row in rows]
 
 
-def test_the_readmes_methods_table_lists_the_registry():
+def test_the_docs_methods_table_lists_the_registry():
     """One row per registered method, in its order, its teachers and config sections as the class says."""
-    rows = _readme_methods_table()
+    rows = _methods_table()
     assert [r[0].strip("`") for r in rows] == available_methods()
     for row in rows:
         cls = get_method(row[0].strip("`"))

@@ -52,7 +52,7 @@ def colour_digits(tmp_path, monkeypatch):
     from sklearn.datasets import load_digits
 
     from derd.data import available_datasets, dataset_info, unregister_dataset
-    from derd.methods.registry import PLUGINS_ENV
+    from derd.registry import PLUGINS_ENV
 
     module = tmp_path / "colour_digits.py"
     module.write_text(DATASET)
@@ -138,7 +138,7 @@ def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, t
     from mlflow.tracking import MlflowClient
 
     from derd.errors import UserError
-    from derd.records import Tag
+    from tuning.records import Tag
     from derd.validation import load_validation_set
     from tuning.search import run_search
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from analysis.pareto import dominates, hypervolume, knee_point, pareto_ranks
+from derd.pareto import dominates, hypervolume, knee_point, pareto_ranks
 
 
 def test_dominance_needs_strictly_better_somewhere():
@@ -53,7 +53,7 @@ def test_knee_is_the_balanced_point():
     ((3, 3), (1, 2), "dominates"), ((3, 2), (3, 1), "dominates"),  # better on one, equal on the other still dominates
     ((1, 2), (3, 3), "dominated"), ((2, 2), (2, 2), "equal"), ((4, 1), (1, 4), "trades")])
 def test_relation_names_how_one_point_stands_to_another(a, b, kind):
-    from analysis.pareto import relation
+    from derd.pareto import relation
 
     assert relation(a, b) == kind
 
@@ -61,7 +61,7 @@ def test_relation_names_how_one_point_stands_to_another(a, b, kind):
 @pytest.mark.parametrize("text, value, relative", [("80", 80.0, False), (" 0.9x ", 0.9, True), ("0", 0.0, False),
                                                    ("1.1X", 1.1, True), ("100", 100.0, False)])
 def test_a_floor_is_points_or_a_factor_of_a_teacher(text, value, relative):
-    from analysis.choice import parse_floor
+    from tuning.records import parse_floor
 
     floor = parse_floor(text, "--min-clean")
     assert (floor.value, floor.relative) == (value, relative)
@@ -70,7 +70,7 @@ def test_a_floor_is_points_or_a_factor_of_a_teacher(text, value, relative):
 @pytest.mark.parametrize("text, fix", [("0.9", "write 0.9x"), ("eighty", "e.g. 80"), ("120", "[0, 100]"),
                                        ("-5", "[0, 100]"), ("x", "e.g. 0.9x"), ("nanx", "e.g. 0.9x")])
 def test_a_bad_floor_is_one_line_naming_the_fix(text, fix):
-    from analysis.choice import parse_floor
+    from tuning.records import parse_floor
     from derd.errors import UserError
 
     with pytest.raises(UserError, match=r"^--min-clean .*") as err:

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, working_tree_paths
 from derd.evaluate import describe_protocol, infer_protocol, protocol_record, same_protocol
-from derd.records import Tag, protocol_of_tags, protocol_tags
+from tuning.records import Tag, protocol_of_tags, protocol_tags
 
 
 def _sections(text: str) -> dict[str, str]:

@@ -125,7 +125,7 @@ def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_p
     driver closes the run without logging the totals a second time."""
     from mlflow.tracking import MlflowClient
 
-    from derd.records import SearchFolder
+    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -155,7 +155,7 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
     import torch
     from mlflow.tracking import MlflowClient
 
-    from derd.records import SearchFolder
+    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
 
     folder = SearchFolder(tmp_path)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from analysis.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
+from tuning.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
 from derd.errors import UserError, check_output_folder
-from derd.records import SearchFolder
+from tuning.records import SearchFolder
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -146,7 +146,7 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
 
 def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
     """The record of a search to resume; one clear error when the folder holds none, the record is
-    damaged (``analysis.store.read_search_record``), the folder was moved, or its driver still runs."""
+    damaged (``tuning.store.read_search_record``), the folder was moved, or its driver still runs."""
     out, record_file = folder.root, folder.record
     if not record_file.is_file():
         if out.is_dir() and folder.space.is_file():
@@ -216,7 +216,7 @@ def check_resumable(folder: SearchFolder, record: dict[str, Any], space: SearchS
 
 def study_trials(folder: SearchFolder, name: str) -> list:
     """The trials of the search's study, read without writing: SQLite read as the file is
-    (``analysis.store.READ_AS_IS``) and no table creation (Optuna's storage would otherwise create its
+    (``tuning.store.READ_AS_IS``) and no table creation (Optuna's storage would otherwise create its
     tables in the file)."""
     import optuna
     from optuna.storages import RDBStorage

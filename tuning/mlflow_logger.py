@@ -29,12 +29,12 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from analysis.store import runs_tagged
+from tuning.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
 from derd.validation import val_protocol
-from derd.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS, TRIAL_WALL, SearchFolder,
-                          Tag, protocol_tags)
+from tuning.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS,
+                            TRIAL_WALL, SearchFolder, Tag, protocol_tags)
 from tuning.searcher import TRIAL_NUMBER
 
 
@@ -56,7 +56,8 @@ class MLflowSearchLogger(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
                  presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
                  searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha",
-                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic,
+                 stop_reasons: dict[int, str] | None = None) -> None:
         from tuning.scheduler import scheduler_name
 
         self.scheduler_name = scheduler_name(scheduler)
@@ -70,7 +71,8 @@ class MLflowSearchLogger(Callback):
         self.gpus_per_trial = gpus_per_trial
         self.searcher = searcher
         self.stopped_early = stopped_early if stopped_early is not None else set()
-        self.stop_reasons: dict[int, str] = {}  # the scheduler's: what it decided each stop on
+        # the scheduler's (shared, filled as it stops trials): what it decided each stop on
+        self.stop_reasons: dict[int, str] = stop_reasons if stop_reasons is not None else {}
         self._client = None
         self._runs: dict[int, str] = {}
         self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from derd.evaluate import VAL_CLEAN
+from derd.pareto import binomial_se, crowding_distances, pareto_ranks, signed
 from tuning.searcher import TRIAL_NUMBER
 
 TIME_ATTR, METRIC = "epoch", "search/score"
@@ -145,17 +147,12 @@ RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed s
 def rung_point(values: list[float], objectives: list[tuple[str, str]], clean_threshold: float) -> RungPoint:
     """A trial's objectives at a rung (in the space's order, as the study stores them) as MO-ASHA
     compares them."""
-    from analysis.trials import signed
-    from derd.records import VAL_CLEAN
-
     named = dict(zip((m for m, _ in objectives), values))
     return named[VAL_CLEAN] >= clean_threshold, tuple(signed(named, objectives))
 
 
 def rung_keys(points: list[RungPoint]) -> dict[int, tuple]:
     """Each point's sort key, best first: (infeasible, Pareto rank, -crowding distance, index)."""
-    from analysis.pareto import crowding_distances, pareto_ranks
-
     key: dict[int, tuple] = {}
     for feasible in (True, False):
         group = [i for i, p in enumerate(points) if p[0] == feasible]
@@ -211,12 +208,8 @@ class ResumableMOASHA(ResumableASHA):
         n = getattr(self, "_n_images", 0)  # 0: no images known (a rung rebuilt on resume), no move
         if not self.noise_aware or n <= 0:
             return value
-        from analysis.trials import binomial_se
-
         moved = tuple(v + binomial_se(abs(v), n) for v in value[1])
         named = dict(zip((m for m, _ in self.objectives), moved))
-        from derd.records import VAL_CLEAN
-
         return named[VAL_CLEAN] >= self.clean_threshold, moved
 
     def placed(self, recorded: dict[int, RungPoint], value: RungPoint) -> tuple[int, int, tuple]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from derd.records import VAL_CLEAN
+from derd.evaluate import VAL_CLEAN
 from tuning.space import SearchSpace
 from tuning.stage1_pool import SHARED_FROM, TRAINED, Stage1Pool
 

@@ -32,9 +32,9 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import TrialScheduler
 
-from analysis.trials import signed
 from derd.config import apply_overrides, to_dict
 from derd.methods import total_epochs
+from derd.pareto import hypervolume, signed
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
 from tuning.scheduler import make_scheduler
 from tuning.space import SearchSpace
@@ -76,7 +76,7 @@ class SimTrial:
     finished_at: float    # simulated seconds since the search started
     full_budget: bool
     feasible: bool
-    objectives: list[float]  # what the search saw (noisy), signed: larger is better (analysis.trials.signed)
+    objectives: list[float]  # what the search saw (noisy), signed: larger is better (derd.pareto.signed)
     stopped_early: bool
     truth: list[float] = field(default_factory=list)  # the noise-free answer at the same epoch, signed
     replicate: int = 0
@@ -101,8 +101,6 @@ class SimResult:
         """[(cumulative trial-epochs, hypervolume of the choosable front)] after each finished run,
         scored on the noise-free answers of the trials the search could choose (feasible as it
         saw them, full budget)."""
-        from analysis.pareto import hypervolume
-
         points, pool = [], []
         for spent, trial in self.in_order():
             if trial.feasible and trial.full_budget and not trial.replicate:

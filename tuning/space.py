@@ -52,9 +52,10 @@ from derd.config import RunConfig, apply_overrides, preset, to_flat
 from derd.data import available_datasets
 from derd.errors import UserError
 from derd.inputs import expect, read_yaml
-from derd.evaluate import PROTOCOLS
+from derd.evaluate import PROTOCOLS, VAL_CLEAN, val
 from derd.methods import available_methods, get_method, method_sections, total_epochs, uses_key
-from derd.records import DEFAULT_OBJECTIVES, VAL_CLEAN, Objectives, val
+from tuning.records import DEFAULT_OBJECTIVES
+from derd.pareto import Objectives
 from derd.settings import DISTRIBUTIONS, SEED_MAX, SearchRange, as_number, declared_ranges
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
@@ -118,7 +119,7 @@ class SearchSpace:
     num_trials: int = 10
     max_concurrent: int = 2
     sampler: str = "tpe"
-    scheduler: str = "moasha"  # chosen with the tabulated benchmark (README: How fast the search improves the front)
+    scheduler: str = "moasha"  # chosen with the tabulated benchmark (docs/search-efficiency.md)
     grace_period: int | None = None
     reduction_factor: int = 2
     share_stage1: float = 0.0  # the stage-I pool's alpha (tuning.stage1_pool); 0: every trial trains its own

@@ -20,8 +20,7 @@ import json
 import random
 from typing import Any
 
-from analysis.pareto import pareto_ranks
-from analysis.trials import signed
+from derd.pareto import pareto_ranks, signed
 
 STAGE1_PREFIX = "stage1."
 SHARED_FROM = "stage1_shared_from"  # Optuna user attribute: the trial whose stage I a trial reused

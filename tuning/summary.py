@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.pareto import front_of, tag_fronts
-from analysis.store import runs_tagged
+from tuning.store import runs_tagged
 from analysis.choice import best_versus_preset, constraint_of
 from analysis.trials import best_trials_markdown, robust_objective, trial_records
-from derd.records import TRIAL_CACHED_EPOCHS, Tag
+from tuning.records import TRIAL_CACHED_EPOCHS, Tag
 from tuning.scheduler import scheduler_name
 
 

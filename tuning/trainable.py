@@ -2,7 +2,7 @@
 
 The teachers arrive through Ray's object store (``tune.with_parameters``), once for all
 trials. The whole run state is written to ``<out>/trials/<number>/run.pt``
-(``derd.records.SearchFolder``; the trial's identity is its Optuna trial number,
+(``tuning.records.SearchFolder``; the trial's identity is its Optuna trial number,
 ``tuning.searcher.TRIAL_NUMBER``) at the cadence of ``derd.cadence`` (every epoch on the
 CPU; on a GPU at each val epoch, at the end, and at least every 5 minutes). That one file
 is the only copy: a trial survives a worker failure (``FailureConfig``: the retry reads it)
@@ -26,7 +26,8 @@ from derd.config import apply_overrides, from_dict
 from derd.errors import UserError
 from derd.experts import Experts
 from derd.methods import total_epochs
-from derd.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, VAL_CLEAN, SearchFolder
+from tuning.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, SearchFolder
+from derd.evaluate import VAL_CLEAN
 from derd.run import DistillationRun
 from tuning.searcher import TRIAL_NUMBER
 

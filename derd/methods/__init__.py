@@ -13,9 +13,9 @@ lead back to the config. The parts a method composes live in ``derd.context``,
 """
 from __future__ import annotations
 
-from derd.methods.registry import (available_methods, display_name, footnotes, get_method, load_plugins,
-                                   logged_prefixes, method_sections, needed_teachers, register_method, total_epochs,
+from derd.methods.registry import (available_methods, display_name, footnotes, get_method, logged_prefixes,
+                                   method_sections, needed_teachers, register_method, total_epochs,
                                    unregister_method, uses_key)
 
-__all__ = ["available_methods", "display_name", "footnotes", "get_method", "load_plugins", "logged_prefixes",
+__all__ = ["available_methods", "display_name", "footnotes", "get_method", "logged_prefixes",
            "method_sections", "needed_teachers", "register_method", "total_epochs", "unregister_method", "uses_key"]

@@ -1,6 +1,6 @@
 """DERD (Data-free Experts-guided Robustness Distillation, ACM MM 2024) and its variant w/o T_nat.
 
-``derd`` (METHOD.md), over the shared ``budget`` (``stage1.epochs`` of it are stage I):
+``derd`` (docs/methods.md), over the shared ``budget`` (``stage1.epochs`` of it are stage I):
 * stage I (``stage1``): a generator step on
   ``L_oh + lambda_adv*L_adv + lambda_ie*L_ie + lambda_bn*L_bn + lambda_d*L_d`` with
   L_oh = CE(T_nat(x), argmax T_nat(x)), L_adv = -KL(T_nat(x) || S(x)),
@@ -68,7 +68,7 @@ class Stage2Config:
 
 DERD_SECTIONS = {"stage1": Stage1Config, "stage2": Stage2Config}
 
-# The paper's chosen weights (METHOD.md, supplement section 1): the searches' first point.
+# The paper's chosen weights (docs/methods.md; the supplement, section 1): the searches' first point.
 _CIFAR10 = {"stage1.lambda_adv": 0.05, "stage1.lambda_ie": 5, "stage1.lambda_bn": 1e-5, "stage1.lambda_d": 0.01,
             "stage2.lambda_gen": 0.003, "stage2.lambda_nat": 0.5, "stage2.lambda_sga": 5e-4}
 PAPER_WEIGHTS = {

@@ -11,14 +11,11 @@ BatchNorm statistics (``derd.synthesis.GENERATOR_TERMS``). G: Adam, lr 1e-3, bet
 noise of 100 dimensions (the hocon files' ``lr_G``, ``b1``, ``b2``, ``latent_dim``).
 
 Weights on this project's loss scales: GDFQ's BNS loss is the *mean over layers* of
-``MSE(mu, mu_T) + MSE(var, var_T)`` (each an element mean over channels), weighted 0.1; this
-project's L_bn is DeepInversion's *sum over layers* of L2 norms (``derd.losses.BatchNormStatistics``),
-far larger on the same batch: layers summed instead of averaged, norms instead of means of
-squares (measured on a digits teacher with two BN layers at a freshly initialised generator: 5.1
-against GDFQ's 0.15, 34 times; deeper teachers sum more layers and wider ones larger norms). GDFQ's
-0.1 drowns the class loss there. Matching GDFQ's balance at the start (0.1 * its value against the
-class loss) gives 0.1 / 34 = 3e-3 on digits and less on deeper teachers: ``lambda_bn`` = 1e-3
-(README: converting a published weight); the search draws it over two decades each side.
+``MSE(mu, mu_T) + MSE(var, var_T)``, weighted 0.1; this project's L_bn is DeepInversion's *sum over
+layers* of L2 norms (``derd.losses.BatchNormStatistics``), far larger on the same batch, so GDFQ's 0.1
+would drown the class loss. ``lambda_bn`` = 1e-3 keeps GDFQ's balance at the start of training (the
+conversion and its measurement: docs/methods.md, "Converting a published weight"); the search draws it
+over two decades each side.
 
 Student: each iteration one RSLAD step (``derd.objectives.robust_kd``) on the very batch the
 generator step produced, G(z, y) before G's update (GDFQ trains its student on ``images.detach()``

@@ -1,7 +1,8 @@
-"""Model registry in the style of timm: ``create_model(name, num_classes, ...)``.
+"""Model registry in the style of timm: ``@register("name")`` on a builder, ``create_model(name, num_classes, ...)``.
 
 Every model takes inputs in [0, 1] and normalises inside itself, so attacks work in
-pixel space and checkpoints carry their normalisation.
+pixel space and checkpoints carry their normalisation. The registry is ``derd.registry``'s: a name taken
+twice is refused, and a module named in ``$DERD_PLUGINS`` may register architectures of its own.
 """
 from __future__ import annotations
 
@@ -10,24 +11,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from derd.errors import UserError
+from derd.registry import Registry
 
 Builder = Callable[..., nn.Module]
-_REGISTRY: dict[str, Builder] = {}
+_MODELS: Registry[Builder] = Registry("architecture", order=lambda name, _: name)  # listed alphabetically
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
     """Decorator: make a network builder available to :func:`create_model` under ``name``."""
+    return _MODELS.decorator(name)
 
-    def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = fn
-        return fn
 
-    return deco
+def unregister_model(name: str) -> None:
+    """Remove an architecture (for tests and notebooks that register one of their own)."""
+    _MODELS.remove(name)
 
 
 def available_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return _MODELS.names()
 
 
 class Normalize(nn.Module):
@@ -63,9 +64,8 @@ def create_model(
     std: tuple[float, ...] | None = None,
 ) -> NormalizedClassifier:
     """Build a registered classifier with its input normalisation (identity if not given)."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown architecture {name!r}; choose one of {', '.join(available_models())}")
+    builder = _MODELS.get(name)
     mean = mean if mean is not None else (0.0,) * in_channels
     std = std if std is not None else (1.0,) * in_channels
-    net = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+    net = builder(num_classes=num_classes, in_channels=in_channels)
     return NormalizedClassifier(net, mean, std)

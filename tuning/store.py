@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from derd.errors import UserError
-from derd.records import FRONT_PAGE, SearchFolder, experiment_link, run_link, ui_url
+from tuning.records import FRONT_PAGE, SearchFolder, experiment_link, run_link, ui_url
 
 LOCAL_UI = "http://127.0.0.1:5000"
 ENV_URI = "MLFLOW_TRACKING_URI"

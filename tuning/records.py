@@ -1,24 +1,21 @@
 """The names a search's records use, in one place: MLflow tags and metrics, the objectives'
-encoding, and the layout of a search folder.
+encoding, the floors a user writes, links into MLflow's UI and the layout of a search folder.
 
-``tuning/`` writes these records and ``analysis/`` reads them; both import the names from
-here (``analysis`` never imports ``tuning``). Nothing here talks to MLflow or Ray: they are
-strings and paths.
+``tuning/`` writes these records and ``analysis/`` reads them. This module and ``tuning.store`` are the
+search's record layer: they import nothing but ``derd``, so ``analysis`` may import them without an
+import cycle (``tuning.summary``, which writes the final report, is the one module of ``tuning`` that
+imports ``analysis``). Nothing here talks to MLflow or Ray: they are strings and paths. A run's own
+metric names (``val/clean_acc``, ...) are the library's: ``derd.evaluate``.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from derd.evaluate import COLUMNS, header
-
-
-def val(column: str) -> str:
-    """The val metric of a protocol column: ``val("aa_acc")`` is ``val/aa_acc``."""
-    return f"val/{column}"
-
-
-VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
-VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
+from derd.errors import UserError
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_PGD
+from derd.pareto import Objectives
 
 # per trial, logged once at its end
 TRIAL_WALL = "trial/wall_time_s"
@@ -93,7 +90,6 @@ def protocol_of_tags(tags: dict[str, str]) -> dict | None:
 
 FRONT_FILTER = f"tags.{Tag.PARETO_FRONT} = 'true'"
 
-Objectives = list[tuple[str, str]]  # [(metric, "max" | "min")]
 DEFAULT_OBJECTIVES: Objectives = [(VAL_CLEAN, "max"), (VAL_AA, "max")]
 
 
@@ -143,15 +139,6 @@ def trials_view(objectives: Objectives) -> dict:
                f"tags.`{Tag.PARETO_FRONT}`", f"tags.`{Tag.FEASIBLE}`", f"tags.`{Tag.BUDGET}`", f"tags.`{Tag.PRESET}`"]
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
             "selectedColumns": columns}
-
-
-def column_header(metric: str) -> str:
-    """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
-    ``Clean (val)``); the metric itself when it is no val column."""
-    split, _, column = metric.partition("/")
-    if column not in COLUMNS or split != "val":
-        return metric
-    return header(column, "search", "val")
 
 
 class SearchFolder:
@@ -217,3 +204,31 @@ class SearchFolder:
 def teacher_metric(kind: str, column: str) -> str:
     """The search run's metric of a teacher's preflight score: ``teacher/natural_clean_acc``."""
     return f"teacher/{kind}_{column}"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A floor as the user wrote it: ``80`` (points) or ``0.9x`` (a factor of a teacher's score); recorded as
+    written (the search run's ``derd.min_clean`` tag, ``search.json``'s ``min_clean``)."""
+
+    text: str
+    value: float
+    relative: bool
+
+
+def parse_floor(text: str, flag: str) -> Floor:
+    """Read ``80`` or ``0.9x``: the one reader of ``--min-clean`` and ``--min-robust``, for the search and
+    the export alike. A bare number below 1 is refused: it is almost surely a factor missing its ``x``."""
+    s = text.strip().lower()
+    relative = s.endswith("x")
+    try:
+        value = float(s[:-1] if relative else s)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (not relative and value > 100):
+        raise UserError(f"{flag} {text!r}: expected points of accuracy in [0, 100] (e.g. 80) or a factor of the "
+                        f"teacher's score (e.g. 0.9x)")
+    if not relative and 0 < value < 1:
+        raise UserError(f"{flag} {text}: {value:g} points is no floor; for a factor of the teacher's score write "
+                        f"{s}x, for points a number from 1 to 100")
+    return Floor(text.strip(), value, relative)
