@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from derd.evaluate import COLUMNS, header
+from derd.evaluate import COLUMNS, WORST_AA, WORST_PREFIX, header
 
 
 def val(column: str) -> str:
@@ -18,6 +18,7 @@ def val(column: str) -> str:
 
 
 VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
+VAL_WORST_AA = val(WORST_AA)  # the lowest per-class val accuracy under AA (derd.evaluate.worst)
 VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
 
 # per trial, logged once at its end
@@ -138,8 +139,9 @@ def trials_view(objectives: Objectives) -> dict:
     """The trials view's state: sorted by the last objective (the robust one), best first; the
     columns a user compares trials by."""
     metric, mode = objectives[-1]
-    columns = ["params.`method`", *(f"metrics.`{m}`" for m in (VAL_CLEAN, VAL_PGD, VAL_AA)),
-               *(f"metrics.`{m}`" for m, _ in objectives if m not in (VAL_CLEAN, VAL_PGD, VAL_AA)),
+    shown = (VAL_CLEAN, VAL_PGD, VAL_AA, VAL_WORST_AA)
+    columns = ["params.`method`", *(f"metrics.`{m}`" for m in shown),
+               *(f"metrics.`{m}`" for m, _ in objectives if m not in shown),
                f"tags.`{Tag.PARETO_FRONT}`", f"tags.`{Tag.FEASIBLE}`", f"tags.`{Tag.BUDGET}`", f"tags.`{Tag.PRESET}`"]
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
             "selectedColumns": columns}
@@ -149,7 +151,7 @@ def column_header(metric: str) -> str:
     """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
     ``Clean (val)``); the metric itself when it is no val column."""
     split, _, column = metric.partition("/")
-    if column not in COLUMNS or split != "val":
+    if column.removeprefix(WORST_PREFIX) not in COLUMNS or split != "val":
         return metric
     return header(column, "search", "val")
 
