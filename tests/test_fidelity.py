@@ -359,7 +359,8 @@ def test_dfhl_rs_keeps_the_lowest_loss_batch_of_each_round_in_a_memory_it_never_
     original = torch.optim.Adam.__init__
 
     def spy(self, params, **kw):
-        seen.append(([g.get("lr") for g in params], kw))
+        params = list(params)
+        seen.append(([g.get("lr") if isinstance(g, dict) else None for g in params], kw))
         original(self, params, **kw)
 
     torch.optim.Adam.__init__ = spy
@@ -369,10 +370,10 @@ def test_dfhl_rs_keeps_the_lowest_loss_batch_of_each_round_in_a_memory_it_never_
     finally:
         torch.optim.Adam.__init__ = original
     assert len(seen) == 2 and seen[0][0] == [None, 1e-2] and seen[0][1] == {"lr": 2e-3, "betas": (0.5, 0.999)}
-    assert m.memory.shape == (16, 1, 8, 8)  # two rounds of 8
-    first = m.memory[:8].clone()
+    assert m.memory.images.shape == (16, 1, 8, 8)  # two rounds of 8
+    first = m.memory.images[:8].clone()
     m.generate(8)
-    assert torch.equal(m.memory[:8], first) and len(m.memory) == 24
+    assert torch.equal(m.memory.images[:8], first) and len(m.memory) == 24
     run.close()
 
 
@@ -393,19 +394,19 @@ def test_dfhl_rs_round_keeps_the_batch_whose_loss_was_lowest(experts, val_data, 
 
     monkeypatch.setattr(run.method.generator, "forward", record)
     terms = run.method.generate(8)
-    assert terms["dfhl/G"].item() == 1.0 and torch.equal(run.method.memory[-8:], rendered[1])  # the first of equals
+    assert terms["dfhl/G"].item() == 1.0 and torch.equal(run.method.memory.images[-8:], rendered[1])  # the first of equals
     run.close()
 
 
 def test_dfhl_rs_memory_is_drawn_in_shuffled_passes_with_a_partial_last_batch(experts, val_data):
     run = tiny_run("dfhl_rs", experts, val_data)
-    m = run.method
-    m.memory = torch.arange(10.0).view(10, 1, 1, 1)
-    m.shuffled, m.cursor = torch.randperm(10, generator=run.ctx.rng), 0
-    batches = [m.next_batch(4) for _ in range(3)]
+    memory = run.method.memory
+    memory.images = memory.images[:0]
+    memory.append(torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 8, 8))
+    batches = [memory.next_batch(4) for _ in range(3)]
     assert [len(b) for b in batches] == [4, 4, 2]
-    assert sorted(torch.cat(batches).flatten().tolist()) == list(map(float, range(10)))
-    assert len(m.next_batch(4)) == 4  # a new pass
+    assert sorted(torch.cat(batches)[:, 0, 0, 0].tolist()) == list(map(float, range(10)))
+    assert len(memory.next_batch(4)) == 4  # a new pass
     run.close()
 
 
@@ -524,7 +525,8 @@ def test_ferd_warms_up_its_memory_before_the_first_student_update_and_keeps_ever
     original = torch.optim.Adam.__init__
 
     def spy(self, params, **kw):
-        seen.append(([g.get("lr") for g in params], kw))
+        params = list(params)
+        seen.append(([g.get("lr") if isinstance(g, dict) else None for g in params], kw))
         original(self, params, **kw)
 
     torch.optim.Adam.__init__ = spy

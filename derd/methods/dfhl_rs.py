@@ -146,6 +146,49 @@ def standard_augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     return random_views(x, rng, min_scale=1.0, pad_frac=0.125, whole_pixels=True)
 
 
+class ImageMemory:
+    """Generated images kept for good (``save_batch_fake``), read in shuffled passes (``FakeDataset`` in a
+    ``DataLoader`` with ``shuffle=True``: the last batch of a pass partial); a new pass after each append, as
+    DFHL-RS and FERD build a new loader every round. Shared with ``derd.methods.ferd``."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.images = torch.empty(0, *ctx.info.image_shape, device=ctx.device)
+        self.shuffled = torch.empty(0, dtype=torch.long, device=ctx.device)  # this pass's permutation
+        self.cursor = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _new_pass(self) -> None:
+        self.shuffled = torch.randperm(len(self.images), generator=self.ctx.rng, device=self.ctx.device)
+        self.cursor = 0
+
+    def append(self, x: torch.Tensor) -> None:
+        self.images = torch.cat([self.images, x.detach()])
+        self._new_pass()
+
+    def next_batch(self, n: int) -> torch.Tensor:
+        """The next batch of this pass; a new shuffled pass when it is spent."""
+        if self.cursor >= len(self.shuffled):
+            self._new_pass()
+        idx = self.shuffled[self.cursor:self.cursor + n]
+        self.cursor += len(idx)
+        return self.images[idx]
+
+    def latest(self, n: int) -> torch.Tensor | None:
+        return self.images[-n:] if len(self.images) else None
+
+    def state(self) -> dict[str, Any]:
+        return {"memory": self.images.cpu(), "shuffled": self.shuffled.cpu(), "cursor": self.cursor}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if "memory" in state:
+            self.images = state["memory"].to(self.ctx.device)
+            self.shuffled = state["shuffled"].to(self.ctx.device)
+            self.cursor = int(state["cursor"])
+
+
 @register_method
 class DFHLRS(Method):
     name = "dfhl_rs"
@@ -161,9 +204,7 @@ class DFHLRS(Method):
         self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, d.latent_dim,
                                                        self.cfg.student.generator_width))
         self.modules["generator"] = self.generator
-        self.memory = torch.empty(0, *ctx.info.image_shape, device=ctx.device)
-        self.shuffled = torch.empty(0, dtype=torch.long, device=ctx.device)  # this pass's permutation of the memory
-        self.cursor = 0
+        self.memory = ImageMemory(ctx)
         self.queries = 0
 
     @classmethod
@@ -195,18 +236,8 @@ class DFHLRS(Method):
         student.zero_grad(set_to_none=True)
         student.train(was_training)
         best = int(torch.stack(losses_seen).argmin())  # the first of equal ones, as ``best_loss > loss`` keeps
-        self.memory = torch.cat([self.memory, batches[best]])
-        self.shuffled, self.cursor = torch.randperm(len(self.memory), generator=ctx.rng, device=ctx.device), 0
+        self.memory.append(batches[best])
         return {"dfhl/G": losses_seen[best]}
-
-    def next_batch(self, n: int) -> torch.Tensor:
-        """The next batch of this pass over the memory (the pass's last batch may be partial); a new
-        shuffled pass when it is spent."""
-        if self.cursor >= len(self.shuffled):
-            self.shuffled, self.cursor = torch.randperm(len(self.memory), generator=self.ctx.rng, device=self.ctx.device), 0
-        idx = self.shuffled[self.cursor:self.cursor + n]
-        self.cursor += len(idx)
-        return self.memory[idx]
 
     # ---- the student ------------------------------------------------------------------
     def iteration(self, phase: Phase, step: int) -> Terms:
@@ -214,7 +245,7 @@ class DFHLRS(Method):
         terms: Terms = {}
         if step % d.student_steps == 0 or len(self.memory) == 0:
             terms = self.generate(phase.batch_size)
-        x = strong_augment(standard_augment(self.next_batch(phase.batch_size), ctx.rng), ctx.rng)
+        x = strong_augment(standard_augment(self.memory.next_batch(phase.batch_size), ctx.rng), ctx.rng)
         x_hee = high_entropy_examples(ctx.student, x, d.hee_steps, d.hee_step, ctx.rng)
         with torch.no_grad():
             teacher_logits = ctx.experts.robust(x_hee)
@@ -233,13 +264,11 @@ class DFHLRS(Method):
         return {"dfhl/memory": float(len(self.memory)), "dfhl/queries": float(self.queries)}
 
     def sample(self, n: int) -> torch.Tensor | None:
-        return self.memory[-n:] if len(self.memory) else None
+        return self.memory.latest(n)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"memory": self.memory.cpu(), "shuffled": self.shuffled.cpu(), "cursor": self.cursor, "queries": self.queries}
+        return {**self.memory.state(), "queries": self.queries}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if "memory" in state:
-            self.memory = state["memory"].to(self.ctx.device)
-            self.shuffled = state["shuffled"].to(self.ctx.device)
-            self.cursor, self.queries = int(state["cursor"]), int(state["queries"])
+        self.memory.load_state(state)
+        self.queries = int(state.get("queries", 0))

@@ -71,7 +71,7 @@ from derd import losses
 from derd.attacks import pgd
 from derd.evaluate import REFERENCE_EPS
 from derd.methods.base import Context, Method, Phase, Terms
-from derd.methods.dfhl_rs import standard_augment
+from derd.methods.dfhl_rs import ImageMemory, standard_augment
 from derd.methods.registry import register_method
 from derd.models import Generator
 from derd.models.fold import FoldedBatchNorm
@@ -217,9 +217,7 @@ class FERD(Method):
         self.bn = ctx.hooks(losses.BatchNormStatistics, ctx.experts.robust)
         classes = ctx.info.num_classes
         self.probs = torch.full((classes,), 1.0 / classes, device=ctx.device)
-        self.memory = torch.empty(0, *ctx.info.image_shape, device=ctx.device)
-        self.shuffled = torch.empty(0, dtype=torch.long, device=ctx.device)
-        self.cursor = 0
+        self.memory = ImageMemory(ctx)
 
     @classmethod
     def phases(cls, cfg) -> list[Phase]:
@@ -267,16 +265,8 @@ class FERD(Method):
         with torch.no_grad():
             risk = class_risk(teacher(x_adv), labels, classes)
         self.probs = class_probabilities(risk, f.class_min, f.class_max)
-        self.memory = torch.cat([self.memory, best_x])
-        self.shuffled, self.cursor = torch.randperm(len(self.memory), generator=ctx.rng, device=ctx.device), 0
+        self.memory.append(best_x)
         return {f"ferd/{k}": v.detach() for k, v in terms.items()} | {"ferd/G": torch.tensor(best, device=ctx.device)}
-
-    def next_batch(self, n: int) -> torch.Tensor:
-        if self.cursor >= len(self.shuffled):
-            self.shuffled, self.cursor = torch.randperm(len(self.memory), generator=self.ctx.rng, device=self.ctx.device), 0
-        idx = self.shuffled[self.cursor:self.cursor + n]
-        self.cursor += len(idx)
-        return self.memory[idx]
 
     # ---- the student ------------------------------------------------------------------
     def iteration(self, phase: Phase, step: int) -> Terms:
@@ -287,7 +277,7 @@ class FERD(Method):
                 self.generate(phase.batch_size)
         if step % f.student_steps == 0 or len(self.memory) == 0:
             terms = self.generate(phase.batch_size)
-        x = standard_augment(self.next_batch(phase.batch_size), ctx.rng)
+        x = standard_augment(self.memory.next_batch(phase.batch_size), ctx.rng)
         teacher, student, eps = ctx.experts.robust, ctx.student, ctx.info.eps
         with torch.no_grad():
             target = teacher(x)
@@ -304,14 +294,12 @@ class FERD(Method):
         return {"ferd/memory": float(len(self.memory)), "ferd/min_class_prob": float(self.probs.min())}
 
     def sample(self, n: int) -> torch.Tensor | None:
-        return self.memory[-n:] if len(self.memory) else None
+        return self.memory.latest(n)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"memory": self.memory.cpu(), "shuffled": self.shuffled.cpu(), "cursor": self.cursor,
-                "probs": self.probs.cpu()}
+        return {**self.memory.state(), "probs": self.probs.cpu()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if "memory" in state:
-            self.memory = state["memory"].to(self.ctx.device)
-            self.shuffled = state["shuffled"].to(self.ctx.device)
-            self.cursor, self.probs = int(state["cursor"]), state["probs"].to(self.ctx.device)
+        self.memory.load_state(state)
+        if "probs" in state:
+            self.probs = state["probs"].to(self.ctx.device)
