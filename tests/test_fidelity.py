@@ -13,6 +13,7 @@ from derd import losses
 from derd.config import apply_overrides, preset
 from derd.data import load_split
 from derd.experts import Experts
+from derd.context import Phase
 from derd.run import DistillationRun
 
 TINY = {"budget.epochs": 2, "budget.iters_per_epoch": 2, "budget.batch_size": 8, "stage1.epochs": 1,
@@ -447,7 +448,7 @@ def test_dfhl_rs_strong_augmentation_is_the_identity_at_no_crop_flip_or_rotation
 
 # ---- FERD ---------------------------------------------------------------------------------------
 
-FERD_TINY = {"ferd.generator_steps": 2, "ferd.ifd_steps": 2, "ferd.warmup_rounds": 1}
+FERD_TINY = {"ferd.generator_steps": 2, "ferd.ifd_steps": 2}  # TINY's 4 updates at N_S 400: 1 round, 1 warm-up
 
 
 def test_ferd_decoupled_kl_is_its_pairwise_mse_plus_soft_ce_and_the_one_hot_prior_zeroes_the_pairs():
@@ -545,6 +546,17 @@ def test_ferd_warms_up_its_memory_before_the_first_student_update_and_keeps_ever
     run.close()
 
 
+def test_ferd_warm_up_is_a_tenth_of_the_budgets_rounds_rounded_up():
+    """test.py: 20 warm-up epochs per 200 that train the student; here per round of the shared budget."""
+    from derd.methods.ferd import warmup_rounds
+
+    f = preset("digits", "ferd").ferd
+    digits = preset("digits", "ferd").budget
+    assert warmup_rounds(f, Phase(2, digits.epochs, digits.iters_per_epoch, 128, 0.1)) == 1  # 900 updates: 3 rounds
+    assert warmup_rounds(f, Phase(2, 200, 50, 512, 0.1)) == 3  # CIFAR's 10,000 updates: 25 rounds
+    assert warmup_rounds(f, Phase(2, 200, 400, 512, 0.1)) == 20  # FERD's own 200 x 400
+
+
 def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_its_optimiser(experts, val_data):
     """train_model_ds_at: 5/6 DKL(S(x), T(x)) + 1/6 DKL(S(x_adv), T(x)); SGD lr 0.1, momentum 0.9, wd 5e-4."""
     run = tiny_run("ferd", experts, val_data, **FERD_TINY)
@@ -556,7 +568,7 @@ def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_i
     terms = run.method.iteration(run.phases[0], 0)
     assert losses_seen[0] == pytest.approx(5 / 6 * terms["ferd/nat"].item() + 1 / 6 * terms["ferd/rob"].item(), rel=1e-5)
     f = preset("digits", "ferd").ferd
-    assert (f.student_steps, f.generator_steps, f.warmup_rounds, f.lr_g, f.lr_z, f.latent_dim) == (400, 200, 20, 2e-3,
+    assert (f.student_steps, f.generator_steps, f.warmup_share, f.lr_g, f.lr_z, f.latent_dim) == (400, 200, 0.1, 2e-3,
                                                                                                     0.015, 100)
     assert (f.lambda_bn, f.lambda_adv, f.lambda_oh, f.lambda_uni, f.ifd_steps, f.ifd_beta) == (5, 1, 1, 5, 50, 0.3)
     run.close()

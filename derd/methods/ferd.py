@@ -31,7 +31,7 @@ A round (FERD's epoch), every ``ferd.student_steps`` iterations (its N_S = 400):
   ``CE(T_tail(f + softplus(l) * N(0, I)), y) + 0.3 * KL`` low (KL: 0.5 * mean(var_hw(f) / s^2 + log(s^2 /
   var_hw(f)) - 1)); the channels whose noise variance exceeds the largest spatial variance of any channel
   are the "robust" ones; T_nr is T's tail on f with them zeroed.
-* **Student** (``train_model_ds_at``): after ``warmup_rounds`` (20) rounds without student updates,
+* **Student** (``train_model_ds_at``): after the warm-up rounds without student updates (FERD: 20),
   N_S steps on memory batches (reshuffled every round, the last batch of a pass partial), standard
   augmentation, ``5/6 * DKL(S(x), T(x)) + 1/6 * DKL(S(x_adv), T(x))`` with the class prior of the drawn
   labels (GI on: w the outer product of the one-hot label, so the pairwise term is exactly 0 and DKL is
@@ -47,8 +47,9 @@ Deviations, each tested in ``tests/test_fidelity.py``:
   logits in the labels' place and the labels in eps's, and cannot run (``uniform_(-eps, eps)`` takes no
   tensor); here the attack the function describes, on the drawn labels at the dataset's eps (FERD: 8/255,
   steps 2/255: eps / 4); ``is_fooled`` is ``margin < 99999``, always true, so every image counts;
-* the budget: the shared budget of student updates; a round every ``student_steps`` of them, and the
-  warm-up rounds on top (FERD: 20 of 220 epochs train no student), before the first student update;
+* the budget: the shared budget of student updates; a round every ``student_steps`` of them, and
+  before the first student update a warm-up of ``warmup_share`` (0.1) of those rounds, rounded up, on
+  top (FERD: 20 warm-up epochs per 200 that train the student; digits' 900 updates: 3 rounds, 1 warm-up);
 * the student's cosine runs to 0 over its updates (FERD: per epoch, warm-up epochs included);
 * the batch is the shared ``budget.batch_size`` (FERD: 256);
 * the generator is the shared ``derd.models.Generator`` (FERD's: the same layers, its last block 64
@@ -60,6 +61,7 @@ Deviations, each tested in ``tests/test_fidelity.py``:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +89,8 @@ class FERDConfig:
                                  search=integer(20, 400))
     generator_steps: int = setting(200, lo=1, hi=100_000, doc="generator steps per round (N_G)",
                                    search=integer(20, 200))
-    warmup_rounds: int = setting(20, lo=0, hi=100_000, doc="rounds before the student's first update")
+    warmup_share: float = setting(0.1, lo=0, hi=100, doc="rounds before the student's first update, per round of the "
+                                  "budget (FERD: 20 per 200)")
     lr_g: float = setting(2e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the re-initialised generator, betas (0.5, 0.999)")
     lr_z: float = setting(0.015, lo=1e-12, hi=LR_MAX, doc="Adam of the round's noise z")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
@@ -96,7 +99,8 @@ class FERDConfig:
     lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
     lambda_uni: float = setting(5.0, lo=0, hi=WEIGHT_MAX, doc="weight of KL(uniform || T_nr(x))",
                                 search=loguniform(0.5, 50))
-    ifd_steps: int = setting(50, lo=0, hi=100_000, doc="Adam steps of the per-channel noise scales")
+    ifd_steps: int = setting(50, lo=0, hi=100_000, doc="Adam steps of the per-channel noise scales",
+                             search=integer(5, 50))
     ifd_lr: float = setting(0.1, lo=1e-12, hi=LR_MAX)
     ifd_beta: float = setting(0.3, lo=0, hi=WEIGHT_MAX, doc="weight of the noise's KL to the features")
     class_min: float = setting(0.05, lo=0, hi=1, doc="class probability before normalising, least risk")
@@ -199,6 +203,12 @@ def robust_channels(splice: FeatureSplice, x: torch.Tensor, f: torch.Tensor, lab
     return (F.softplus(scale.detach()) ** 2 > var_f.max()).float()
 
 
+def warmup_rounds(f: FERDConfig, phase: Phase) -> int:
+    """FERD's warm-up scaled to the budget: ``warmup_share`` (20 / 200) of the budget's rounds, rounded up."""
+    rounds = math.ceil(phase.epochs * phase.iters_per_epoch / f.student_steps)
+    return math.ceil(f.warmup_share * rounds - 1e-9)
+
+
 @register_method
 class FERD(Method):
     name = "ferd"
@@ -273,7 +283,7 @@ class FERD(Method):
         ctx, f = self.ctx, self.cfg.ferd
         terms: Terms = {}
         if len(self.memory) == 0:
-            for _ in range(f.warmup_rounds):
+            for _ in range(warmup_rounds(f, phase)):
                 self.generate(phase.batch_size)
         if step % f.student_steps == 0 or len(self.memory) == 0:
             terms = self.generate(phase.batch_size)
