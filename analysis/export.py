@@ -9,9 +9,8 @@ objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasib
 ``--include-partial``, run at the full trial budget; ``analysis.trials``): a collapsed student
 is never exported. ``--min-clean X``, ``--min-robust Y`` and ``--min-worst-robust W`` (the
 worst-class val AA; points, ``80``, or a factor of a teacher's score, ``0.9x``: ``analysis.choice``)
-keep only the trials that meet them before a
-named selection chooses, so ``--select best-robust --min-clean 80`` is the most robust student
-with at least 80 clean; without ``--min-clean``, the floor ``tuning/search.py --min-clean``
+keep only the trials that meet them before a named selection chooses, so ``--select best-robust
+--min-clean 80`` is the most robust student with at least 80 clean; without ``--min-clean``, the floor ``tuning/search.py --min-clean``
 recorded applies. When no trial meets them: exit 2, naming the closest trial.
 Each YAML takes the trial's config (its method, searched keys, data, teachers with their
 SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
@@ -100,8 +99,7 @@ def select_records(client, experiment_id: str, selection: str, include_partial: 
     floors given, else the search's recorded ``--min-clean``); a run id is exported as named."""
     if floors and selection not in SELECTIONS:
         raise UserError(f"--min-clean, --min-robust and --min-worst-robust choose among trials but --select {selection} "
-                        f"names one; drop "
-                        f"them or select one of {', '.join(SELECTIONS)}")
+                        f"names one; drop them or select one of {', '.join(SELECTIONS)}")
     chosen, misses = [], []
     for parent, objectives, records in search_trials(client, experiment_id):
         if selection not in SELECTIONS:
