@@ -10,8 +10,8 @@ objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasib
 is never exported. ``--min-clean X``, ``--min-robust Y`` and ``--min-worst-robust W`` (the
 worst-class val AA; points, ``80``, or a factor of a teacher's score, ``0.9x``: ``analysis.choice``)
 keep only the trials that meet them before a named selection chooses, so ``--select best-robust
---min-clean 80`` is the most robust student with at least 80 clean; without ``--min-clean``, the floor ``tuning/search.py --min-clean``
-recorded applies. When no trial meets them: exit 2, naming the closest trial.
+--min-clean 80`` is the most robust student with at least 80 clean; without ``--min-clean``, the
+floor ``tuning/search.py --min-clean`` recorded applies. When no trial meets them: exit 2, naming the closest trial.
 Each YAML takes the trial's config (its method, searched keys, data, teachers with their
 SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
 trial's own), the ``full`` protocol on the test split, and an ``origin`` block: experiment,
