@@ -8,6 +8,9 @@ is given in points of accuracy (``80``) or as a factor of a teacher's score (``0
 - ``--min-robust``: on the search's robust objective (val AA); a factor of the robust teacher's val
   PGD_S accuracy, the robust score the teachers' preflight measures. AA is at most PGD_S, so a
   relative floor on AA asks a little more than its factor says.
+- ``--min-worst-robust``: on the worst-class val AA (``val/worst_aa_acc``, the lowest per-class
+  accuracy under AA: ``derd.evaluate.worst``); a factor of the robust teacher's worst-class val
+  PGD_S accuracy, by the same reasoning.
 
 The teachers' scores are those the search logged on its run (``teacher/<kind>_<column>``:
 ``tuning.checks.teacher_preflight``, the first 256 val images). ``tuning/search.py --min-clean``
@@ -23,17 +26,20 @@ from typing import Any, Sequence
 from derd.pareto import binomial_se, relation
 from analysis.trials import TrialRecord, with_se
 from derd.errors import UserError
-from derd.evaluate import VAL_AA, VAL_CLEAN, column_header
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_WORST_AA, column_header
 from tuning.records import Floor, Tag, parse_floor, teacher_metric
 
-FLAGS = {"clean": "--min-clean", "robust": "--min-robust"}
+FLAGS = {"clean": "--min-clean", "robust": "--min-robust", "worst_robust": "--min-worst-robust"}
 # the teachers' preflight scores a relative floor is a factor of, first found first
-REFERENCES = {"clean": (("natural", "clean_acc"), ("robust", "clean_acc")), "robust": (("robust", "pgd_acc"),)}
+REFERENCES = {"clean": (("natural", "clean_acc"), ("robust", "clean_acc")), "robust": (("robust", "pgd_acc"),),
+              "worst_robust": (("robust", "worst_pgd_acc"),)}
 
 
 def short_name(metric: str) -> str:
-    """A metric as a sentence names it: ``Clean``, ``AA``, ``PGD_S`` (the metric itself otherwise)."""
-    return column_header(metric).split(" ")[0]
+    """A metric as a sentence names it: ``Clean``, ``AA``, ``PGD_S``, ``worst-class AA`` (the metric itself
+    otherwise)."""
+    words = column_header(metric).split(" ")
+    return " ".join(words[:2]) if words[0] == "worst-class" else words[0]
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,16 @@ class Floors:
 
     clean: Floor | None = None
     robust: Floor | None = None
+    worst_robust: Floor | None = None
 
     @classmethod
-    def parse(cls, min_clean: str | None, min_robust: str | None) -> Floors:
+    def parse(cls, min_clean: str | None, min_robust: str | None, min_worst_robust: str | None = None) -> Floors:
         return cls(*(parse_floor(text, FLAGS[kind]) if text is not None else None
-                     for kind, text in (("clean", min_clean), ("robust", min_robust))))
+                     for kind, text in (("clean", min_clean), ("robust", min_robust),
+                                        ("worst_robust", min_worst_robust))))
 
     def __bool__(self) -> bool:
-        return self.clean is not None or self.robust is not None
+        return any(f is not None for f in (self.clean, self.robust, self.worst_robust))
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,9 @@ def constraint_of(parent, robust_metric: str, floors: Floors = Floors()) -> Cons
         bounds.append(_bound("clean", *clean, VAL_CLEAN, parent.data.metrics))
     if floors.robust:
         bounds.append(_bound("robust", floors.robust, FLAGS["robust"], robust_metric, parent.data.metrics))
+    if floors.worst_robust:
+        bounds.append(_bound("worst_robust", floors.worst_robust, FLAGS["worst_robust"], VAL_WORST_AA,
+                             parent.data.metrics))
     return Constraint(tuple(bounds)) if bounds else None
 
 

@@ -7,11 +7,11 @@
 trade-off: ``derd.pareto.KNEE_RULE``), ``best-robust`` (highest val value of the robust
 objective), ``best-clean``, or a run id. Only eligible trials are chosen (feasible and, unless
 ``--include-partial``, run at the full trial budget; ``analysis.trials``): a collapsed student
-is never exported. ``--min-clean X`` and ``--min-robust Y`` (points, ``80``, or a factor of a
-teacher's score, ``0.9x``: ``analysis.choice``) keep only the trials that meet them before a
-named selection chooses, so ``--select best-robust --min-clean 80`` is the most robust student
-with at least 80 clean; without ``--min-clean``, the floor ``tuning/search.py --min-clean``
-recorded applies. When no trial meets them: exit 2, naming the closest trial.
+is never exported. ``--min-clean X``, ``--min-robust Y`` and ``--min-worst-robust W`` (the
+worst-class val AA; points, ``80``, or a factor of a teacher's score, ``0.9x``: ``analysis.choice``)
+keep only the trials that meet them before a named selection chooses, so ``--select best-robust
+--min-clean 80`` is the most robust student with at least 80 clean; without ``--min-clean``, the
+floor ``tuning/search.py --min-clean`` recorded applies. When no trial meets them: exit 2, naming the closest trial.
 Each YAML takes the trial's config (its method, searched keys, data, teachers with their
 SHA-256, seed) with the dataset preset's full-length budget (``--budget trial`` keeps the
 trial's own), the ``full`` protocol on the test split, and an ``origin`` block: experiment,
@@ -95,8 +95,8 @@ def select_records(client, experiment_id: str, selection: str, include_partial: 
     chooses among the trials that meet the search's constraint (``analysis.choice.constraint_of``: the
     floors given, else the search's recorded ``--min-clean``); a run id is exported as named."""
     if floors and selection not in SELECTIONS:
-        raise UserError(f"--min-clean and --min-robust choose among trials but --select {selection} names one; drop "
-                        f"them or select one of {', '.join(SELECTIONS)}")
+        raise UserError(f"--min-clean, --min-robust and --min-worst-robust choose among trials but --select {selection} "
+                        f"names one; drop them or select one of {', '.join(SELECTIONS)}")
     chosen, misses = [], []
     for parent, objectives, records in search_trials(client, experiment_id):
         if selection not in SELECTIONS:
@@ -139,12 +139,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                     "default: the search's --min-clean, if it recorded one")
     p.add_argument("--min-robust", metavar="Y", help="keep only trials with at least this val robust objective (AA): "
                                                      "points (20) or a factor of the robust teacher's val PGD_S (0.5x)")
+    p.add_argument("--min-worst-robust", metavar="W", help="keep only trials with at least this worst-class val AA "
+                                                           "(val/worst_aa_acc): points (10) or a factor of the robust "
+                                                           "teacher's worst-class val PGD_S (0.5x)")
     p.add_argument("--out", required=True, help="folder for the YAML configs")
     p.add_argument("--budget", choices=("full", "trial"), default="full", help="the preset's full-length budget or the trial's")
     p.add_argument("--include-partial", action="store_true", help="also consider trials the scheduler stopped early")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/<experiment>/mlflow.db")
     args = p.parse_args(argv)
-    floors = Floors.parse(args.min_clean, args.min_robust)
+    floors = Floors.parse(args.min_clean, args.min_robust, args.min_worst_robust)
     out = check_output_folder(args.out)
     client, exp = open_experiment(args.experiment, args.tracking_uri)
     chosen = select_records(client, exp.experiment_id, args.select, args.include_partial, floors)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from analysis.paper_results import PAPER_ROWS
 from derd.errors import UserError
-from derd.evaluate import COLUMNS, describe_protocol, protocol_record
+from derd.evaluate import REPORTED, describe_protocol, header, protocol_record
 from derd.methods import available_methods, footnotes, get_method
 from derd.train import read_table
 
@@ -137,14 +137,15 @@ def markdown(dataset: str, seeds: list[int], results: dict[str, list[dict[str, f
              f"mean ± std over seeds {', '.join(map(str, seeds))}; preset budget, student "
              f"{_student(dataset)}.\n"]
     for number, title in TABLES.items():
-        lines = [f"**{title}**", "", "| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        lines = [f"**{title}**", "", "| method | " + " | ".join(header(c) for c in REPORTED) + " |",
+                 "|---" * (len(REPORTED) + 1) + "|"]
         for key in rows_of_table(number):
             runs = results.get(key, [])
-            cells = [mean_std([r[c] for r in runs]) if runs and all(c in r for r in runs) else "-" for c in COLUMNS]
+            cells = [mean_std([r[c] for r in runs]) if runs and all(c in r for r in runs) else "-" for c in REPORTED]
             lines.append(f"| {label(key)} | " + " | ".join(cells) + " |")
         for table, name, row in paper:
             if table == number:
-                cells = [f"{row[c]:.2f}" if c in row and not math.isnan(row[c]) else "-" for c in COLUMNS]
+                cells = [f"{row[c]:.2f}" if c in row and not math.isnan(row[c]) else "-" for c in REPORTED]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         notes = footnotes(k for k in rows_of_table(number) if k not in REFERENCES)
         parts.append("\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes))

@@ -30,8 +30,8 @@ from analysis.pareto import front_of
 from tuning.store import open_experiment, runs_tagged
 from analysis.trials import search_trials, with_se
 from derd.errors import UserError, check_output_folder, cli_errors
-from derd.evaluate import (COLUMNS, PROTOCOLS, REFERENCE_EPS, VAL_CLEAN, describe_protocol, header, infer_protocol,
-                           protocol_record, same_protocol, val)
+from derd.evaluate import (COLUMNS, PROTOCOLS, REFERENCE_EPS, REPORTED, VAL_CLEAN, WORST_AA, describe_protocol, header,
+                           infer_protocol, protocol_record, same_protocol, val)
 from derd.methods import display_name, footnotes
 from tuning.records import Tag, protocol_of_tags, protocol_tags
 from derd.settings import SEED_MAX, check_flag
@@ -137,6 +137,8 @@ def report_rows(client, experiment_id: str) -> tuple[str, list[tuple[Protocol, d
             measured = protocol_of_tags(parent.data.tags) or protocol_record(rec.params.get("eval.protocol", "search"), eps)
             columns = PROTOCOLS[measured["name"]].columns if measured["name"] in PROTOCOLS else FRONT_COLUMNS
             cells = {c: with_se(rec.metrics[val(c)], rec.n_images) if val(c) in rec.metrics else "-" for c in columns}
+            if val(WORST_AA) in rec.metrics:  # a class holds a tenth of the images or so: no one binomial s.e.
+                cells[WORST_AA] = f"{rec.metrics[val(WORST_AA)]:.2f}"
             front_rows.append((measured, f"{rec.name} ({rec.shown_method})", cells))
             methods.append(rec.method)
     fronts = [(p, list(group.items())) for p, group in group_by_protocol(front_rows)]
@@ -147,19 +149,20 @@ def _columns(protocol: Protocol, rows: Any) -> tuple[str, ...]:
     """The columns of a table of ``protocol``'s scores: its own; for an unrecorded one, those its rows hold."""
     if protocol and protocol["name"] in PROTOCOLS:
         columns = PROTOCOLS[protocol["name"]].columns
-        return (*columns, "ave_acc") if set(columns) == set(COLUMNS) - {"ave_acc"} else columns
-    return tuple(c for c in COLUMNS if any(c in row for row in rows))
+        columns = (*columns, "ave_acc") if set(columns) == set(COLUMNS) - {"ave_acc"} else columns
+        return (*columns, WORST_AA) if any(WORST_AA in row for row in rows) else columns
+    return tuple(c for c in REPORTED if any(c in row for row in rows))
 
 
 def to_csv(finals: list[tuple[Protocol, dict[str, dict[str, float]]]]) -> str:
     """Every final row in the paper's columns, each naming the protocol and eps it was measured under."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["row", *COLUMNS.values(), "protocol", "eps", "attacks"])
+    writer.writerow(["row", *(header(c) for c in REPORTED), "protocol", "eps", "attacks"])
     for protocol, rows in finals:
         labels = [protocol["name"], f"{protocol['eps']:.6g}", "; ".join(protocol["attacks"])] if protocol else ["", "", ""]
         for name, m in rows.items():
-            writer.writerow([name, *[f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "" for c in COLUMNS], *labels])
+            writer.writerow([name, *[f"{m[c]:.2f}" if c in m and not math.isnan(m[c]) else "" for c in REPORTED], *labels])
     return buf.getvalue()
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuning.store import runs_tagged
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, VAL_WORST_AA, column_header, is_worst
 from derd.methods import display_name, footnotes
 from derd.pareto import Objectives, binomial_se, signed
 from tuning.records import TRIAL_EPOCHS, Tag, decode_objectives
-from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, column_header
 
 
 @dataclass
@@ -141,7 +141,7 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
                          top: int | None = 12) -> str:
     """The best-trials table (front first), scores with one binomial standard error."""
     shown = ordered(records, front)[:top] if top else ordered(records, front)
-    metrics = [m for m in (VAL_CLEAN, VAL_PGD, VAL_AA) if any(m in r.metrics for r in shown)]
+    metrics = [m for m in (VAL_CLEAN, VAL_PGD, VAL_AA, VAL_WORST_AA) if any(m in r.metrics for r in shown)]
     metrics += [m for m, _ in objectives if m not in metrics]
     keys: list[str] = []
     for r in shown:
@@ -153,7 +153,7 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
         note = ", ".join(n for n, on in (("paper preset", r.preset), ("stopped early", not r.full_budget),
                                          ("infeasible", not r.feasible)) if on)
         cells = [r.name, r.shown_method, "yes" if r.run_id in on_front else "",
-                 *(with_se(r.metrics[m], r.n_images) if m in r.metrics else "-" for m in metrics), str(r.epochs), note,
+                 *(_cell(r, m) for m in metrics), str(r.epochs), note,
                  *(_short(r.params[k]) if k in r.params else "-" for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     n = max((r.n_images for r in records), default=0)
@@ -162,6 +162,13 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
                  f"standard error." if n else f"Showing {len(shown)} of {len(records)} finished trials.")
     notes = "".join(f"\n{line}\n" for line in footnotes(r.method for r in shown))
     return head_line + "\n\n" + "\n".join(lines) + "\n" + notes
+
+
+def _cell(record: TrialRecord, metric: str) -> str:
+    """A score with one binomial s.e. of the val split; a worst-class one bare (its class holds a share of it)."""
+    if metric not in record.metrics:
+        return "-"
+    return f"{record.metrics[metric]:.2f}" if is_worst(metric) else with_se(record.metrics[metric], record.n_images)
 
 
 def _short(text: str) -> str:

@@ -2,7 +2,9 @@
 
 ``evaluate(model, loader, protocol, eps)`` returns the columns as a dict keyed by metric
 name (``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``pgd_t_acc``, ``cw_acc``, ``aa_acc``,
-``ave_acc``), accuracies in percent.
+``ave_acc``), accuracies in percent, and for each column but Ave its worst-class accuracy
+(``worst_aa_acc``: the lowest per-class accuracy under that attack, over the classes the
+scored images hold; ``worst``), which an average hides (FERD, arXiv 2509.20793, reports it).
 
 Protocols
 ---------
@@ -59,6 +61,24 @@ COLUMNS: dict[str, str] = {
     "aa_acc": "AA",
     "ave_acc": "Ave",
 }
+
+
+WORST_PREFIX = "worst_"
+
+
+def worst(column: str) -> str:
+    """The worst-class metric of a column: ``worst("aa_acc")`` is ``worst_aa_acc``."""
+    return f"{WORST_PREFIX}{column}"
+
+
+WORST_AA = worst("aa_acc")
+# the columns every report shows: the paper's, then the worst-class AA
+REPORTED = (*COLUMNS, WORST_AA)
+
+
+def is_worst(metric: str) -> bool:
+    """Whether a metric key (``worst_aa_acc``, ``val/worst_aa_acc``) is a worst-class accuracy."""
+    return metric.rpartition("/")[2].startswith(WORST_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -163,10 +183,12 @@ def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
 
 def header(column: str, protocol: str | None = None, split: str | None = None) -> str:
     """A column's header: ``Clean``; with its protocol, AA names its attacks (``AA (standard)``,
-    ``AA (APGD-CE+T)``); with its split, ``Clean (val)``, ``AA (APGD-CE+T, val)``."""
-    notes = [PROTOCOLS[protocol].aa_label] if protocol and column == "aa_acc" else []
+    ``AA (APGD-CE+T)``); with its split, ``Clean (val)``, ``AA (APGD-CE+T, val)``; a worst-class
+    column ``worst-class AA (APGD-CE+T, val)``."""
+    base = column.removeprefix(WORST_PREFIX)
+    notes = [PROTOCOLS[protocol].aa_label] if protocol and base == "aa_acc" else []
     notes += [split] if split else []
-    return COLUMNS[column] + (f" ({', '.join(notes)})" if notes else "")
+    return ("worst-class " if base != column else "") + COLUMNS[base] + (f" ({', '.join(notes)})" if notes else "")
 
 
 def val(column: str) -> str:
@@ -175,6 +197,7 @@ def val(column: str) -> str:
 
 
 VAL_CLEAN, VAL_PGD, VAL_AA = val("clean_acc"), val("pgd_acc"), val("aa_acc")
+VAL_WORST_AA = val(WORST_AA)  # the lowest per-class val accuracy under AA (worst)
 VAL_N = "val/n_images"  # images scored: a figure's binomial uncertainty
 
 
@@ -182,7 +205,7 @@ def column_header(metric: str) -> str:
     """A val metric's column header, naming the search protocol and the split (``AA (APGD-CE+T, val)``,
     ``Clean (val)``); the metric itself when it is no val column."""
     split, _, column = metric.partition("/")
-    if column not in COLUMNS or split != "val":
+    if column.removeprefix(WORST_PREFIX) not in COLUMNS or split != "val":
         return metric
     return header(column, "search", "val")
 
@@ -247,7 +270,8 @@ def evaluate(
     """
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     device = torch.device(device)
-    correct = torch.zeros(len(proto.columns), dtype=torch.long, device=device)
+    correct: torch.Tensor | None = None  # [column, class] correct predictions
+    per_class: torch.Tensor | None = None  # [class] images scored
     total = 0
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), attacks.eval_mode(model), no_autocast(device), \
@@ -261,26 +285,41 @@ def evaluate(
                 if keep <= 0:
                     break
                 x, y = x[:keep], y[:keep]
-            correct += _score(model, fns, proto.columns, x.to(device), y.to(device))
+            x, y = x.to(device), y.to(device)
+            batch = _score(model, fns, proto.columns, x, y)
+            seen = torch.bincount(y, minlength=batch.shape[1])
+            correct, per_class = (batch, seen) if correct is None else (correct + batch, per_class + seen)
             total += len(y)
-    if total == 0:
+    if total == 0 or correct is None or per_class is None:
         raise ValueError("evaluation loader is empty")
-    counts = correct.tolist()  # one host read
-    result = {col: 100.0 * n / total for col, n in zip(proto.columns, counts)}
-    if set(proto.columns) == set(COLUMNS) - {"ave_acc"}:
+    return _table(proto.columns, correct.cpu(), per_class.cpu())  # one host read
+
+
+def _table(columns: tuple[str, ...], correct: torch.Tensor, per_class: torch.Tensor) -> dict[str, float]:
+    """The columns' accuracies (percent), Ave when the table is complete, and each column's worst-class
+    accuracy over the classes that hold at least one scored image."""
+    total = int(per_class.sum())
+    held = per_class > 0
+    result = {col: 100.0 * int(correct[i].sum()) / total for i, col in enumerate(columns)}
+    if set(columns) == set(COLUMNS) - {"ave_acc"}:
         result["ave_acc"] = sum(result.values()) / len(result)
+    for i, col in enumerate(columns):
+        result[worst(col)] = float((100.0 * correct[i][held].double() / per_class[held].double()).min())
     return result
 
 
 def _score(model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...], x: torch.Tensor,
            y: torch.Tensor) -> torch.Tensor:
-    """Correct predictions per column on one batch (halved, recursively, when it does not fit)."""
+    """Correct predictions per column and class on one batch, [column, class] (halved, recursively,
+    when it does not fit); the classes are the model's outputs."""
     try:
         counts = []
         for col in columns:
             x_eval = fns[col](model, x, y)
             with torch.no_grad():
-                counts.append((model(x_eval).argmax(1) == y).sum())
+                logits = model(x_eval)
+            hits = y[logits.argmax(1) == y]
+            counts.append(torch.bincount(hits, minlength=logits.shape[1]))
         return torch.stack(counts)
     except torch.cuda.OutOfMemoryError:
         if len(x) == 1:
@@ -300,9 +339,10 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    """A Markdown table in the paper's column order; rows are {name: metrics}."""
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
-    lines = ["| model | " + " | ".join(COLUMNS[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    """A Markdown table in the paper's column order, then the worst-class AA column when a row has it;
+    rows are {name: metrics}."""
+    cols = [c for c in REPORTED if any(c in r for r in rows.values())]
+    lines = ["| model | " + " | ".join(header(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, metrics in rows.items():
         cells = [f"{metrics[c]:.2f}" if c in metrics and not math.isnan(metrics[c]) else "-" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -39,7 +39,8 @@ FABRICATED = [
 FRONT = ["trial-0001", "trial-0003"]
 # the teachers' preflight scores a search logs on its run: what a relative floor (0.9x) is a factor of
 TEACHERS = {"teacher/natural_clean_acc": 89.0, "teacher/natural_pgd_acc": 0.0, "teacher/robust_clean_acc": 70.0,
-            "teacher/robust_pgd_acc": 30.0}
+            "teacher/robust_pgd_acc": 30.0, "teacher/robust_worst_pgd_acc": 20.0}
+WORST_GAP = 8.0  # each trial's worst-class AA: its AA less this (trial-0001 4.81, trial-0003 6.20)
 
 
 def fabricate_search(folder: Path, name: str = "fab") -> tuple[MlflowClient, str, str]:
@@ -63,6 +64,7 @@ def fabricate_search(folder: Path, name: str = "fab") -> tuple[MlflowClient, str
                                                   Param("stage2.lambda_nat", "0.5"), Param("seed", "0")],
                          metrics=[Metric("val/clean_acc", clean, 0, 12), Metric("val/aa_acc", aa, 0, 12),
                                   Metric("val/pgd_acc", aa + 3, 0, 12), Metric("val/n_images", 359, 0, 12),
+                                  Metric("val/worst_aa_acc", max(0.0, aa - WORST_GAP), 0, 12),
                                   Metric("trial/epochs", 8 if "derd.budget" in extra else 12, 0, 12)],
                          tags=[RunTag(k, v) for k, v in extra.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -159,6 +161,9 @@ def _export(fabricated, out: Path, *flags: str) -> list[dict]:
     (["--select", "front", "--min-clean", "75"], ["trial-0001"]),
     (["--select", "knee", "--min-robust", "13"], ["trial-0003"]),  # the knee of what meets it (unconstrained: trial-0001)
     (["--select", "front", "--min-clean", "0"], FRONT),
+    (["--select", "best-clean", "--min-worst-robust", "5"], ["trial-0003"]),  # trial-0001's weakest class: 4.81 AA
+    (["--select", "best-clean", "--min-worst-robust", "0.3x"], ["trial-0003"]),  # 0.3 x the robust teacher's 20.00
+    (["--select", "best-clean", "--min-worst-robust", "4"], ["trial-0001"]),
 ])
 def test_constrained_export_picks_among_the_trials_that_meet_the_floors(fabricated, tmp_path, flags, expected):
     assert [o["trial"] for o in _export(fabricated, tmp_path, *flags)] == expected
@@ -195,7 +200,11 @@ def test_the_searchs_recorded_floor_chooses_unless_a_flag_replaces_it(fabricated
      "error: no eligible trial meets Clean >= 75.00 and AA >= 13.00; the closest is trial-0001 (derd_no_nat: Clean "
      "80.22, AA 12.81); pass a lower --min-robust"),
     (["--select", "front", "--min-clean", "seventy"], "error: --min-clean 'seventy': expected points"),
-    (["--select", "trial-0001", "--min-clean", "60"], "error: --min-clean and --min-robust choose among trials"),
+    (["--select", "trial-0001", "--min-clean", "60"],
+     "error: --min-clean, --min-robust and --min-worst-robust choose among trials"),
+    (["--select", "best-robust", "--min-worst-robust", "7"],
+     "error: no eligible trial meets worst-class AA >= 7.00; the closest is trial-0003 (derd_no_nat: Clean 70.10, "
+     "worst-class AA 6.20); pass a lower --min-worst-robust"),
 ])
 def test_no_trial_meeting_the_floor_is_exit_2_and_one_line(fabricated, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
@@ -441,3 +450,15 @@ def test_mlflow_ui_opens_on_the_trials_and_the_front_fits_in_a_real_browser(fabr
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_the_trials_table_shows_the_worst_class_aa(fabricated):
+    from analysis.trials import best_trials_markdown, search_trials
+    from analysis.pareto import front_of
+
+    _, objectives, records = next(search_trials(fabricated["client"], fabricated["exp_id"]))
+    front, _ = front_of(records)
+    table = best_trials_markdown(records, front, objectives)
+    assert "worst-class AA (APGD-CE+T, val)" in table.splitlines()[2]
+    row = next(line for line in table.splitlines() if line.startswith("| trial-0001 |"))
+    assert "| 4.81 |" in row  # a class's share of the images: no one binomial s.e. of the whole split

@@ -13,6 +13,7 @@ from derd import losses
 from derd.config import apply_overrides, preset
 from derd.data import load_split
 from derd.experts import Experts
+from derd.context import Phase
 from derd.run import DistillationRun
 
 TINY = {"budget.epochs": 2, "budget.iters_per_epoch": 2, "budget.batch_size": 8, "stage1.epochs": 1,
@@ -231,3 +232,343 @@ def test_dfard_is_marked_as_a_reconstruction_wherever_it_is_shown():
     tables = markdown("digits", [0], {"dfard": [{c: 1.0 for c in ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc",
                                                                    "cw_acc", "aa_acc", "ave_acc")}]})
     assert "| DFARD* |" in tables and "reconstructed from the paper's abstract" in tables
+
+
+# ---- GDFQ ---------------------------------------------------------------------------------------
+
+def test_gdfq_trains_its_conditional_generator_on_ce_of_the_drawn_labels_plus_weighted_bn(experts, val_data):
+    """trainer.py: loss_G = CE(T(G(z, y)), y) + 0.1 * BNS; here L_bn's weight is lambda_bn on this project's scale;
+    G: Adam, lr 1e-3, betas (0.5, 0.999), noise of 100 dimensions, conditional on y."""
+    from derd.models import ConditionalGenerator
+
+    run = tiny_run("gdfq", experts, val_data, **{"gdfq.lambda_bn": 0.5})
+    synth = run.method.synth
+    assert isinstance(synth.generator, ConditionalGenerator) and synth.latent_dim == 100
+    group = synth.optimizer.param_groups[0]
+    assert group["lr"] == 1e-3 and group["betas"] == (0.5, 0.999)
+    terms = run.method.iteration(run.phases[0], 0)
+    assert terms["G"].item() == pytest.approx(terms["cls"].item() + 0.5 * terms["bn"].item(), rel=1e-5)
+    run.close()
+
+
+def test_gdfq_students_step_is_on_the_generators_own_batch_before_its_update(experts, val_data):
+    """GDFQ trains the student on images.detach() of the batch that made the generator's loss: no second batch."""
+    run = tiny_run("gdfq", experts, val_data)
+    seen = []
+    import derd.methods.gdfq as gdfq
+
+    original = gdfq.rslad
+    gdfq.rslad = lambda ctx, x, **kw: seen.append(x.clone()) or original(ctx, x, **kw)
+    try:
+        gen = copy.deepcopy(run.method.synth.generator)
+        state = run.ctx.rng.get_state()
+        run.method.iteration(run.phases[0], 0)
+        run.ctx.rng.set_state(state)
+        z = run.method.synth.noise(8)
+        y = torch.randint(0, 10, (8,), generator=run.ctx.rng)
+        gen.train()
+        with torch.no_grad():
+            expected = gen(z, y)
+    finally:
+        gdfq.rslad = original
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    run.close()
+
+
+def test_gdfq_keeps_its_lr_constant_and_its_published_generator_settings_on_every_dataset():
+    """GDFQ's x0.1 steps are not kept (the shared budget); both hocon files agree on every generator setting."""
+    for dataset in ("digits", "cifar10", "cifar100"):
+        cfg = preset(dataset, "gdfq")
+        assert (cfg.gdfq.lr_g, cfg.gdfq.latent_dim, cfg.gdfq.lambda_bn) == (1e-3, 100, 1e-3)
+
+
+# ---- DFHL-RS ------------------------------------------------------------------------------------
+
+def test_dfhl_rs_generation_loss_is_smoothed_kl_plus_lam_times_log10_batch_entropy():
+    """losses.py: KLDivLoss(batchmean)(log_softmax(S), smooth_one_hot(y, s)) + lam * sum pbar log10 pbar."""
+    from derd.methods.dfhl_rs import generation_loss, smooth_labels
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(4, 10), torch.tensor([0, 3, 3, 9])
+    targets = smooth_labels(y, 10, 0.2)
+    assert targets[1, 3].item() == pytest.approx(0.8) and targets[1, 0].item() == pytest.approx(0.2 / 9)
+    log_p = F.log_softmax(logits, 1)
+    kl = (targets * (targets.log() - log_p)).sum() / 4
+    pbar = F.softmax(logits, 1).mean(0)
+    reference = kl + 3 * (pbar * torch.log10(pbar)).sum()
+    assert generation_loss(logits, targets, 3.0).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_dfhl_rs_high_entropy_examples_ascend_the_students_entropy_with_signed_steps_and_no_eps_ball():
+    """query_sample.generate_hee: x + 0.001 N, 10 steps x <- clamp(x + 0.03 sign(grad H), 0, 1), eval mode."""
+    from derd.methods.dfhl_rs import entropy, high_entropy_examples
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.BatchNorm1d(10)).train()
+    x = torch.rand(6, 1, 8, 8)
+    rng = torch.Generator().manual_seed(3)
+    out = high_entropy_examples(model, x, 10, 0.03, rng)
+    assert model.training  # back in train mode
+    ref = x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    model.eval()
+    for _ in range(10):
+        ref.requires_grad_(True)
+        g, = torch.autograd.grad(entropy(model(ref)), [ref])
+        ref = (ref.detach() + 0.03 * g.sign()).clamp(0, 1)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert (out - x).abs().max() > 0.2  # 10 x 0.03 away: no eps-ball
+    assert entropy(model(out)) > entropy(model(x))
+
+
+def test_dfhl_rs_student_reads_only_the_teachers_hard_labels_by_default(experts, val_data):
+    """train_clone_model (HEE): CE(S(x_hee), argmax T(x_hee)); scaling T's logits changes nothing."""
+    from derd.methods.dfhl_rs import DFHLRSConfig
+
+    assert DFHLRSConfig().teacher_access == "hard_labels"
+    losses_by_scale = []
+    for scale in (1.0, 7.0):
+        scaled = Experts(experts.natural, torch.nn.Sequential(experts.robust, _Scale(scale)))
+        torch.manual_seed(0)
+        run = tiny_run("dfhl_rs", scaled, val_data)
+        losses_by_scale.append(run.method.iteration(run.phases[0], 0)["dfhl/student"].item())
+        run.close()
+    assert losses_by_scale[0] == pytest.approx(losses_by_scale[1], rel=1e-6)
+    soft = []
+    for scale in (1.0, 7.0):
+        scaled = Experts(experts.natural, torch.nn.Sequential(experts.robust, _Scale(scale)))
+        run = tiny_run("dfhl_rs", scaled, val_data, **{"dfhl_rs.teacher_access": "logits"})
+        soft.append(run.method.iteration(run.phases[0], 0)["dfhl/student"].item())
+        run.close()
+    assert soft[0] != pytest.approx(soft[1], rel=1e-3)  # the logit-reading variant (not the paper's) does see them
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k
+
+
+def test_dfhl_rs_keeps_the_lowest_loss_batch_of_each_round_in_a_memory_it_never_drops(experts, val_data):
+    """data_generation keeps best_fake (lowest loss, measured before each step); save_batch_fake appends; a fresh
+    Adam (generator lr_G 2e-3, z lr_z 1e-2, betas (0.5, 0.999)) each round; a round every N_C student steps."""
+    run = tiny_run("dfhl_rs", experts, val_data, **{"dfhl_rs.student_steps": 2, "dfhl_rs.generator_steps": 3})
+    m = run.method
+    seen = []
+    original = torch.optim.Adam.__init__
+
+    def spy(self, params, **kw):
+        params = list(params)
+        seen.append(([g.get("lr") if isinstance(g, dict) else None for g in params], kw))
+        original(self, params, **kw)
+
+    torch.optim.Adam.__init__ = spy
+    try:
+        for step in range(4):
+            run.method.iteration(run.phases[0], step)
+    finally:
+        torch.optim.Adam.__init__ = original
+    assert len(seen) == 2 and seen[0][0] == [None, 1e-2] and seen[0][1] == {"lr": 2e-3, "betas": (0.5, 0.999)}
+    assert m.memory.images.shape == (16, 1, 8, 8)  # two rounds of 8
+    first = m.memory.images[:8].clone()
+    m.generate(8)
+    assert torch.equal(m.memory.images[:8], first) and len(m.memory) == 24
+    run.close()
+
+
+def test_dfhl_rs_round_keeps_the_batch_whose_loss_was_lowest(experts, val_data, monkeypatch):
+    import derd.methods.dfhl_rs as dfhl
+
+    run = tiny_run("dfhl_rs", experts, val_data, **{"dfhl_rs.generator_steps": 4})
+    values = iter([3.0, 1.0, 2.0, 1.0])
+    rendered = []
+    real = dfhl.generation_loss
+    monkeypatch.setattr(dfhl, "generation_loss", lambda logits, t, lam: real(logits, t, lam) * 0 + next(values))
+    original_forward = run.method.generator.forward
+
+    def record(z):
+        x = original_forward(z)
+        rendered.append(x.detach().clone())
+        return x
+
+    monkeypatch.setattr(run.method.generator, "forward", record)
+    terms = run.method.generate(8)
+    assert terms["dfhl/G"].item() == 1.0 and torch.equal(run.method.memory.images[-8:], rendered[1])  # the first of equals
+    run.close()
+
+
+def test_dfhl_rs_memory_is_drawn_in_shuffled_passes_with_a_partial_last_batch(experts, val_data):
+    run = tiny_run("dfhl_rs", experts, val_data)
+    memory = run.method.memory
+    memory.images = memory.images[:0]
+    memory.append(torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 8, 8))
+    batches = [memory.next_batch(4) for _ in range(3)]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches)[:, 0, 0, 0].tolist()) == list(map(float, range(10)))
+    assert len(memory.next_batch(4)) == 4  # a new pass
+    run.close()
+
+
+def test_dfhl_rs_optimisers_schedules_and_published_settings(experts, val_data):
+    """train.py: SGD lr 0.1, momentum 0.9, wd 1e-4, cosine; N_C 500, N_G 10, lam 3, nz 256, HEE 10 x 0.03; label
+    smoothing 0.2 on CIFAR-10 (digits: its 10 classes), 0.02 on CIFAR-100."""
+    run = tiny_run("dfhl_rs", experts, val_data)
+    group = run.ctx.trainer.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 1e-4)
+    assert isinstance(run.ctx.trainer.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)  # to 0: the harness's
+    d = preset("digits", "dfhl_rs").dfhl_rs
+    assert (d.student_steps, d.generator_steps, d.lam, d.latent_dim, d.hee_steps, d.hee_step, d.label_smoothing) == (
+        500, 10, 3.0, 256, 10, 0.03, 0.2)
+    assert preset("cifar10", "dfhl_rs").dfhl_rs.label_smoothing == 0.2
+    assert preset("cifar100", "dfhl_rs").dfhl_rs.label_smoothing == 0.02
+    assert "robust" not in run.method.sections and run.method.teachers == ("robust",)
+    run.close()
+
+
+def test_dfhl_rs_strong_augmentation_is_the_identity_at_no_crop_flip_or_rotation():
+    """strong_aug's affine map: the resampling grid is the identity when crop = side, no flip, angle 0."""
+    from derd.methods import dfhl_rs
+
+    x = torch.rand(2, 1, 8, 8)
+
+    rng = torch.Generator().manual_seed(0)
+    original = torch.rand
+    try:
+        torch.rand = lambda *a, **k: torch.tensor([1.0, 1.0, 0.0, 0.0, 0.5])  # crop 8 px, no flips, 0 degrees
+        out = dfhl_rs.strong_augment(x, rng)
+    finally:
+        torch.rand = original
+    noise = 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, (x + noise).clamp(0, 1), atol=1e-5)
+    flipped = dfhl_rs.strong_augment(x, torch.Generator().manual_seed(1))
+    assert flipped.shape == x.shape and 0 <= flipped.min() and flipped.max() <= 1
+
+
+# ---- FERD ---------------------------------------------------------------------------------------
+
+FERD_TINY = {"ferd.generator_steps": 2, "ferd.ifd_steps": 2}  # TINY's 4 updates at N_S 400: 1 round, 1 warm-up
+
+
+def test_ferd_decoupled_kl_is_its_pairwise_mse_plus_soft_ce_and_the_one_hot_prior_zeroes_the_pairs():
+    """losses.dkl_loss: 0.25 sum w (dt - ds)^2 / sum w + CE(softmax t, s), w = s_n s_n^T, s_n = softmax(t / 100) or the
+    class prior (GI); with a one-hot prior only w_yy = 1, where both differences are 0."""
+    from derd.methods.ferd import decoupled_kl
+
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    w = torch.einsum("bi,bj->bij", F.softmax(t / 100, 1), F.softmax(t / 100, 1))
+    dt, ds = t[:, :, None] - t[:, None, :], s[:, :, None] - s[:, None, :]
+    sce = -(F.softmax(t, 1) * F.log_softmax(s, 1)).sum(1).mean()
+    reference = 0.25 * ((dt - ds) ** 2 * w).sum() / w.sum() + sce
+    assert decoupled_kl(s, t).item() == pytest.approx(reference.item(), rel=1e-5)
+    prior = F.one_hot(torch.tensor([0, 2, 3]), 4).float()
+    assert decoupled_kl(s, t, prior).item() == pytest.approx(sce.item(), rel=1e-6)
+
+
+def test_ferd_class_probabilities_follow_the_teachers_robust_risk_per_class():
+    """test.py: p = minmax(risk) * (0.2 - 0.05) + 0.05, normalised; risk: mean over a class's images of
+    max_{j != y} z_j - z_y (is_fooled always true); 0 for a class not drawn."""
+    from derd.methods.ferd import class_probabilities, class_risk
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [2.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    risk = class_risk(logits, labels, 3)
+    assert risk.tolist() == pytest.approx([((1 - 3) + (2 - 0)) / 2, ((2 - 1) + (1 - 0)) / 2, 0.0])
+    p = class_probabilities(torch.tensor([0.0, 2.0, 1.0]), 0.05, 0.2)
+    raw = torch.tensor([0.05, 0.2, 0.125])
+    assert torch.allclose(p, raw / raw.sum())
+
+
+def test_ferd_resets_its_generator_each_round_as_reset_model_does():
+    from derd.methods.ferd import reset_generator
+    from derd.models import Generator
+
+    g = Generator((1, 8, 8), 100, 64)
+    reset_generator(g, torch.Generator().manual_seed(0))
+    assert abs(g.fc.weight.std().item() - 0.02) < 2e-3 and g.fc.bias.abs().max() == 0
+    bn = g.blocks[0]
+    assert abs(bn.weight.mean().item() - 1.0) < 0.01 and bn.bias.abs().max() == 0
+
+
+def test_ferd_feature_splice_is_the_last_2d_batchnorm_and_its_tail_reproduces_the_teacher(experts):
+    from derd.methods.ferd import FeatureSplice
+
+    teacher = experts.robust
+    splice = FeatureSplice(teacher)
+    x = torch.rand(4, 1, 8, 8)
+    f, logits = splice.features(x)
+    assert f.shape == (4, 32, 4, 4)  # digits_cnn_small's last conv block, before its ReLU and pooling
+    assert torch.allclose(splice.tail(x, f), logits, atol=1e-5)
+    assert not torch.allclose(splice.tail(x, torch.zeros_like(f)), logits)
+    splice.remove()
+
+
+def test_ferd_robust_channels_are_those_whose_learnt_noise_variance_exceeds_every_channels_spatial_variance(experts):
+    """IFP.sample_robust_and_non_robust_latent: softplus(l)^2 > max var_hw(f); l starts at 0 (softplus 0 = ln 2)."""
+    from derd.methods.ferd import FeatureSplice, robust_channels
+
+    splice = FeatureSplice(experts.robust)
+    x = torch.rand(2, 1, 8, 8)
+    f, _ = splice.features(x)
+    labels = torch.tensor([1, 2])
+    small = f / f.var(dim=(2, 3)).max().sqrt() * 0.5  # every spatial variance <= 0.25 < ln(2)^2 = 0.48
+    assert robust_channels(splice, x, small, labels, 0, 0.1, 0.3, torch.Generator()).min() == 1
+    large = small * 4  # the largest variance 4 > 0.48
+    assert robust_channels(splice, x, large, labels, 0, 0.1, 0.3, torch.Generator()).max() == 0
+    splice.remove()
+
+
+def test_ferd_warms_up_its_memory_before_the_first_student_update_and_keeps_every_rounds_best_batch(experts, val_data):
+    run = tiny_run("ferd", experts, val_data, **FERD_TINY, **{"ferd.student_steps": 2})
+    m, seen = run.method, []
+    original = torch.optim.Adam.__init__
+
+    def spy(self, params, **kw):
+        params = list(params)
+        seen.append(([g.get("lr") if isinstance(g, dict) else None for g in params], kw))
+        original(self, params, **kw)
+
+    torch.optim.Adam.__init__ = spy
+    try:
+        updates = []
+        real = run.ctx.trainer.update
+        run.ctx.trainer.update = lambda loss: updates.append(len(m.memory)) or real(loss)
+        for step in range(3):
+            m.iteration(run.phases[0], step)
+    finally:
+        torch.optim.Adam.__init__ = original
+    assert updates == [16, 16, 24]  # warm-up round + first round before the first update; a round every 2
+    generator_adams = [s for s in seen if s[0] == [None, 0.015]]
+    assert len(generator_adams) == 3 and generator_adams[0][1] == {"lr": 2e-3, "betas": (0.5, 0.999)}
+    assert torch.isclose(m.probs.sum(), torch.tensor(1.0)) and m.probs.min() >= 0.05 / (0.2 * 10) - 1e-6
+    run.close()
+
+
+def test_ferd_warm_up_is_a_tenth_of_the_budgets_rounds_rounded_up():
+    """test.py: 20 warm-up epochs per 200 that train the student; here per round of the shared budget."""
+    from derd.methods.ferd import warmup_rounds
+
+    f = preset("digits", "ferd").ferd
+    digits = preset("digits", "ferd").budget
+    assert warmup_rounds(f, Phase(2, digits.epochs, digits.iters_per_epoch, 128, 0.1)) == 1  # 900 updates: 3 rounds
+    assert warmup_rounds(f, Phase(2, 200, 50, 512, 0.1)) == 3  # CIFAR's 10,000 updates: 25 rounds
+    assert warmup_rounds(f, Phase(2, 200, 400, 512, 0.1)) == 20  # FERD's own 200 x 400
+
+
+def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_its_optimiser(experts, val_data):
+    """train_model_ds_at: 5/6 DKL(S(x), T(x)) + 1/6 DKL(S(x_adv), T(x)); SGD lr 0.1, momentum 0.9, wd 5e-4."""
+    run = tiny_run("ferd", experts, val_data, **FERD_TINY)
+    group = run.ctx.trainer.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 5e-4)
+    losses_seen = []
+    real = run.ctx.trainer.update
+    run.ctx.trainer.update = lambda loss: losses_seen.append(loss.item()) or real(loss)
+    terms = run.method.iteration(run.phases[0], 0)
+    assert losses_seen[0] == pytest.approx(5 / 6 * terms["ferd/nat"].item() + 1 / 6 * terms["ferd/rob"].item(), rel=1e-5)
+    f = preset("digits", "ferd").ferd
+    assert (f.student_steps, f.generator_steps, f.warmup_share, f.lr_g, f.lr_z, f.latent_dim) == (400, 200, 0.1, 2e-3,
+                                                                                                    0.015, 100)
+    assert (f.lambda_bn, f.lambda_adv, f.lambda_oh, f.lambda_uni, f.ifd_steps, f.ifd_beta) == (5, 1, 1, 5, 50, 0.3)
+    run.close()

@@ -22,7 +22,8 @@ TINY = {
     "budget.epochs": 4, "budget.iters_per_epoch": 2, "budget.batch_size": 16, "stage1.epochs": 2, "stage2.pgd_steps": 2,
     "derd_inv.steps": 2, "robust.pgd_steps": 2, "cmi.synthesis_steps": 2, "cmi.synthesis_every": 2,
     "cmi.negatives": 8, "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16,
-    "data.val_batch_size": 32,
+    "data.val_batch_size": 32, "dfhl_rs.generator_steps": 2, "dfhl_rs.hee_steps": 2, "ferd.generator_steps": 2,
+    "ferd.ifd_steps": 2,
 }
 GOLDEN = json.loads((Path(__file__).parent / "golden_step.json").read_text())
 

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, working_tree_paths
@@ -62,7 +63,8 @@ def test_a_search_protocol_training_is_reported_apart_from_full_protocol_ones(tm
     train_main(["--config", str(tmp_path / "c.yaml"), "--out", str(quick), "--protocol", "search", *teacher_args])
     table = json.loads((quick / "table.json").read_text())
     assert table["protocol"] == protocol_record("search", 0.2)
-    assert set(table["test"]) == {"test/clean_acc", "test/pgd_acc", "test/aa_acc"}
+    columns = ("clean_acc", "pgd_acc", "aa_acc")  # each with its worst-class accuracy
+    assert set(table["test"]) == {f"test/{p}{c}" for c in columns for p in ("", "worst_")}
     assert (quick / "table.md").read_text().startswith("Test split, search protocol, eps 0.2; AA = APGD-CE + APGD-T")
     capsys.readouterr()
 
@@ -119,3 +121,42 @@ def test_the_working_tree_check_sees_a_new_path(tmp_path):
     before = working_tree_paths(tmp_path)
     (tmp_path / "mlruns").mkdir()
     assert working_tree_paths(tmp_path) - before == {"mlruns/"}
+
+
+class _WeakOnClassTwo(torch.nn.Module):
+    """A made-up 3-class model: it reads the class off the first pixel (0, 0.5, 1) and always calls class 2
+    class 1, so its worst class is 2 (0 %) whatever the attack, and under an attack that moves the first
+    pixel by 0.3 class 1's images (0.5) stay classified as class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1)[:, :1]
+        centres = torch.tensor([[0.0, 0.5, 1.0]])
+        logits = -((v - centres) ** 2) * 50
+        return torch.cat([logits[:, :1], torch.maximum(logits[:, 1:2], logits[:, 2:3]) + 1e-3, logits[:, 2:3] - 1e3], 1)
+
+
+def test_every_evaluation_records_the_worst_class_accuracy_under_each_attack():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from derd.evaluate import Protocol, evaluate, markdown_table
+
+    x = torch.tensor([0.0, 0.5, 1.0]).repeat(5).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    y = torch.tensor([0, 1, 2]).repeat(5)
+    table = evaluate(_WeakOnClassTwo(), DataLoader(TensorDataset(x, y), batch_size=4),
+                     Protocol("t", ("clean_acc", "pgd_acc"), None, "fast"), eps=0.3)
+    assert table["clean_acc"] == pytest.approx(200 / 3) and table["worst_clean_acc"] == 0.0
+    assert table["worst_pgd_acc"] == 0.0 and table["pgd_acc"] <= table["clean_acc"]
+    assert "worst-class AA" not in markdown_table({"m": table})
+    assert "| worst-class AA |" in markdown_table({"m": {**table, "aa_acc": 1.0, "worst_aa_acc": 0.0}})
+
+
+def test_worst_class_skips_classes_the_scored_images_do_not_hold():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from derd.evaluate import Protocol, evaluate
+
+    x = torch.tensor([0.0, 0.5]).repeat(3).view(-1, 1, 1, 1)
+    y = torch.tensor([0, 1]).repeat(3)  # no image of class 2, the one the model never gets right
+    table = evaluate(_WeakOnClassTwo(), DataLoader(TensorDataset(x, y), batch_size=6),
+                     Protocol("t", ("clean_acc",), None, "fast"), eps=0.0)
+    assert table == {"clean_acc": 100.0, "worst_clean_acc": 100.0}

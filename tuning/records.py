@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derd.errors import UserError
-from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_PGD
+from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_PGD, VAL_WORST_AA
 from derd.pareto import Objectives
 
 # per trial, logged once at its end
@@ -134,8 +134,9 @@ def trials_view(objectives: Objectives) -> dict:
     """The trials view's state: sorted by the last objective (the robust one), best first; the
     columns a user compares trials by."""
     metric, mode = objectives[-1]
-    columns = ["params.`method`", *(f"metrics.`{m}`" for m in (VAL_CLEAN, VAL_PGD, VAL_AA)),
-               *(f"metrics.`{m}`" for m, _ in objectives if m not in (VAL_CLEAN, VAL_PGD, VAL_AA)),
+    shown = (VAL_CLEAN, VAL_PGD, VAL_AA, VAL_WORST_AA)
+    columns = ["params.`method`", *(f"metrics.`{m}`" for m in shown),
+               *(f"metrics.`{m}`" for m, _ in objectives if m not in shown),
                f"tags.`{Tag.PARETO_FRONT}`", f"tags.`{Tag.FEASIBLE}`", f"tags.`{Tag.BUDGET}`", f"tags.`{Tag.PRESET}`"]
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
             "selectedColumns": columns}

@@ -1,7 +1,9 @@
 """``dfard``: data-free adversarial robustness distillation (Wang et al., "Out of Thin Air:
 Exploring Data-Free Adversarial Robustness Distillation", AAAI 2024), reconstructed.
 
-**The paper's full text was not available to this project** (only its abstract): DFARD
+**The paper's full text was not available to this project** (only its abstract; the search tool
+indexes arXiv 2303.11611v2 in HTML, but on 2026-12-07 it returned only the abstract and front matter,
+never the method or experiments sections: issue 37): DFARD
 trains a generator adversarially against the student under the robust teacher, an
 Interactive Temperature Adjustment (ITA) sets the distillation temperature each epoch from
 the student's feedback, and an Adaptive Generator Balance (AGB) keeps the generator from
