@@ -17,22 +17,26 @@ The teachers' scores are those the search logged on its run (``teacher/<kind>_<c
 records its floor, as written, on the search run (tag ``derd.min_clean``) and in ``search.json``;
 the search's summary and ``analysis/export.py`` choose under it unless given their own.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from derd.pareto import binomial_se, relation
 from analysis.trials import TrialRecord, with_se
 from derd.errors import UserError
 from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_WORST_AA, column_header
+from derd.pareto import binomial_se, relation
 from tuning.records import Floor, Tag, parse_floor, teacher_metric
 
 FLAGS = {"clean": "--min-clean", "robust": "--min-robust", "worst_robust": "--min-worst-robust"}
 # the teachers' preflight scores a relative floor is a factor of, first found first
-REFERENCES = {"clean": (("natural", "clean_acc"), ("robust", "clean_acc")), "robust": (("robust", "pgd_acc"),),
-              "worst_robust": (("robust", "worst_pgd_acc"),)}
+REFERENCES = {
+    "clean": (("natural", "clean_acc"), ("robust", "clean_acc")),
+    "robust": (("robust", "pgd_acc"),),
+    "worst_robust": (("robust", "worst_pgd_acc"),),
+}
 
 
 def short_name(metric: str) -> str:
@@ -51,10 +55,19 @@ class Floors:
     worst_robust: Floor | None = None
 
     @classmethod
-    def parse(cls, min_clean: str | None, min_robust: str | None, min_worst_robust: str | None = None) -> Floors:
-        return cls(*(parse_floor(text, FLAGS[kind]) if text is not None else None
-                     for kind, text in (("clean", min_clean), ("robust", min_robust),
-                                        ("worst_robust", min_worst_robust))))
+    def parse(
+        cls, min_clean: str | None, min_robust: str | None, min_worst_robust: str | None = None
+    ) -> Floors:
+        return cls(
+            *(
+                parse_floor(text, FLAGS[kind]) if text is not None else None
+                for kind, text in (
+                    ("clean", min_clean),
+                    ("robust", min_robust),
+                    ("worst_robust", min_worst_robust),
+                )
+            )
+        )
 
     def __bool__(self) -> bool:
         return any(f is not None for f in (self.clean, self.robust, self.worst_robust))
@@ -100,9 +113,15 @@ class Constraint:
     def origin(self) -> dict[str, Any]:
         """The exported config's ``origin.constraint``: per metric, the floor in points, what was asked, by
         whom, and the teacher's score a relative floor is a factor of."""
-        return {b.metric: {"min": round(b.points, 4), "asked": f"{b.flag} {b.floor.text}", "from": b.source,
-                           **({"of": b.reference[0], "reference": b.reference[1]} if b.reference else {})}
-                for b in self.bounds}
+        return {
+            b.metric: {
+                "min": round(b.points, 4),
+                "asked": f"{b.flag} {b.floor.text}",
+                "from": b.source,
+                **({"of": b.reference[0], "reference": b.reference[1]} if b.reference else {}),
+            }
+            for b in self.bounds
+        }
 
     def closest(self, records: Sequence[TrialRecord]) -> TrialRecord:
         """The trial that misses the floors by the fewest points (the better trade-off on a tie)."""
@@ -111,8 +130,11 @@ class Constraint:
     def miss(self, records: Sequence[TrialRecord]) -> str:
         """No trial meets the floors: what was asked, the closest trial and its scores."""
         near = self.closest(records)
-        scores = ", ".join(f"{short_name(m)} {near.metrics[m]:.2f}"
-                           for m in dict.fromkeys([VAL_CLEAN, *(b.metric for b in self.bounds)]) if m in near.metrics)
+        scores = ", ".join(
+            f"{short_name(m)} {near.metrics[m]:.2f}"
+            for m in dict.fromkeys([VAL_CLEAN, *(b.metric for b in self.bounds)])
+            if m in near.metrics
+        )
         return f"no eligible trial meets {self.describe()}; the closest is {near.name} ({near.shown_method}: {scores})"
 
 
@@ -123,25 +145,37 @@ def _bound(kind: str, floor: Floor, source: str, metric: str, run_metrics: dict[
     names = [teacher_metric(*ref) for ref in REFERENCES[kind]]
     for name in names:
         if name in run_metrics:
-            return Bound(metric, floor.value * run_metrics[name], floor, FLAGS[kind], source, (name, run_metrics[name]))
-    raise UserError(f"{FLAGS[kind]} {floor.text} is a factor of {' or '.join(names)}, which the search run does not "
-                    f"hold; give points instead (e.g. {FLAGS[kind]} 80)")
+            return Bound(
+                metric, floor.value * run_metrics[name], floor, FLAGS[kind], source, (name, run_metrics[name])
+            )
+    raise UserError(
+        f"{FLAGS[kind]} {floor.text} is a factor of {' or '.join(names)}, which the search run does not "
+        f"hold; give points instead (e.g. {FLAGS[kind]} 80)"
+    )
 
 
 def constraint_of(parent, robust_metric: str, floors: Floors = Floors()) -> Constraint | None:
     """The floors that choose among one search's trials: each one given, else the ``--min-clean`` the
     search recorded; resolved to points against the teachers' scores on the search run. None: no floor."""
     recorded = parent.data.tags.get(Tag.MIN_CLEAN)
-    clean = ((floors.clean, FLAGS["clean"]) if floors.clean
-             else (parse_floor(recorded, f"the search's {FLAGS['clean']}"), "the search") if recorded else None)
+    clean = (
+        (floors.clean, FLAGS["clean"])
+        if floors.clean
+        else (parse_floor(recorded, f"the search's {FLAGS['clean']}"), "the search")
+        if recorded
+        else None
+    )
     bounds = []
     if clean:
         bounds.append(_bound("clean", *clean, VAL_CLEAN, parent.data.metrics))
     if floors.robust:
         bounds.append(_bound("robust", floors.robust, FLAGS["robust"], robust_metric, parent.data.metrics))
     if floors.worst_robust:
-        bounds.append(_bound("worst_robust", floors.worst_robust, FLAGS["worst_robust"], VAL_WORST_AA,
-                             parent.data.metrics))
+        bounds.append(
+            _bound(
+                "worst_robust", floors.worst_robust, FLAGS["worst_robust"], VAL_WORST_AA, parent.data.metrics
+            )
+        )
     return Constraint(tuple(bounds)) if bounds else None
 
 
@@ -160,9 +194,11 @@ def difference(a: TrialRecord, b: TrialRecord, metric: str) -> str:
 
 def _within_noise(a: TrialRecord, b: TrialRecord, metrics: Sequence[str]) -> bool:
     """Every difference within two standard errors: on this val split the two are not told apart."""
-    return all(abs(a.metrics[m] - b.metrics[m]) <= 2 * math.hypot(binomial_se(a.metrics[m], a.n_images),
-                                                                  binomial_se(b.metrics[m], b.n_images))
-               for m in metrics)
+    return all(
+        abs(a.metrics[m] - b.metrics[m])
+        <= 2 * math.hypot(binomial_se(a.metrics[m], a.n_images), binomial_se(b.metrics[m], b.n_images))
+        for m in metrics
+    )
 
 
 def versus(best: TrialRecord, preset: TrialRecord, metric: str) -> str:
@@ -172,18 +208,31 @@ def versus(best: TrialRecord, preset: TrialRecord, metric: str) -> str:
     kind = relation([best.metrics[m] for m in pair], [preset.metrics[m] for m in pair])
     rob, clean = short_name(metric), short_name(VAL_CLEAN)
     gives, gains = (clean, rob) if best.metrics[metric] > preset.metrics[metric] else (rob, clean)
-    verb = {"dominates": "dominates", "dominated": "is dominated by", "equal": "ties",
-            "trades": f"trades {gives} for {gains} against"}[kind]
-    shown = (f"{preset.name}, {preset.shown_method}: {rob} {with_se(preset.metrics[metric], preset.n_images)}, "
-             f"{clean} {with_se(preset.metrics[VAL_CLEAN], preset.n_images)}"
-             + ("" if preset.eligible else f"; the preset was {preset.exclusion()}"))
-    noise = " (both differences within two standard errors)" if kind != "equal" and _within_noise(best, preset, pair) else ""
-    return (f"it {verb} the paper's preset ({shown}): {rob} {difference(best, preset, metric)}, "
-            f"{clean} {difference(best, preset, VAL_CLEAN)}{noise}")
+    verb = {
+        "dominates": "dominates",
+        "dominated": "is dominated by",
+        "equal": "ties",
+        "trades": f"trades {gives} for {gains} against",
+    }[kind]
+    shown = (
+        f"{preset.name}, {preset.shown_method}: {rob} {with_se(preset.metrics[metric], preset.n_images)}, "
+        f"{clean} {with_se(preset.metrics[VAL_CLEAN], preset.n_images)}"
+        + ("" if preset.eligible else f"; the preset was {preset.exclusion()}")
+    )
+    noise = (
+        " (both differences within two standard errors)"
+        if kind != "equal" and _within_noise(best, preset, pair)
+        else ""
+    )
+    return (
+        f"it {verb} the paper's preset ({shown}): {rob} {difference(best, preset, metric)}, "
+        f"{clean} {difference(best, preset, VAL_CLEAN)}{noise}"
+    )
 
 
-def best_versus_preset(records: list[TrialRecord], metric: str = VAL_AA,
-                       constraint: Constraint | None = None) -> str:
+def best_versus_preset(
+    records: list[TrialRecord], metric: str = VAL_AA, constraint: Constraint | None = None
+) -> str:
     """One line: the most robust eligible trial (meeting ``constraint``, when one is given and met) against
     the paper's DERD preset, in Pareto terms (``versus``); no allowance on either objective."""
     eligible = [r for r in records if r.eligible and metric in r.metrics]

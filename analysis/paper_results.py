@@ -3,6 +3,7 @@
 Where the paper reports only AA for a baseline (CIFAR-10: DAFL, DFAD, ZSKT, CMI combined
 with robust distillation), the other columns are NaN and print as '-'.
 """
+
 from __future__ import annotations
 
 from derd.evaluate import COLUMNS

@@ -15,6 +15,7 @@ in the paper's supplement:
 
 For CIFAR-10 and ImageNet-100 the paper's published rows are printed beside ours.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,10 @@ from derd.evaluate import REPORTED, describe_protocol, header, protocol_record
 from derd.methods import available_methods, footnotes, get_method
 from derd.train import read_table
 
-REFERENCES = {"nature_real": "Nature (real data, student arch)", "sat_real": "SAT (real data, PGD-AT, student arch)"}
+REFERENCES = {
+    "nature_real": "Nature (real data, student arch)",
+    "sat_real": "SAT (real data, PGD-AT, student arch)",
+}
 TABLES = {
     1: "Table 1: data-free DERD against training on real data",
     2: "Table 2: data-free robust distillation methods",
@@ -57,13 +61,16 @@ def read_full(table: Path, dataset: str) -> dict[str, Any]:
 
     data = read_table(table, dataset)
     if not same_protocol(data["protocol"], protocol_record("full", dataset_info(dataset).eps)):
-        raise UserError(f"{table} holds scores under the {describe_protocol(data['protocol'])}, not the full protocol "
-                        f"the paper's tables use; delete {table.parent} (it is trained again) or pass another --out")
+        raise UserError(
+            f"{table} holds scores under the {describe_protocol(data['protocol'])}, not the full protocol "
+            f"the paper's tables use; delete {table.parent} (it is trained again) or pass another --out"
+        )
     return data
 
 
-def run_method(dataset: str, method: str, seed: int, folder: Path, progress: bool,
-               overrides: dict[str, Any]) -> dict[str, float]:
+def run_method(
+    dataset: str, method: str, seed: int, folder: Path, progress: bool, overrides: dict[str, Any]
+) -> dict[str, float]:
     """Test table of one method at one seed: read back if finished, else train (resuming)."""
     table = folder / "table.json"
     if table.is_file():
@@ -76,39 +83,72 @@ def run_method(dataset: str, method: str, seed: int, folder: Path, progress: boo
     return {k.removeprefix("test/"): v for k, v in result["test"].items()}
 
 
-def run_reference(dataset: str, kind: str, seed: int, folder: Path, progress: bool,
-                  overrides: dict[str, Any]) -> dict[str, float]:
+def run_reference(
+    dataset: str, kind: str, seed: int, folder: Path, progress: bool, overrides: dict[str, Any]
+) -> dict[str, float]:
     """Real-data reference: the student architecture trained on the teacher split (natural or PGD-AT)."""
     table = folder / "table.json"
     if table.is_file():
         return read_full(table, dataset)["test"]
     from derd.checkpoints import save_checkpoint
     from derd.config import apply_overrides, preset
-    from derd.data import dataset_info, load_split, make_loader
+    from derd.data import dataset_info, dataset_spec, load_split, make_loader
     from derd.device import resolve_device
     from derd.evaluate import eval_batch_size, evaluate
-    from derd.data import dataset_spec
     from derd.teachers import train_teacher
 
     cfg = apply_overrides(preset(dataset), overrides)
     info = dataset_info(dataset, cfg.data.image_size)
     device = resolve_device(cfg.device)
-    model = train_teacher(info, "natural" if kind == "nature_real" else "robust", cfg.student.arch,
-                          epochs=dataset_spec(dataset).teacher_epochs, data_root=cfg.data.root, seed=seed, device=device, progress=progress)
+    model = train_teacher(
+        info,
+        "natural" if kind == "nature_real" else "robust",
+        cfg.student.arch,
+        epochs=dataset_spec(dataset).teacher_epochs,
+        data_root=cfg.data.root,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     test = load_split(dataset, "test", cfg.data.root, image_size=cfg.data.image_size)
     batch = eval_batch_size(cfg.data.val_batch_size, info.image_shape, device)
-    metrics = evaluate(model, make_loader(test, batch), "full", eps=info.eps, device=device, seed=seed,
-                       progress=progress)
+    metrics = evaluate(
+        model, make_loader(test, batch), "full", eps=info.eps, device=device, seed=seed, progress=progress
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / "student.pt", model, {"arch": cfg.student.arch, "dataset": dataset, "num_classes": info.num_classes,
-                                                   "kind": kind, "table": metrics})
-    table.write_text(json.dumps({"test": metrics, "protocol": protocol_record("full", info.eps), "arch": cfg.student.arch,
-                                 "seed": seed}, indent=1))
+    save_checkpoint(
+        folder / "student.pt",
+        model,
+        {
+            "arch": cfg.student.arch,
+            "dataset": dataset,
+            "num_classes": info.num_classes,
+            "kind": kind,
+            "table": metrics,
+        },
+    )
+    table.write_text(
+        json.dumps(
+            {
+                "test": metrics,
+                "protocol": protocol_record("full", info.eps),
+                "arch": cfg.student.arch,
+                "seed": seed,
+            },
+            indent=1,
+        )
+    )
     return metrics
 
 
-def collect(dataset: str, seeds: list[int], out: Path, overrides: dict[str, Any] | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> dict[str, list[dict[str, float]]]:
+def collect(
+    dataset: str,
+    seeds: list[int],
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[dict[str, float]]]:
     """{row key: [test table per seed]} for every row of the three tables."""
     keys = list(dict.fromkeys(k for n in TABLES for k in rows_of_table(n)))
     results: dict[str, list[dict[str, float]]] = {}
@@ -133,15 +173,24 @@ def markdown(dataset: str, seeds: list[int], results: dict[str, list[dict[str, f
     paper = PAPER_ROWS.get(dataset, [])
     from derd.data import dataset_info
 
-    parts = [f"Paper tables on {dataset}: test split, {describe_protocol(protocol_record('full', dataset_info(dataset).eps))}, "
-             f"mean ± std over seeds {', '.join(map(str, seeds))}; preset budget, student "
-             f"{_student(dataset)}.\n"]
+    parts = [
+        f"Paper tables on {dataset}: test split, {describe_protocol(protocol_record('full', dataset_info(dataset).eps))}, "
+        f"mean ± std over seeds {', '.join(map(str, seeds))}; preset budget, student "
+        f"{_student(dataset)}.\n"
+    ]
     for number, title in TABLES.items():
-        lines = [f"**{title}**", "", "| method | " + " | ".join(header(c) for c in REPORTED) + " |",
-                 "|---" * (len(REPORTED) + 1) + "|"]
+        lines = [
+            f"**{title}**",
+            "",
+            "| method | " + " | ".join(header(c) for c in REPORTED) + " |",
+            "|---" * (len(REPORTED) + 1) + "|",
+        ]
         for key in rows_of_table(number):
             runs = results.get(key, [])
-            cells = [mean_std([r[c] for r in runs]) if runs and all(c in r for r in runs) else "-" for c in REPORTED]
+            cells = [
+                mean_std([r[c] for r in runs]) if runs and all(c in r for r in runs) else "-"
+                for c in REPORTED
+            ]
             lines.append(f"| {label(key)} | " + " | ".join(cells) + " |")
         for table, name, row in paper:
             if table == number:

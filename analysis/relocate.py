@@ -8,6 +8,7 @@ into the original. This rewrites, inside the folder only: the experiments' artif
 locations, the runs' artifact URIs and ``derd.search_dir`` tags in ``mlflow.db``, and the
 folder and store named in ``search.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from tuning.store import MLFLOW_TABLES, check_sqlite_store, read_search_record
 from derd.errors import UserError, cli_errors
 from tuning.records import SearchFolder, Tag
+from tuning.store import MLFLOW_TABLES, check_sqlite_store, read_search_record
 
 
 def relocate(folder: Path) -> tuple[str, str]:
@@ -36,13 +37,17 @@ def relocate(folder: Path) -> tuple[str, str]:
         return old, new
     for path in (folder, record_file, db):
         if not os.access(path, os.W_OK):
-            raise UserError(f"{path} is read-only, and relocating rewrites it; make the copy writable "
-                            f"(chmod -R u+w {folder}) and run again")
+            raise UserError(
+                f"{path} is read-only, and relocating rewrites it; make the copy writable "
+                f"(chmod -R u+w {folder}) and run again"
+            )
     try:
         with sqlite3.connect(db) as con:
             for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-                con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
-                            (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"))
+                con.execute(
+                    f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE {column} LIKE ?",
+                    (f"{Path(old).as_uri()}/", f"{Path(new).as_uri()}/", f"{Path(old).as_uri()}/%"),
+                )
             con.execute("UPDATE tags SET value = ? WHERE key = ? AND value = ?", (new, Tag.SEARCH_DIR, old))
         con.close()
     except sqlite3.Error as err:  # locked by a running search, or a disk that is full

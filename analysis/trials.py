@@ -10,17 +10,18 @@ marked, never chosen.
 Uncertainty: a val accuracy p over n images has the binomial standard error
 sqrt(p (1 - p) / n); on digits' 359 val images one image is 0.28 points.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuning.store import runs_tagged
 from derd.evaluate import VAL_AA, VAL_CLEAN, VAL_N, VAL_PGD, VAL_WORST_AA, column_header, is_worst
 from derd.methods import display_name, footnotes
 from derd.pareto import Objectives, binomial_se, signed
 from tuning.records import TRIAL_EPOCHS, Tag, decode_objectives
+from tuning.store import runs_tagged
 
 
 @dataclass
@@ -100,10 +101,17 @@ def trial_records(client, experiment_id: str, parent) -> list[TrialRecord]:
     records = []
     for r in runs:
         if all(m in r.data.metrics for m, _ in objectives):
-            records.append(TrialRecord(r.info.run_id, r.data.tags.get(Tag.TRIAL_ID, r.info.run_id[:8]),
-                                       r.data.tags.get(Tag.METHOD, r.data.params.get("method", "derd")),
-                                       dict(r.data.metrics), dict(r.data.params), dict(r.data.tags),
-                                       signed(r.data.metrics, objectives)))
+            records.append(
+                TrialRecord(
+                    r.info.run_id,
+                    r.data.tags.get(Tag.TRIAL_ID, r.info.run_id[:8]),
+                    r.data.tags.get(Tag.METHOD, r.data.params.get("method", "derd")),
+                    dict(r.data.metrics),
+                    dict(r.data.params),
+                    dict(r.data.tags),
+                    signed(r.data.metrics, objectives),
+                )
+            )
     return sorted(records, key=lambda rec: rec.name)
 
 
@@ -132,13 +140,16 @@ def ordered(records: list[TrialRecord], front: list[TrialRecord]) -> list[TrialR
     """The front first (staircase order: first objective descending), then the other chosen-able
     trials by summed objectives, then partial, then infeasible ones."""
     on_front = {r.run_id for r in front}
-    rest = sorted((r for r in records if r.run_id not in on_front),
-                  key=lambda r: (not r.feasible, not r.full_budget, -sum(r.objectives)))
+    rest = sorted(
+        (r for r in records if r.run_id not in on_front),
+        key=lambda r: (not r.feasible, not r.full_budget, -sum(r.objectives)),
+    )
     return list(front) + rest
 
 
-def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], objectives: Objectives,
-                         top: int | None = 12) -> str:
+def best_trials_markdown(
+    records: list[TrialRecord], front: list[TrialRecord], objectives: Objectives, top: int | None = 12
+) -> str:
     """The best-trials table (front first), scores with one binomial standard error."""
     shown = ordered(records, front)[:top] if top else ordered(records, front)
     metrics = [m for m in (VAL_CLEAN, VAL_PGD, VAL_AA, VAL_WORST_AA) if any(m in r.metrics for r in shown)]
@@ -150,16 +161,33 @@ def best_trials_markdown(records: list[TrialRecord], front: list[TrialRecord], o
     head = ["trial", "method", "front", *(column_header(m) for m in metrics), "epochs", "note", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in shown:
-        note = ", ".join(n for n, on in (("paper preset", r.preset), ("stopped early", not r.full_budget),
-                                         ("infeasible", not r.feasible)) if on)
-        cells = [r.name, r.shown_method, "yes" if r.run_id in on_front else "",
-                 *(_cell(r, m) for m in metrics), str(r.epochs), note,
-                 *(_short(r.params[k]) if k in r.params else "-" for k in keys)]
+        note = ", ".join(
+            n
+            for n, on in (
+                ("paper preset", r.preset),
+                ("stopped early", not r.full_budget),
+                ("infeasible", not r.feasible),
+            )
+            if on
+        )
+        cells = [
+            r.name,
+            r.shown_method,
+            "yes" if r.run_id in on_front else "",
+            *(_cell(r, m) for m in metrics),
+            str(r.epochs),
+            note,
+            *(_short(r.params[k]) if k in r.params else "-" for k in keys),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     n = max((r.n_images for r in records), default=0)
-    head_line = (f"Showing {len(shown)} of {len(records)} finished trials, the Pareto front ({len(front)}: feasible, "
-                 f"full budget) first. Val split: {n} images (one image = {100 / n:.2f} points); ± is one binomial "
-                 f"standard error." if n else f"Showing {len(shown)} of {len(records)} finished trials.")
+    head_line = (
+        f"Showing {len(shown)} of {len(records)} finished trials, the Pareto front ({len(front)}: feasible, "
+        f"full budget) first. Val split: {n} images (one image = {100 / n:.2f} points); ± is one binomial "
+        f"standard error."
+        if n
+        else f"Showing {len(shown)} of {len(records)} finished trials."
+    )
     notes = "".join(f"\n{line}\n" for line in footnotes(r.method for r in shown))
     return head_line + "\n\n" + "\n".join(lines) + "\n" + notes
 
@@ -168,7 +196,11 @@ def _cell(record: TrialRecord, metric: str) -> str:
     """A score with one binomial s.e. of the val split; a worst-class one bare (its class holds a share of it)."""
     if metric not in record.metrics:
         return "-"
-    return f"{record.metrics[metric]:.2f}" if is_worst(metric) else with_se(record.metrics[metric], record.n_images)
+    return (
+        f"{record.metrics[metric]:.2f}"
+        if is_worst(metric)
+        else with_se(record.metrics[metric], record.n_images)
+    )
 
 
 def _short(text: str) -> str:
@@ -176,4 +208,3 @@ def _short(text: str) -> str:
         return f"{float(text):.3g}"
     except ValueError:
         return text
-

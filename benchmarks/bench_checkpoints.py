@@ -16,6 +16,7 @@ default, which favours neither policy much) and counts the writes of each policy
 * after: one copy, ``derd.cadence.CheckpointCadence`` with the CUDA default
   (``train.checkpoint_every_s`` 300 s, and every val epoch and the end).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,35 @@ BEFORE_COPIES = 3  # per epoch: Tune's temporary folder, the trial's own file, T
 def state_bytes(base: RunConfig, method: str) -> int:
     """Bytes of the trial's run.pt once it is in stage II (every optimiser state exists)."""
     info = dataset_info(base.data.dataset)
-    cfg = apply_overrides(base, {"method": method, "budget.epochs": 3, "stage1.epochs": 1,
-                                 "budget.iters_per_epoch": 1, "budget.batch_size": 8, "eval.every": 100})
+    cfg = apply_overrides(
+        base,
+        {
+            "method": method,
+            "budget.epochs": 3,
+            "stage1.epochs": 1,
+            "budget.iters_per_epoch": 1,
+            "budget.batch_size": 8,
+            "eval.every": 100,
+        },
+    )
     torch.manual_seed(0)
-    make = lambda: create_model("resnet18", info.num_classes, in_channels=info.image_shape[0], mean=info.mean,  # noqa: E731
-                                std=info.std).eval().requires_grad_(False)
-    val = torch.utils.data.TensorDataset(torch.rand(16, *info.image_shape), torch.randint(0, info.num_classes, (16,)))
+
+    def make():
+        return (
+            create_model(
+                "resnet18",
+                info.num_classes,
+                in_channels=info.image_shape[0],
+                mean=info.mean,
+                std=info.std,
+            )
+            .eval()
+            .requires_grad_(False)
+        )
+
+    val = torch.utils.data.TensorDataset(
+        torch.rand(16, *info.image_shape), torch.randint(0, info.num_classes, (16,))
+    )
     run = DistillationRun(cfg, Experts(make(), make()), device="cpu", val_data=val)
     for result in run.epochs():
         if result["stage"] == 2:  # epoch 2 of 3: no evaluation
@@ -62,8 +86,9 @@ def state_bytes(base: RunConfig, method: str) -> int:
 def writes_per_trial(base: RunConfig, epoch_s: float, eval_s: float) -> tuple[int, int, float]:
     """(writes before, writes after, trial seconds) over one trial of the space's budget."""
     clock = [0.0]
-    cadence = CheckpointCadence(checkpoint_every_s(base.train.checkpoint_every_s, torch.device("cuda")),
-                                lambda: clock[0])
+    cadence = CheckpointCadence(
+        checkpoint_every_s(base.train.checkpoint_every_s, torch.device("cuda")), lambda: clock[0]
+    )
     epochs, every = total_epochs(base), base.eval.every
     for epoch in range(1, epochs + 1):
         scored = epoch % every == 0 or epoch == epochs
@@ -75,25 +100,35 @@ def writes_per_trial(base: RunConfig, epoch_s: float, eval_s: float) -> tuple[in
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--img-per-s", type=float, default=2483.0, help="stage-II speed (H200, compiled, CIFAR, batch 256)")
+    p.add_argument(
+        "--img-per-s", type=float, default=2483.0, help="stage-II speed (H200, compiled, CIFAR, batch 256)"
+    )
     p.add_argument("--eval-s", type=float, default=0.0, help="seconds per val evaluation")
-    p.add_argument("--trials", type=int, default=64, help="concurrent trials for the shared-filesystem figure")
+    p.add_argument(
+        "--trials", type=int, default=64, help="concurrent trials for the shared-filesystem figure"
+    )
     args = p.parse_args(argv)
     base = SearchSpace.from_yaml(default_space_path("cifar10")).base_config()
     epoch_s = base.budget.iters_per_epoch * base.budget.batch_size / args.img_per_s
     before, after, trial_s = writes_per_trial(base, epoch_s, args.eval_s)
     hours = trial_s / 3600
-    print(f"CIFAR-10 trial: {total_epochs(base)} epochs of {base.budget.iters_per_epoch} x {base.budget.batch_size} "
-          f"images ({epoch_s:.1f} s each at {args.img_per_s:,.0f} img/s), val every {base.eval.every}; "
-          f"writes per trial: {before} before, {after} after")
-    print("| method | run.pt MB | GB per trial-hour, before | after | cut | "
-          f"{args.trials} trials' MB/s, before | after |")
+    print(
+        f"CIFAR-10 trial: {total_epochs(base)} epochs of {base.budget.iters_per_epoch} x {base.budget.batch_size} "
+        f"images ({epoch_s:.1f} s each at {args.img_per_s:,.0f} img/s), val every {base.eval.every}; "
+        f"writes per trial: {before} before, {after} after"
+    )
+    print(
+        "| method | run.pt MB | GB per trial-hour, before | after | cut | "
+        f"{args.trials} trials' MB/s, before | after |"
+    )
     print("|---|---|---|---|---|---|---|")
     for method in ("derd", "derd_no_nat"):
         size = state_bytes(base, method)
         b, a = before * size / hours, after * size / hours
-        print(f"| {method} | {size / 1e6:.1f} | {b / 1e9:.1f} | {a / 1e9:.2f} | {b / a:.0f}x | "
-              f"{args.trials * b / 3600 / 1e6:,.0f} | {args.trials * a / 3600 / 1e6:,.0f} |")
+        print(
+            f"| {method} | {size / 1e6:.1f} | {b / 1e9:.1f} | {a / 1e9:.2f} | {b / a:.0f}x | "
+            f"{args.trials * b / 3600 / 1e6:,.0f} | {args.trials * a / 3600 / 1e6:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Models: the digits robust teacher (trained and cached on first use) on real val 
 a CIFAR-shaped ResNet-18 on random images (AA on a robust-looking model is dominated by
 the images it cannot break, so the ResNet figure is a lower bound for untrained weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,13 @@ def main() -> None:
     torch.manual_seed(0)
     n = min(args.n, 64) if dev.type == "cpu" else args.n
     resnet = create_model("resnet18", 10).to(dev)
-    bench("CIFAR-shaped resnet18 (random init)", resnet, torch.rand(n, 3, 32, 32, device=dev),
-          torch.randint(0, 10, (n,), device=dev), 8 / 255)
+    bench(
+        "CIFAR-shaped resnet18 (random init)",
+        resnet,
+        torch.rand(n, 3, 32, 32, device=dev),
+        torch.randint(0, 10, (n,), device=dev),
+        8 / 255,
+    )
 
 
 if __name__ == "__main__":

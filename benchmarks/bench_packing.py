@@ -6,6 +6,7 @@ Starts N processes side by side, each timing the stage-II step of ``bench_step.p
 for a fixed wall time on the same device, and prints each N's images per second in total and
 per process, and the ratio to one process alone: what ``gpus_per_trial`` below 1 would buy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def worker(setting: str, batch: int, device: str, precision: str, seconds: float, threads: int, start, queue) -> None:
+def worker(
+    setting: str, batch: int, device: str, precision: str, seconds: float, threads: int, start, queue
+) -> None:
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -54,14 +57,30 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     args = p.parse_args()
     ctx = mp.get_context("spawn")
-    print(f"torch {torch.__version__}, device {args.device}, setting {args.setting}, batch {args.batch}, {args.precision}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, setting {args.setting}, batch {args.batch}, {args.precision}"
+    )
     print("| processes | img/s total | img/s per process | total vs one |\n|---|---|---|---|")
     alone = None
     for n in args.processes:
         start, queue = ctx.Barrier(n), ctx.Queue()
         threads = max(1, (os.cpu_count() or 1) // n) if args.device == "cpu" else 1
-        procs = [ctx.Process(target=worker, args=(args.setting, args.batch, args.device, args.precision, args.seconds,
-                                                  threads, start, queue)) for _ in range(n)]
+        procs = [
+            ctx.Process(
+                target=worker,
+                args=(
+                    args.setting,
+                    args.batch,
+                    args.device,
+                    args.precision,
+                    args.seconds,
+                    threads,
+                    start,
+                    queue,
+                ),
+            )
+            for _ in range(n)
+        ]
         for proc in procs:
             proc.start()
         rates = [queue.get() for _ in procs]

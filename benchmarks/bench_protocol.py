@@ -9,6 +9,7 @@ between the two AA rankings, and the cost ratio (full's seconds over search's). 
 the students are every method's and reference's seed-0 student of
 ``python analysis/report.py --paper-tables --dataset digits`` (run that first).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,18 @@ def kendall_tau_b(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--students", nargs="+", default=sorted(glob.glob(str(REPO / "runs" / "paper-digits" / "*" / "seed0" / "student.pt"))))
+    p.add_argument(
+        "--students",
+        nargs="+",
+        default=sorted(glob.glob(str(REPO / "runs" / "paper-digits" / "*" / "seed0" / "student.pt"))),
+    )
     p.add_argument("--dataset", default="digits")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if len(args.students) < 2:
-        raise SystemExit("no students: run python analysis/report.py --paper-tables --dataset digits first, or pass --students")
+        raise SystemExit(
+            "no students: run python analysis/report.py --paper-tables --dataset digits first, or pass --students"
+        )
     info = dataset_info(args.dataset)
     loader = make_loader(load_split(args.dataset, "val"), 256)
     rows, cost = [], {"search": 0.0, "full": 0.0}
@@ -69,14 +76,20 @@ def main() -> None:
         rows.append((Path(path).parent.parent.name, aa["search"], aa["full"]))
         print(f"{rows[-1][0]}: AA search {aa['search']:.2f}, full {aa['full']:.2f}", flush=True)
     search, full = [r[1] for r in rows], [r[2] for r in rows]
-    print(f"\n{len(rows)} {args.dataset} students, val split ({len(loader.dataset)} images), device {args.device}")
+    print(
+        f"\n{len(rows)} {args.dataset} students, val split ({len(loader.dataset)} images), device {args.device}"
+    )
     print("| student | AA, search protocol (APGD-CE+T) | AA, full protocol (standard AA) |\n|---|---|---|")
     for name, s, f in sorted(rows, key=lambda r: -r[2]):
         print(f"| {name} | {s:.2f} | {f:.2f} |")
-    print(f"Kendall tau-b between the two AA rankings: {kendall_tau_b(search, full):.3f}; full AA spans "
-          f"{min(full):.2f} to {max(full):.2f}; largest gap search - full: {max(s - f for s, f in zip(search, full)):.2f} points")
-    print(f"cost: search {cost['search']:.0f} s, full {cost['full']:.0f} s for all students: full / search = "
-          f"{cost['full'] / cost['search']:.1f}x")
+    print(
+        f"Kendall tau-b between the two AA rankings: {kendall_tau_b(search, full):.3f}; full AA spans "
+        f"{min(full):.2f} to {max(full):.2f}; largest gap search - full: {max(s - f for s, f in zip(search, full)):.2f} points"
+    )
+    print(
+        f"cost: search {cost['search']:.0f} s, full {cost['full']:.0f} s for all students: full / search = "
+        f"{cost['full'] / cost['search']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

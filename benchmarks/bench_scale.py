@@ -29,6 +29,7 @@ sustains (reports over its whole busy time, starts included: beyond that rate th
 the driver's CPU seconds and peak memory, the stores' sizes and SQL writes, and the summary's
 time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,8 @@ from sqlalchemy.engine import Engine  # noqa: E402
 
 from derd.config import apply_overrides, to_dict  # noqa: E402
 from derd.methods import total_epochs  # noqa: E402
-from tuning.records import SearchFolder  # noqa: E402
 from tuning.mlflow_logger import MLflowSearchLogger  # noqa: E402
+from tuning.records import SearchFolder  # noqa: E402
 from tuning.scheduler import make_scheduler  # noqa: E402
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets, open_study  # noqa: E402
 from tuning.session import SessionClock  # noqa: E402
@@ -92,8 +93,20 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
     stopped = getattr(scheduler, "stopped_early", set())
     sim = [0.0]  # simulated seconds
     searcher = StudySearcher(space, folder.optuna_uri, "scale", threshold, stopped)
-    logger = MLflowSearchLogger(folder.mlflow_uri, exp, parent, base, space.presets, 1, 1, folder, searcher=searcher,
-                                stopped_early=stopped, scheduler=space.scheduler, clock=lambda: sim[0])
+    logger = MLflowSearchLogger(
+        folder.mlflow_uri,
+        exp,
+        parent,
+        base,
+        space.presets,
+        1,
+        1,
+        folder,
+        searcher=searcher,
+        stopped_early=stopped,
+        scheduler=space.scheduler,
+        clock=lambda: sim[0],
+    )
     record = {"name": "scale", "dataset": space.dataset, "sessions": []}
     clock = SessionClock(folder.record, record)
     answers = TableAnswers(rows, space)
@@ -113,7 +126,9 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
         latencies["start"].append(time.perf_counter() - t0)
         keys = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         trial.results = epoch_results(answers.row_for(keys))
-        trial.reports = Reports(space.objectives, threshold, total_epochs(apply_overrides(space.base_config(), keys)))
+        trial.reports = Reports(
+            space.objectives, threshold, total_epochs(apply_overrides(space.base_config(), keys))
+        )
         trial.history = []
         live[trial_id] = trial
         started += 1
@@ -155,13 +170,22 @@ def drive(n: int, root: Path, epoch_s: float) -> dict[str, float]:
     reports = sorted(latencies["report"])
     busy = sum(sum(v) for v in latencies.values())
     events = sum(len(v) for v in latencies.values())
-    return {"n": n, "reports": events - len(latencies["start"]), "p50_ms": 1e3 * statistics.median(reports),
-            "p99_ms": 1e3 * reports[int(0.99 * (len(reports) - 1))], "max_ms": 1e3 * reports[-1],
-            "start_ms": 1e3 * statistics.mean(latencies["start"]), "end_ms": 1e3 * statistics.mean(latencies["end"]),
-            "sustained": (events - len(latencies["start"])) / busy, "cpu_s": reports_cpu,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "optuna_mb": folder.optuna_db.stat().st_size / 1e6, "mlflow_mb": folder.mlflow_db.stat().st_size / 1e6,
-            "writes_per_report": writes / (events - len(latencies["start"])), "summary_s": summary_s}
+    return {
+        "n": n,
+        "reports": events - len(latencies["start"]),
+        "p50_ms": 1e3 * statistics.median(reports),
+        "p99_ms": 1e3 * reports[int(0.99 * (len(reports) - 1))],
+        "max_ms": 1e3 * reports[-1],
+        "start_ms": 1e3 * statistics.mean(latencies["start"]),
+        "end_ms": 1e3 * statistics.mean(latencies["end"]),
+        "sustained": (events - len(latencies["start"])) / busy,
+        "cpu_s": reports_cpu,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "optuna_mb": folder.optuna_db.stat().st_size / 1e6,
+        "mlflow_mb": folder.mlflow_db.stat().st_size / 1e6,
+        "writes_per_report": writes / (events - len(latencies["start"])),
+        "summary_s": summary_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,17 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epoch-s", type=float, default=10.3, help="seconds between a GPU trial's reports")
     args = p.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPU cores; stores: SQLite on local disk")
-    print("| concurrent trials | reports | report p50 ms | p99 ms | max ms | trial start ms (mean) | trial end ms "
-          f"(mean) | sustained reports/s | needed at {args.epoch_s:g} s/epoch | driver CPU s | peak RSS MB | "
-          "optuna.db MB | mlflow.db MB | SQL writes/report | summary s |")
+    print(
+        "| concurrent trials | reports | report p50 ms | p99 ms | max ms | trial start ms (mean) | trial end ms "
+        f"(mean) | sustained reports/s | needed at {args.epoch_s:g} s/epoch | driver CPU s | peak RSS MB | "
+        "optuna.db MB | mlflow.db MB | SQL writes/report | summary s |"
+    )
     print("|" + "---|" * 15)
     for n in args.concurrent:
         with tempfile.TemporaryDirectory() as tmp:
             f = drive(n, Path(tmp) / "search", args.epoch_s)
-        print(f"| {n} | {f['reports']} | {f['p50_ms']:.2f} | {f['p99_ms']:.1f} | {f['max_ms']:.0f} | "
-              f"{f['start_ms']:.0f} | {f['end_ms']:.0f} | {f['sustained']:.0f} | {n / args.epoch_s:.1f} | "
-              f"{f['cpu_s']:.0f} | {f['rss_mb']:.0f} | {f['optuna_mb']:.1f} | {f['mlflow_mb']:.1f} | "
-              f"{f['writes_per_report']:.1f} | {f['summary_s']:.1f} |", flush=True)
+        print(
+            f"| {n} | {f['reports']} | {f['p50_ms']:.2f} | {f['p99_ms']:.1f} | {f['max_ms']:.0f} | "
+            f"{f['start_ms']:.0f} | {f['end_ms']:.0f} | {f['sustained']:.0f} | {n / args.epoch_s:.1f} | "
+            f"{f['cpu_s']:.0f} | {f['rss_mb']:.0f} | {f['optuna_mb']:.1f} | {f['mlflow_mb']:.1f} | "
+            f"{f['writes_per_report']:.1f} | {f['summary_s']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ error of the surrogate's answers against each trial's real final val values, bes
 noise allows). A search folder that finished is reused; an
 interrupted one resumes. ``--quick`` runs one seed with small trial counts (a smoke run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from analysis.pareto import front_of  # noqa: E402
-from derd.pareto import hypervolume  # noqa: E402
 from analysis.trials import trial_records  # noqa: E402
 from benchmarks.tabular.faithful import report  # noqa: E402
+from derd.pareto import hypervolume  # noqa: E402
 
 # name -> extra search flags and trial count (full run, quick run). The headline asks whether the
 # default reaches its target within 25% of random search's 64 x 12 trial-epochs (192): 24 ASHA
@@ -60,8 +61,17 @@ def run(setting: str, seed: int, trials: int, out: Path) -> Path:
     if record.is_file():
         cmd.append("--resume")
     else:
-        cmd += ["--dataset", "digits", "--name", f"eff-{setting}-s{seed}", "--seed", str(seed), "--num-trials", str(trials),
-                *flags]
+        cmd += [
+            "--dataset",
+            "digits",
+            "--name",
+            f"eff-{setting}-s{seed}",
+            "--seed",
+            str(seed),
+            "--num-trials",
+            str(trials),
+            *flags,
+        ]
     code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     if code not in (0,):
         raise SystemExit(f"{setting} seed {seed}: the search exited with {code}; rerun to resume it")
@@ -77,7 +87,10 @@ def curve(folder: Path) -> list[tuple[float, float]]:
     exp = client.get_experiment_by_name(name)
     parent = client.search_runs([exp.experiment_id], "tags.`derd.kind` = 'search'")[0]
     records = trial_records(client, exp.experiment_id, parent)
-    end = {r.info.run_id: r.info.end_time for r in client.search_runs([exp.experiment_id], "tags.`derd.kind` = 'trial'")}
+    end = {
+        r.info.run_id: r.info.end_time
+        for r in client.search_runs([exp.experiment_id], "tags.`derd.kind` = 'trial'")
+    }
     records.sort(key=lambda r: end[r.run_id])
     points, spent = [], 0.0
     for i, record in enumerate(records):
@@ -96,8 +109,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--quick", action="store_true", help="one seed, few trials: a smoke run of the benchmark")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-efficiency"))
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
-                   help="which searches to run (default and random give the headline)")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(SETTINGS),
+        choices=list(SETTINGS),
+        help="which searches to run (default and random give the headline)",
+    )
     args = p.parse_args()
     if "default" not in args.settings or len(args.settings) < 2:
         p.error("--settings needs default and another search (the headline compares them)")
@@ -118,20 +136,26 @@ def main() -> None:
             rows.append((seed, setting, len(points), points[-1][0], points[-1][1], reach))
         reach = epochs_to_reach(curves["default"], TARGET * ref_hv)
         ratios.append(reach / ref_epochs if reach is not None else float("inf"))
-    print(f"digits search efficiency ({'quick' if args.quick else 'full'}; hypervolume of the feasible full-budget front, "
-          f"reference (0, 0) in (val clean %, val AA %))")
+    print(
+        f"digits search efficiency ({'quick' if args.quick else 'full'}; hypervolume of the feasible full-budget front, "
+        f"reference (0, 0) in (val clean %, val AA %))"
+    )
     target = "random's final" if "random" in args.settings else "the best final of these searches"
     print(f"| seed | search | trials | trial-epochs | final hypervolume | trial-epochs to 95% of {target} |")
     print("|---|---|---|---|---|---|")
     for seed, setting, n, epochs, hv, reach in rows:
-        print(f"| {seed} | {setting} | {n} | {epochs:.0f} | {hv:.1f} | {'-' if reach is None else f'{reach:.0f}'} |")
+        print(
+            f"| {seed} | {setting} | {n} | {epochs:.0f} | {hv:.1f} | {'-' if reach is None else f'{reach:.0f}'} |"
+        )
     print()
     report(folders)  # the table's answers against every search run here: none of them is in the table
     finite = [r for r in ratios if r != float("inf")]
     median = statistics.median(ratios) if ratios else float("nan")
-    print(f"default search: trial-epochs to reach 95% of {target} hypervolume, as a fraction of that search's "
-          f"trial-epochs: {', '.join('never' if r == float('inf') else f'{r:.2f}' for r in ratios)} (median "
-          f"{'never' if median == float('inf') else f'{median:.2f}'}; {len(finite)} of {len(ratios)} seeds reached it)")
+    print(
+        f"default search: trial-epochs to reach 95% of {target} hypervolume, as a fraction of that search's "
+        f"trial-epochs: {', '.join('never' if r == float('inf') else f'{r:.2f}' for r in ratios)} (median "
+        f"{'never' if median == float('inf') else f'{median:.2f}'}; {len(finite)} of {len(ratios)} seeds reached it)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ student, WRN-34-10 teachers, 32 px), ``imagenet100`` (torchvision ResNet-18 stud
 ResNet-50 teachers, 224 px). Teachers are randomly initialised (speed does not depend on
 their weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,15 +52,36 @@ SETTINGS = {  # name -> dataset, student, teacher, CPU batch sizes
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
-def build(setting: str, batch: int, device: torch.device, precision: str, method: str, compile: bool) -> DistillationRun:
+def build(
+    setting: str, batch: int, device: torch.device, precision: str, method: str, compile: bool
+) -> DistillationRun:
     dataset, student, teacher, _ = SETTINGS[setting]
     info = dataset_info(dataset)
-    make = lambda: create_model(teacher, info.num_classes, in_channels=info.image_shape[0], mean=info.mean,  # noqa: E731
-                                std=info.std).eval().requires_grad_(False)
-    cfg = apply_overrides(preset(dataset, method), {
-        "student.arch": student, "budget.batch_size": batch, "train.precision": precision,
-        "train.channels_last": "auto" if precision == "bf16" else "off", "train.compile": "on" if compile else "off",
-        "cmi.synthesis_steps": 20})
+
+    def make():
+        return (
+            create_model(
+                teacher,
+                info.num_classes,
+                in_channels=info.image_shape[0],
+                mean=info.mean,
+                std=info.std,
+            )
+            .eval()
+            .requires_grad_(False)
+        )
+
+    cfg = apply_overrides(
+        preset(dataset, method),
+        {
+            "student.arch": student,
+            "budget.batch_size": batch,
+            "train.precision": precision,
+            "train.channels_last": "auto" if precision == "bf16" else "off",
+            "train.compile": "on" if compile else "off",
+            "cmi.synthesis_steps": 20,
+        },
+    )
     val = torch.utils.data.TensorDataset(torch.rand(2, *info.image_shape), torch.zeros(2, dtype=torch.long))
     return DistillationRun(cfg, Experts(make(), make()), device=device, val_data=val)
 
@@ -73,7 +95,11 @@ def iterate(run: DistillationRun, index: int, n: int, start: int = 0) -> None:
 
 def device_name(device: torch.device) -> str:
     """The device as the figures' header names it (the GPU's model, or the CPU's thread count)."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
 
 
 def time_phase(run: DistillationRun, index: int, iters: int) -> float:
@@ -128,7 +154,9 @@ def host_reads(run: DistillationRun, index: int) -> tuple[int, int]:
                 in_optimizer |= parent.name.startswith("Optimizer.step")
                 parent = parent.cpu_parent
             reads += not in_optimizer
-    syncs = sum(1 for e in prof.events() if e.name in SYNC_EVENTS) - (1 if run.device.type == "cuda" else 0)  # ours
+    syncs = sum(1 for e in prof.events() if e.name in SYNC_EVENTS) - (
+        1 if run.device.type == "cuda" else 0
+    )  # ours
     return reads, max(syncs, 0)
 
 
@@ -136,17 +164,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 peak (H100: about 790)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=790.0, help="the device's dense bf16 peak (H100: about 790)"
+    )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 128 256 512 on CUDA, small on CPU)")
+    p.add_argument(
+        "--batches", nargs="+", type=int, help="batch sizes (default: 128 256 512 on CUDA, small on CPU)"
+    )
     p.add_argument("--method", default="derd")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile the student and teachers")
+    p.add_argument(
+        "--compile", action="store_true", help="train.compile: torch.compile the student and teachers"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {device_name(device)}, method {args.method}{', compiled' if args.compile else ''}")
-    print("| setting | batch | precision | stage I img/s | stage II img/s | GFLOP/img (II) | TFLOP/s (II) | % of peak | "
-          "host reads/iter | CUDA syncs/iter |")
+    print(
+        f"torch {torch.__version__}, {device_name(device)}, method {args.method}{', compiled' if args.compile else ''}"
+    )
+    print(
+        "| setting | batch | precision | stage I img/s | stage II img/s | GFLOP/img (II) | TFLOP/s (II) | % of peak | "
+        "host reads/iter | CUDA syncs/iter |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
         batches = args.batches or ([128, 256, 512] if device.type == "cuda" else SETTINGS[setting][3])
@@ -160,9 +198,12 @@ def main() -> None:
                 flops = flops_per_image(run, last)
                 reads, syncs = host_reads(run, last)
                 achieved = flops * s2 / 1e12
-                print(f"| {setting} | {batch} | {run.compute.label} | {s1:,.1f} | {s2:,.1f} | {flops / 1e9:.2f} | "
-                      f"{achieved:.2f} | {100 * achieved / args.peak_tflops:.1f} | {reads} | "
-                      f"{syncs if device.type == 'cuda' else '-'} |", flush=True)
+                print(
+                    f"| {setting} | {batch} | {run.compute.label} | {s1:,.1f} | {s2:,.1f} | {flops / 1e9:.2f} | "
+                    f"{achieved:.2f} | {100 * achieved / args.peak_tflops:.1f} | {reads} | "
+                    f"{syncs if device.type == 'cuda' else '-'} |",
+                    flush=True,
+                )
                 run.close()
 
 

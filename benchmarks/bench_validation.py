@@ -20,6 +20,7 @@ each search with the synthetic score: early stopping, and so which trials ran to
 differ there. Scores are cached in ``<out>/scores.jsonl`` (one line per student and set): a second
 run, or one with more searches, scores only what is new.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
 from scipy.stats import kendalltau  # noqa: E402
+
 from derd.config import apply_overrides, from_dict, preset  # noqa: E402
 from derd.data import dataset_info, load_split, make_loader  # noqa: E402
 from derd.evaluate import evaluate  # noqa: E402
@@ -58,9 +59,15 @@ def student_of(path: Path, info) -> tuple[torch.nn.Module, dict]:
     """A trial's student as its run.pt holds it, and what the bench needs of the trial."""
     state = DistillationRun.read_state(path)
     cfg = from_dict(state["config"])
-    model = create_model(cfg.student.arch, info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std)
+    model = create_model(
+        cfg.student.arch, info.num_classes, in_channels=info.image_shape[0], mean=info.mean, std=info.std
+    )
     model.load_state_dict(state["student"])
-    return model.eval(), {"method": cfg.method, "epoch": state["epoch"], "full_budget": state["epoch"] >= total_epochs(cfg)}
+    return model.eval(), {
+        "method": cfg.method,
+        "epoch": state["epoch"],
+        "full_budget": state["epoch"] >= total_epochs(cfg),
+    }
 
 
 def synthetic_sets(out: Path, info, names: list[str]) -> dict[str, torch.utils.data.Dataset]:
@@ -70,12 +77,17 @@ def synthetic_sets(out: Path, info, names: list[str]) -> dict[str, torch.utils.d
     for name in names:
         path = out / f"synthetic_{name}.pt"
         if not path.is_file():
-            recipe = apply_overrides(cfg, {f"synthetic_val.{k}": v for k, v in VARIANTS[name].items()}).synthetic_val
+            recipe = apply_overrides(
+                cfg, {f"synthetic_val.{k}": v for k, v in VARIANTS[name].items()}
+            ).synthetic_val
             save_validation_set(make_validation_set(experts, info, recipe, seed=0), info, path)
         synthetic = load_validation_set(path, info)
         s = synthetic.stats
-        print(f"set {name}: {s['n_images']} images of {s['n_drawn']} drawn (teachers agree on "
-              f"{100 * s['teacher_agreement']:.1f}%), classes {s['class_counts']}, made in {s['seconds']:.0f} s", flush=True)
+        print(
+            f"set {name}: {s['n_images']} images of {s['n_drawn']} drawn (teachers agree on "
+            f"{100 * s['teacher_agreement']:.1f}%), classes {s['class_counts']}, made in {s['seconds']:.0f} s",
+            flush=True,
+        )
         sets[name] = synthetic.dataset()
     return sets
 
@@ -91,9 +103,12 @@ def main() -> None:
     p.add_argument("--searches", nargs="+", required=True, help="search folders (each with trials/*/run.pt)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-validation"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--full-budget-only", action="store_true",
-                   help="score only the trials that ran the full budget (the only ones a search chooses): enough "
-                        "for the regret, and cheaper; tau is then over those students only")
+    p.add_argument(
+        "--full-budget-only",
+        action="store_true",
+        help="score only the trials that ran the full budget (the only ones a search chooses): enough "
+        "for the regret, and cheaper; tau is then over those students only",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     info = dataset_info("digits")
@@ -122,29 +137,43 @@ def main() -> None:
                         f.write(json.dumps(cached[key]) + "\n")
                 entry[name] = cached[key]
             students.append(entry)
-    print(f"\n{len(students)} students from {len(args.searches)} searches; real val: {len(sets['real'])} images, "
-          "search protocol (clean, PGD_S, APGD-CE+T), CPU")
+    print(
+        f"\n{len(students)} students from {len(args.searches)} searches; real val: {len(sets['real'])} images, "
+        "search protocol (clean, PGD_S, APGD-CE+T), CPU"
+    )
     real_aa = [s["real"]["aa"] for s in students]
-    print("| set | images | teachers agree | tau AA | tau clean | scoring s per student | regret per search (points; s.e.) |")
+    print(
+        "| set | images | teachers agree | tau AA | tau clean | scoring s per student | regret per search (points; s.e.) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.variants:
         syn = load_validation_set(out / f"synthetic_{name}.pt", info).stats
         tau_aa = kendalltau([s[name]["aa"] for s in students], real_aa).statistic
-        tau_clean = kendalltau([s[name]["clean"] for s in students], [s["real"]["clean"] for s in students]).statistic
+        tau_clean = kendalltau(
+            [s[name]["clean"] for s in students], [s["real"]["clean"] for s in students]
+        ).statistic
         regrets = []
         for search in dict.fromkeys(s["search"] for s in students):
             full = [s for s in students if s["search"] == search and s["full_budget"]]
-            real_pick = max((s for s in full if s["real"]["clean"] >= s["threshold"]), key=lambda s: s["real"]["aa"])
-            syn_pick = max((s for s in full if s[name]["clean"] >= MIN_CLEAN_FRACTION * 100), key=lambda s: s[name]["aa"])
+            real_pick = max(
+                (s for s in full if s["real"]["clean"] >= s["threshold"]), key=lambda s: s["real"]["aa"]
+            )
+            syn_pick = max(
+                (s for s in full if s[name]["clean"] >= MIN_CLEAN_FRACTION * 100), key=lambda s: s[name]["aa"]
+            )
             p_hat = real_pick["real"]["aa"] / 100
             se = 100 * math.sqrt(max(p_hat * (1 - p_hat), 1e-4) / len(sets["real"]))
             gap = real_pick["real"]["aa"] - syn_pick["real"]["aa"]
             regrets.append(f"{gap:.2f} ({gap / se:.1f})")
         cost = sum(s[name]["seconds"] for s in students) / len(students)
-        print(f"| {name} | {syn['n_images']} | {100 * syn['teacher_agreement']:.1f}% | {tau_aa:.3f} | {tau_clean:.3f} | "
-              f"{cost:.2f} | {', '.join(regrets)} |")
+        print(
+            f"| {name} | {syn['n_images']} | {100 * syn['teacher_agreement']:.1f}% | {tau_aa:.3f} | {tau_clean:.3f} | "
+            f"{cost:.2f} | {', '.join(regrets)} |"
+        )
     cost = sum(s["real"]["seconds"] for s in students) / len(students)
-    print(f"real val scoring: {cost:.2f} s per student; real val AA spans {min(real_aa):.2f} to {max(real_aa):.2f}")
+    print(
+        f"real val scoring: {cost:.2f} s per student; real val AA spans {min(real_aa):.2f} to {max(real_aa):.2f}"
+    )
 
 
 if __name__ == "__main__":

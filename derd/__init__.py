@@ -2,4 +2,5 @@
 
 No Ray or MLflow imports live here; ``tuning`` and ``analysis`` build on this package.
 """
+
 __version__ = "0.1.0"

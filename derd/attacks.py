@@ -5,6 +5,7 @@ statistics and train/eval mode as it found them (attacks run the model in eval m
 take gradients with respect to the input only). Random starts draw from a seeded
 ``torch.Generator`` so every attack is reproducible.
 """
+
 from __future__ import annotations
 
 import contextlib

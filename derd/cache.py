@@ -1,4 +1,5 @@
 """Where derd keeps what it makes once and reuses: trained digits teachers and compiled kernels."""
+
 from __future__ import annotations
 
 import os
@@ -14,5 +15,7 @@ def cache_dir() -> Path:
     if value is None:
         return Path.home() / ".cache" / "derd"
     if not value.strip():
-        raise UserError("DERD_CACHE is set but empty; unset it (the cache is then ~/.cache/derd) or point it at a folder")
+        raise UserError(
+            "DERD_CACHE is set but empty; unset it (the cache is then ~/.cache/derd) or point it at a folder"
+        )
     return check_output_folder(Path(value), flag="DERD_CACHE")

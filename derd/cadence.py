@@ -13,6 +13,7 @@ What a cadence costs: a run killed between writes redoes the epochs since its la
 They repeat bit for bit (the generator of the run's randomness is in the checkpoint), and
 the search's MLflow logger writes each epoch once, so nothing is logged twice.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,9 @@ def checkpoint_every_s(configured: float | None, device: torch.device) -> float:
 class CheckpointCadence:
     """Says, epoch by epoch, whether the run's checkpoint is due; counts the writes it allowed."""
 
-    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic, saved_epoch: int = 0) -> None:
+    def __init__(
+        self, every_s: float, clock: Callable[[], float] = time.monotonic, saved_epoch: int = 0
+    ) -> None:
         self.every_s, self.clock = every_s, clock
         self.last_write = clock()
         self.writes = 0

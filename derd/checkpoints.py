@@ -11,6 +11,7 @@ Input normalisation: every model here takes [0, 1] images and normalises inside 
 models do) must not be normalised twice: load it with ``normalize="none"`` (config key
 ``teachers.normalize``) and the wrapper's normalisation becomes the identity.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,26 +72,47 @@ def read_checkpoint_file(path: str | os.PathLike, fix: str = RESAVE) -> Any:
     """``torch.load(weights_only=True)`` with each failure turned into one clear line ending in ``fix``."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; train one with python -m derd.teachers or fix the path")
+        raise UserError(
+            f"checkpoint {path} does not exist; train one with python -m derd.teachers or fix the path"
+        )
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is an empty file; {fix}")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about pickle protocols before refusing: one line is enough
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         lines = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln]
         if lines:
-            raise UserError(f"refusing {path}: it holds pickled code or objects, not just weights ({lines[0][:160]}); "
-                            f"{fix}") from None
-        if "WeightsUnpickler" in text and _starts_with(path, b"\x80"):  # a pickle protocol header, not torch.save's zip
-            raise UserError(f"refusing {path}: it is a plain pickle, not a weights-only torch.save file (loading it could "
-                            f"run code); {fix}") from None
+            raise UserError(
+                f"refusing {path}: it holds pickled code or objects, not just weights ({lines[0][:160]}); "
+                f"{fix}"
+            ) from None
+        if "WeightsUnpickler" in text and _starts_with(
+            path, b"\x80"
+        ):  # a pickle protocol header, not torch.save's zip
+            raise UserError(
+                f"refusing {path}: it is a plain pickle, not a weights-only torch.save file (loading it could "
+                f"run code); {fix}"
+            ) from None
         raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file; {fix}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first}); {fix}") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first}); {fix}"
+        ) from None
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -102,9 +124,11 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         state, meta = obj.get("state_dict"), obj.get("meta", {})
         if not _is_state_dict(state) or not isinstance(meta, dict):
-            raise UserError(f"checkpoint {path} is damaged: its {'meta' if _is_state_dict(state) else 'state_dict'} "
-                            f"is a {type(meta if _is_state_dict(state) else state).__name__}; write it again with "
-                            f"derd.checkpoints.save_checkpoint or pass the original")
+            raise UserError(
+                f"checkpoint {path} is damaged: its {'meta' if _is_state_dict(state) else 'state_dict'} "
+                f"is a {type(meta if _is_state_dict(state) else state).__name__}; write it again with "
+                f"derd.checkpoints.save_checkpoint or pass the original"
+            )
         return state, dict(meta)
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "net"):  # common wrappers
@@ -112,14 +136,19 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
                 return obj[key], {}
         if _is_state_dict(obj):
             return obj, {}
-    raise UserError(f"checkpoint {path} holds neither a DERD checkpoint nor a state_dict of tensors; "
-                    f"save one with torch.save(model.state_dict(), path)")
+    raise UserError(
+        f"checkpoint {path} holds neither a DERD checkpoint nor a state_dict of tensors; "
+        f"save one with torch.save(model.state_dict(), path)"
+    )
 
 
 def _is_state_dict(obj: Any) -> bool:
     """A non-empty mapping of names to tensors."""
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                       for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def build_model(arch: str, info: DatasetInfo, normalize: str = "dataset") -> NormalizedClassifier:
@@ -144,18 +173,24 @@ def load_checkpoint(
     if meta:
         for key, kind in (("arch", str), ("num_classes", int)):
             if key in meta and not isinstance(meta[key], kind):
-                raise UserError(f"checkpoint {path} is damaged: meta.{key} is {meta[key]!r}, not a {kind.__name__}")
+                raise UserError(
+                    f"checkpoint {path} is damaged: meta.{key} is {meta[key]!r}, not a {kind.__name__}"
+                )
         if meta.get("num_classes", info.num_classes) != info.num_classes:
             raise UserError(
                 f"checkpoint {path} has {meta['num_classes']} classes but {info.name} has {info.num_classes}; "
                 f"use a teacher trained on {info.name}"
             )
         if arch is not None and arch != meta.get("arch"):
-            raise UserError(f"checkpoint {path} is a {meta.get('arch')}, not a {arch}; drop the architecture flag or fix it")
+            raise UserError(
+                f"checkpoint {path} is a {meta.get('arch')}, not a {arch}; drop the architecture flag or fix it"
+            )
         arch = meta.get("arch")
     if arch is None:
-        raise UserError(f"checkpoint {path} is a plain state_dict without metadata: name its architecture "
-                        f"(--arch, --teacher-natural-arch / --teacher-robust-arch, or teachers.natural_arch / robust_arch)")
+        raise UserError(
+            f"checkpoint {path} is a plain state_dict without metadata: name its architecture "
+            f"(--arch, --teacher-natural-arch / --teacher-robust-arch, or teachers.natural_arch / robust_arch)"
+        )
     model = build_model(arch, info, normalize)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     has_wrapper = any(k.startswith("net.") for k in state)

@@ -7,6 +7,7 @@ read as latin-1). ``load_batch`` accepts exactly that: the unpickler resolves on
 array and dtype reconstructors (no other global: no callable from a data file ever runs), and
 the result's shape is checked key by key. Anything else is ``MalformedBatch``, naming the file.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,11 +22,17 @@ import numpy as np
 _ALLOWED = {
     (module, name)
     for package in ("numpy.core", "numpy._core")
-    for module, name in ((f"{package}.multiarray", "_reconstruct"), (f"{package}.multiarray", "scalar"),
-                         (f"{package}.numeric", "_frombuffer"))
-} | {("numpy", "ndarray"), ("numpy", "dtype"),
-     ("_codecs", "encode")}  # Python 3's protocol-2 pickles write bytes as encode(str, "latin1"): data, not code
-MAX_BATCH_BYTES = 512 * 2 ** 20  # a real batch is 31 MB (CIFAR-10) or 155 MB (CIFAR-100's train file)
+    for module, name in (
+        (f"{package}.multiarray", "_reconstruct"),
+        (f"{package}.multiarray", "scalar"),
+        (f"{package}.numeric", "_frombuffer"),
+    )
+} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}  # Python 3's protocol-2 pickles write bytes as encode(str, "latin1"): data, not code
+MAX_BATCH_BYTES = 512 * 2**20  # a real batch is 31 MB (CIFAR-10) or 155 MB (CIFAR-100's train file)
 
 
 class MalformedBatch(ValueError):
@@ -36,19 +43,29 @@ class _DataOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it would call {module}.{name}: a CIFAR file holds data, never code; refused")
+        raise pickle.UnpicklingError(
+            f"it would call {module}.{name}: a CIFAR file holds data, never code; refused"
+        )
 
 
 def load_pickle(path: Path) -> Any:
     """The data of a CIFAR pickle, refusing any global but numpy's array reconstructors."""
     size = path.stat().st_size
     if size > MAX_BATCH_BYTES:
-        raise MalformedBatch(f"{path} is {size / 2 ** 20:.0f} MB, larger than any CIFAR batch")
+        raise MalformedBatch(f"{path} is {size / 2**20:.0f} MB, larger than any CIFAR batch")
     try:
         with open(path, "rb") as f:
             return _DataOnly(io.BytesIO(f.read()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+    ) as err:
         raise MalformedBatch(f"{path} is not a CIFAR batch ({type(err).__name__}: {err})") from None
 
 
@@ -58,7 +75,9 @@ def load_batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
     if not isinstance(entry, dict):
         raise MalformedBatch(f"{path} holds a {type(entry).__name__}, not a CIFAR batch's dict")
     data, labels = entry.get("data"), entry.get(label_key)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+    if not (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+    ):
         raise MalformedBatch(f"{path}: 'data' is not an N x 3072 uint8 array")
     if not (isinstance(labels, list) and len(labels) == len(data) and all(type(v) is int for v in labels)):
         raise MalformedBatch(f"{path}: {label_key!r} is not a list of {len(data)} ints")

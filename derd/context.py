@@ -4,6 +4,7 @@ the student's optimiser for the current phase, and the phase itself.
 It lives outside ``derd.methods`` so that the parts (``derd.synthesis``, ``derd.objectives``)
 and the methods that compose them can import it without importing one another.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,9 +49,12 @@ class StudentTrainer:
         self.max_grad_norm: float | None = None
 
     def start_phase(self, phase: Phase) -> None:
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=phase.lr_s, momentum=0.9,
-                                         weight_decay=phase.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, phase.epochs * phase.iters_per_epoch * phase.updates_per_iter))
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=phase.lr_s, momentum=0.9, weight_decay=phase.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, max(1, phase.epochs * phase.iters_per_epoch * phase.updates_per_iter)
+        )
         self.max_grad_norm = phase.max_grad_norm
 
     def params(self) -> list[torch.nn.Parameter]:
@@ -78,8 +82,16 @@ class Context:
     an uninterrupted one bit for bit on the same device.
     """
 
-    def __init__(self, cfg: "RunConfig", info: "DatasetInfo", compute: "Compute", student: nn.Module,
-                 experts: "Experts", rng: torch.Generator, new_student: Callable[[], nn.Module]) -> None:
+    def __init__(
+        self,
+        cfg: "RunConfig",
+        info: "DatasetInfo",
+        compute: "Compute",
+        student: nn.Module,
+        experts: "Experts",
+        rng: torch.Generator,
+        new_student: Callable[[], nn.Module],
+    ) -> None:
         self.cfg, self.info, self.compute = cfg, info, compute
         self.device = compute.device
         self.student, self.experts, self.rng = student, experts, rng

@@ -8,6 +8,7 @@ Every dataset has three disjoint splits:
 
 All images are float tensors in [0, 1]; models normalise inside themselves.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         missing = [k for k in REQUIRED_BUDGET if k not in self.budget]
         if missing:
-            raise ValueError(f"dataset {self.info.name}: its budget must set {', '.join(missing)} (a full-length "
-                             f"final training: derd.config.preset)")
+            raise ValueError(
+                f"dataset {self.info.name}: its budget must set {', '.join(missing)} (a full-length "
+                f"final training: derd.config.preset)"
+            )
 
 
 # What every dataset's budget states: every method's length and the student it trains.
@@ -195,6 +198,7 @@ def download(name: str, root: str | os.PathLike | None) -> None:
 
 # ---- the datasets ---------------------------------------------------------------------------
 
+
 def digits_split_indices() -> dict[str, np.ndarray]:
     """The fixed digits split over scikit-learn's 1,797 images: 60% teacher, 20% val, 20% test."""
     from sklearn.datasets import load_digits
@@ -234,7 +238,9 @@ class _CIFARFiles(Dataset):
         return Image.fromarray(self.data[i]), self.targets[i]
 
 
-def _cifar(name: str, val_per_class: int, split: str, root: Path, size: int, augment: bool, download: bool) -> Dataset:
+def _cifar(
+    name: str, val_per_class: int, split: str, root: Path, size: int, augment: bool, download: bool
+) -> Dataset:
     from torchvision import datasets, transforms
 
     from derd.cifar_files import MalformedBatch, load_classes
@@ -248,7 +254,9 @@ def _cifar(name: str, val_per_class: int, split: str, root: Path, size: int, aug
             from torchvision.datasets.utils import download_and_extract_archive
 
             if not all((folder / f).is_file() for f, _ in base_cls.train_list + base_cls.test_list):
-                download_and_extract_archive(base_cls.url, str(root), filename=base_cls.filename, md5=base_cls.tgz_md5)
+                download_and_extract_archive(
+                    base_cls.url, str(root), filename=base_cls.filename, md5=base_cls.tgz_md5
+                )
         missing = [f for f in files + [base_cls.meta["filename"]] if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(f"missing {folder / missing[0]}")
@@ -265,7 +273,9 @@ def _cifar(name: str, val_per_class: int, split: str, root: Path, size: int, aug
     teacher_idx, val_idx = stratified_split(base.targets, val_per_class)
     if split == "val":
         return _Transformed(base, val_idx, to_tensor)
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), to_tensor])
+    tf = transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), to_tensor]
+    )
     return _Transformed(base, teacher_idx, tf if augment else to_tensor)
 
 
@@ -300,7 +310,9 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool, download: boo
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"imagenet100: cannot read {folder}: {err}") from None
     resize = int(round(size * 256 / 224))
-    plain = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()])
+    plain = transforms.Compose(
+        [transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()]
+    )
     if split == "test":
         return _Transformed(base, np.arange(len(base)), plain)
     teacher_idx, val_idx = stratified_split(base.targets, 50)
@@ -315,33 +327,75 @@ def _imagenet100(split: str, root: Path, size: int, augment: bool, download: boo
 # Full-length budgets (the paper's are not at hand). CIFAR: batch 512 (25,600 pseudo images per
 # epoch, as 256 x 100 before), the batch that runs fastest on a GPU; ImageNet-100 stays at 128
 # (the measurements: docs/speed-and-scale.md, "Batch sizes of the full-length budgets").
-_CIFAR_BUDGET = {"student.arch": "resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 50,
-                 "budget.batch_size": 512, "student.latent_dim": 256}
+_CIFAR_BUDGET = {
+    "student.arch": "resnet18",
+    "stage1.epochs": 40,
+    "budget.epochs": 200,
+    "budget.iters_per_epoch": 50,
+    "budget.batch_size": 512,
+    "student.latent_dim": 256,
+}
 
 # digits: 8x8 images with 17 grey levels. At eps = 0.2 (about 3 grey levels; the digits stay
 # readable) a natural CNN falls to 0% under PGD_S while a PGD-trained one keeps about 60% at
 # the same clean accuracy; at 0.1 even the natural CNN keeps 40%, at 0.3 adversarial
 # training no longer converges on this little data. Its budget is the run config's defaults
 # (30 epochs of 30 iterations at batch 128, 10 of them DERD's stage I). docs/results-digits.md shows both teachers' tables.
-register_dataset(DatasetSpec(
-    DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)), _digits, teacher_arch="digits_cnn", teacher_epochs=30,
-    budget={"student.arch": "digits_cnn_small", "stage1.epochs": 10, "budget.epochs": 30, "budget.iters_per_epoch": 30,
-            "budget.batch_size": 128},
-    needs_root=False))
-register_dataset(DatasetSpec(
-    DatasetInfo("cifar10", 10, (3, 32, 32), 8 / 255, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    functools.partial(_cifar, "cifar10", 500), teacher_arch="wrn_34_10", teacher_epochs=100,
-    budget=_CIFAR_BUDGET, downloadable=True))
-register_dataset(DatasetSpec(
-    DatasetInfo("cifar100", 100, (3, 32, 32), 8 / 255, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    functools.partial(_cifar, "cifar100", 50), teacher_arch="wrn_34_10", teacher_epochs=100,
-    budget=_CIFAR_BUDGET, downloadable=True))
-register_dataset(DatasetSpec(
-    DatasetInfo("imagenet100", 100, (3, 224, 224), 8 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    _imagenet100, teacher_arch="tv_resnet50", teacher_epochs=100,
-    budget={"student.arch": "tv_resnet18", "stage1.epochs": 40, "budget.epochs": 200, "budget.iters_per_epoch": 100,
-            "budget.batch_size": 128, "student.latent_dim": 256},
-    resizable=True))
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("digits", 10, (1, 8, 8), 0.2, (0.3,), (0.4,)),
+        _digits,
+        teacher_arch="digits_cnn",
+        teacher_epochs=30,
+        budget={
+            "student.arch": "digits_cnn_small",
+            "stage1.epochs": 10,
+            "budget.epochs": 30,
+            "budget.iters_per_epoch": 30,
+            "budget.batch_size": 128,
+        },
+        needs_root=False,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("cifar10", 10, (3, 32, 32), 8 / 255, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+        functools.partial(_cifar, "cifar10", 500),
+        teacher_arch="wrn_34_10",
+        teacher_epochs=100,
+        budget=_CIFAR_BUDGET,
+        downloadable=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        DatasetInfo(
+            "cifar100", 100, (3, 32, 32), 8 / 255, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+        ),
+        functools.partial(_cifar, "cifar100", 50),
+        teacher_arch="wrn_34_10",
+        teacher_epochs=100,
+        budget=_CIFAR_BUDGET,
+        downloadable=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("imagenet100", 100, (3, 224, 224), 8 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        _imagenet100,
+        teacher_arch="tv_resnet50",
+        teacher_epochs=100,
+        budget={
+            "student.arch": "tv_resnet18",
+            "stage1.epochs": 40,
+            "budget.epochs": 200,
+            "budget.iters_per_epoch": 100,
+            "budget.batch_size": 128,
+            "student.latent_dim": 256,
+        },
+        resizable=True,
+    )
+)
 
 
 def make_loader(

@@ -18,6 +18,7 @@ so CPU results stay bit for bit what they were):
 * ``train.fold_teachers``: ``auto`` (on for CUDA), ``on`` or ``off``: each frozen teacher's
   BatchNorm folded into the convolution before it (``derd.models.fold``), on a copy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ from torch import nn
 from derd.cache import cache_dir
 from derd.errors import UserError
 from derd.models.fold import fold_batchnorm
+
 
 def _switch(value: str, cuda: bool) -> bool:
     return value == "on" or (value == "auto" and cuda)
@@ -50,8 +52,12 @@ def check_device(name: str) -> torch.device:
         device = resolve_device(name)
     except RuntimeError:
         raise UserError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device {name!r} is not available on this machine (no such CUDA device); use --device cpu or auto")
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise UserError(
+            f"device {name!r} is not available on this machine (no such CUDA device); use --device cpu or auto"
+        )
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device {name!r}: only cpu and cuda are supported")
     return device
@@ -68,12 +74,22 @@ class Compute:
     fold_teachers: bool = False
 
     @classmethod
-    def from_config(cls, device: torch.device, precision: str = "auto", channels_last: str = "auto",
-                    compile: str = "auto", fold_teachers: str = "auto") -> "Compute":
+    def from_config(
+        cls,
+        device: torch.device,
+        precision: str = "auto",
+        channels_last: str = "auto",
+        compile: str = "auto",
+        fold_teachers: str = "auto",
+    ) -> "Compute":
         cuda = device.type == "cuda"
-        return cls(device, bf16=precision == "bf16" or (precision == "auto" and cuda),
-                   channels_last=_switch(channels_last, cuda), compile=_switch(compile, cuda),
-                   fold_teachers=_switch(fold_teachers, cuda))
+        return cls(
+            device,
+            bf16=precision == "bf16" or (precision == "auto" and cuda),
+            channels_last=_switch(channels_last, cuda),
+            compile=_switch(compile, cuda),
+            fold_teachers=_switch(fold_teachers, cuda),
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on this device, or nothing."""
@@ -100,16 +116,28 @@ class Compute:
         folding never changes the caller's model), on the device and in the layout (in place when
         neither applies, as for any module of the run)."""
         if self.fold_teachers:
-            module, _ = fold_batchnorm(module, torch.rand(2, *image_shape, device=next(module.parameters()).device))
+            module, _ = fold_batchnorm(
+                module, torch.rand(2, *image_shape, device=next(module.parameters()).device)
+            )
         elif self.compile:
             module = copy.deepcopy(module)
         return self.prepare(module)
 
     @property
     def label(self) -> str:
-        return ", ".join(f for f, on in (("bf16", self.bf16), ("channels_last", self.channels_last),
-                                          ("compiled", self.compile), ("folded teachers", self.fold_teachers))
-                         if on) or "fp32"
+        return (
+            ", ".join(
+                f
+                for f, on in (
+                    ("bf16", self.bf16),
+                    ("channels_last", self.channels_last),
+                    ("compiled", self.compile),
+                    ("folded teachers", self.fold_teachers),
+                )
+                if on
+            )
+            or "fp32"
+        )
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line that names the fix, exit code 2."""
+
 from __future__ import annotations
 
 import functools

@@ -34,6 +34,7 @@ Every column draws its random start from its own generator seeded from ``seed`` 
 column's name, so a column's value does not depend on which other columns ran before it:
 PGD_S is the same under both protocols.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,15 +94,22 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "full": Protocol("full", ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc"), None, "standard",
-                     "standard"),
+    "full": Protocol(
+        "full",
+        ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc"),
+        None,
+        "standard",
+        "standard",
+    ),
     "search": Protocol("search", ("clean_acc", "pgd_acc", "aa_acc"), 1000, "fast", "APGD-CE+T"),
 }
 
 
 # what each version of the AA column runs (``attacks.autoattack``)
-AA_ATTACKS = {"standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
-              "fast": "APGD-CE + APGD-T (standard AutoAttack's first two)"}
+AA_ATTACKS = {
+    "standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
+    "fast": "APGD-CE + APGD-T (standard AutoAttack's first two)",
+}
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,11 @@ class IterativeAttack:
     start_scale: float = 0.0
 
     def described(self, scale: float) -> str:
-        start = {"uniform": "uniform start", "none": "",
-                 "normal": f"start {self.start_scale * scale:.4g}*N(0, I)"}[self.start]
+        start = {
+            "uniform": "uniform start",
+            "none": "",
+            "normal": f"start {self.start_scale * scale:.4g}*N(0, I)",
+        }[self.start]
         loss = "CW margin loss" if self.loss == "CW margin" else self.loss
         return ", ".join(p for p in (f"{self.steps} steps of {self.step_size * scale:.4g}", start, loss) if p)
 
@@ -134,9 +145,12 @@ def column_attack(column: str, eps: float, aa_version: str) -> str:
     """The attack behind a column at radius ``eps``, in words with its step sizes (``column_attacks``
     runs it): ``PGD_S: 20 steps of 0.00784, uniform start, CE``."""
     scale = eps / REFERENCE_EPS
-    described = {"clean_acc": "no attack", "fgsm_acc": f"one signed step of {eps:.4g}",
-                 "aa_acc": AA_ATTACKS[aa_version],
-                 **{c: a.described(scale) for c, a in ITERATIVE_ATTACKS.items()}}
+    described = {
+        "clean_acc": "no attack",
+        "fgsm_acc": f"one signed step of {eps:.4g}",
+        "aa_acc": AA_ATTACKS[aa_version],
+        **{c: a.described(scale) for c, a in ITERATIVE_ATTACKS.items()},
+    }
     return f"{COLUMNS[column]}: {described[column]}"
 
 
@@ -146,8 +160,12 @@ def protocol_record(protocol: str | Protocol, eps: float, validation: str | None
     name, the L-inf radius, each column's attack and the images it is limited to (None: all); for a
     val score also what it was scored on (``validation``: ``real`` or ``synthetic``, ``eval.validation``)."""
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
-    record = {"name": proto.name, "eps": float(eps), "attacks": [column_attack(c, eps, proto.aa_version) for c in proto.columns],
-              "max_images": proto.max_images}
+    record = {
+        "name": proto.name,
+        "eps": float(eps),
+        "attacks": [column_attack(c, eps, proto.aa_version) for c in proto.columns],
+        "max_images": proto.max_images,
+    }
     return {**record, "validation": validation} if validation else record
 
 
@@ -164,12 +182,21 @@ def describe_protocol(record: dict[str, Any] | None) -> str:
     protocol was never recorded, says so."""
     if not record:
         return "protocol not recorded"
-    aa = next((a.split(": ", 1)[1] for a in record.get("attacks", []) if a.startswith(f"{COLUMNS['aa_acc']}: ")), None)
+    aa = next(
+        (a.split(": ", 1)[1] for a in record.get("attacks", []) if a.startswith(f"{COLUMNS['aa_acc']}: ")),
+        None,
+    )
     limit = record.get("max_images")
-    return (f"{record['name']} protocol, eps {record['eps']:.4g}" + (f"; AA = {aa}" if aa else "")
-            + (f"; first {limit} images" if limit else "")
-            + ("; on the synthetic validation set (no real image), not the val split"
-               if record.get("validation") == "synthetic" else ""))
+    return (
+        f"{record['name']} protocol, eps {record['eps']:.4g}"
+        + (f"; AA = {aa}" if aa else "")
+        + (f"; first {limit} images" if limit else "")
+        + (
+            "; on the synthetic validation set (no real image), not the val split"
+            if record.get("validation") == "synthetic"
+            else ""
+        )
+    )
 
 
 def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -177,8 +204,11 @@ def same_protocol(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     are alike, an unrecorded one is like no recorded one."""
     if not a or not b:
         return not a and not b
-    return (a["name"] == b["name"] and math.isclose(a["eps"], b["eps"], rel_tol=1e-6)
-            and a.get("validation", "real") == b.get("validation", "real"))
+    return (
+        a["name"] == b["name"]
+        and math.isclose(a["eps"], b["eps"], rel_tol=1e-6)
+        and a.get("validation", "real") == b.get("validation", "real")
+    )
 
 
 def header(column: str, protocol: str | None = None, split: str | None = None) -> str:
@@ -188,7 +218,11 @@ def header(column: str, protocol: str | None = None, split: str | None = None) -
     base = column.removeprefix(WORST_PREFIX)
     notes = [PROTOCOLS[protocol].aa_label] if protocol and base == "aa_acc" else []
     notes += [split] if split else []
-    return ("worst-class " if base != column else "") + COLUMNS[base] + (f" ({', '.join(notes)})" if notes else "")
+    return (
+        ("worst-class " if base != column else "")
+        + COLUMNS[base]
+        + (f" ({', '.join(notes)})" if notes else "")
+    )
 
 
 def val(column: str) -> str:
@@ -219,7 +253,9 @@ def column_generator(column: str, seed: int, device: torch.device | str) -> torc
     return torch.Generator(device=device).manual_seed(seed * 1000 + offset)
 
 
-def column_attacks(eps: float, seed: int, aa_version: str, device: torch.device | str = "cpu") -> dict[str, AttackFn]:
+def column_attacks(
+    eps: float, seed: int, aa_version: str, device: torch.device | str = "cpu"
+) -> dict[str, AttackFn]:
     """The attack behind each column at radius eps (``ITERATIVE_ATTACKS``' step sizes scaled from 8/255),
     each iterative one with a random start drawing from its own column's generator."""
     scale = eps / REFERENCE_EPS
@@ -227,19 +263,32 @@ def column_attacks(eps: float, seed: int, aa_version: str, device: torch.device 
 
     def iterative(column: str, spec: IterativeAttack) -> AttackFn:
         gen = column_generator(column, seed, device) if spec.start != "none" else None
-        return lambda m, x, y: attacks.pgd(m, x, y, eps=eps, steps=spec.steps, step_size=spec.step_size * scale,
-                                           start=spec.start, start_scale=spec.start_scale * scale,
-                                           loss_fn=losses[spec.loss], generator=gen)
+        return lambda m, x, y: attacks.pgd(
+            m,
+            x,
+            y,
+            eps=eps,
+            steps=spec.steps,
+            step_size=spec.step_size * scale,
+            start=spec.start,
+            start_scale=spec.start_scale * scale,
+            loss_fn=losses[spec.loss],
+            generator=gen,
+        )
 
     return {
         "clean_acc": lambda m, x, y: x,
         "fgsm_acc": lambda m, x, y: attacks.fgsm(m, x, y, eps=eps),
         **{c: iterative(c, a) for c, a in ITERATIVE_ATTACKS.items()},
-        "aa_acc": lambda m, x, y: attacks.autoattack(m, x, y, eps=eps, version=aa_version, seed=seed, batch_size=len(x)),
+        "aa_acc": lambda m, x, y: attacks.autoattack(
+            m, x, y, eps=eps, version=aa_version, seed=seed, batch_size=len(x)
+        ),
     }
 
 
-def eval_batch_size(requested: int | None, image_shape: tuple[int, int, int], device: torch.device | str) -> int:
+def eval_batch_size(
+    requested: int | None, image_shape: tuple[int, int, int], device: torch.device | str
+) -> int:
     """Images per evaluation batch: the config's ``data.val_batch_size`` when set; else 256 on the CPU
     (the batch every CPU score was made with) and, on a GPU, as many as its attacks fit: 1,024 at
     32 px and below, 256 above (``evaluate`` halves a batch that does not fit)."""
@@ -274,8 +323,12 @@ def evaluate(
     per_class: torch.Tensor | None = None  # [class] images scored
     total = 0
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), attacks.eval_mode(model), no_autocast(device), \
-            torch.compiler.set_stance("force_eager"):
+    with (
+        torch.random.fork_rng(devices=devices),
+        attacks.eval_mode(model),
+        no_autocast(device),
+        torch.compiler.set_stance("force_eager"),
+    ):
         torch.manual_seed(seed)
         fns = column_attacks(eps, seed, proto.aa_version, device)
         bar = _progress(loader, progress, f"eval[{proto.name}]")
@@ -308,8 +361,9 @@ def _table(columns: tuple[str, ...], correct: torch.Tensor, per_class: torch.Ten
     return result
 
 
-def _score(model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...], x: torch.Tensor,
-           y: torch.Tensor) -> torch.Tensor:
+def _score(
+    model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Correct predictions per column and class on one batch, [column, class] (halved, recursively,
     when it does not fit); the classes are the model's outputs."""
     try:
@@ -326,7 +380,9 @@ def _score(model: nn.Module, fns: dict[str, AttackFn], columns: tuple[str, ...],
             raise
         torch.cuda.empty_cache()
         half = len(x) // 2
-        return _score(model, fns, columns, x[:half], y[:half]) + _score(model, fns, columns, x[half:], y[half:])
+        return _score(model, fns, columns, x[:half], y[:half]) + _score(
+            model, fns, columns, x[half:], y[half:]
+        )
 
 
 def _progress(iterable, enabled: bool, desc: str):
@@ -356,12 +412,18 @@ def main(argv: list[str] | None = None) -> None:
     from derd.device import check_device
     from derd.settings import SEED_MAX, check_flag
 
-    p = argparse.ArgumentParser(prog="python -m derd.evaluate", description="Print the robustness table of a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="python -m derd.evaluate", description="Print the robustness table of a checkpoint."
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--arch", help="architecture, for a plain state_dict without metadata")
-    p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="dataset",
-                   help="plain state_dicts: 'none' if the network takes raw [0, 1] images (normalises inside itself)")
+    p.add_argument(
+        "--normalize",
+        choices=NORMALIZE_CHOICES,
+        default="dataset",
+        help="plain state_dicts: 'none' if the network takes raw [0, 1] images (normalises inside itself)",
+    )
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="full")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--data-root")
@@ -382,7 +444,13 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device)
     data = load_split(args.dataset, args.split, args.data_root, image_size=args.image_size)
     metrics = evaluate(
-        model, make_loader(data, args.batch_size), args.protocol, eps=info.eps, device=device, seed=args.seed, progress=True
+        model,
+        make_loader(data, args.batch_size),
+        args.protocol,
+        eps=info.eps,
+        device=device,
+        seed=args.seed,
+        progress=True,
     )
     name = f"{meta.get('kind', 'model')} {meta.get('arch', args.arch)}"
     print(f"{args.dataset} {args.split} split, protocol {args.protocol}, eps {info.eps:.4f}")

@@ -1,4 +1,5 @@
 """The two pretrained experts a run distils from, loaded once per search or training."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ class Experts:
 
 def _check_sha256(path: str, expected: str | None, key: str) -> None:
     if expected is not None and file_sha256(path) != expected:
-        raise UserError(f"{path} is not the teacher this config was made with ({key} differs); "
-                        f"pass the original file or drop {key}")
+        raise UserError(
+            f"{path} is not the teacher this config was made with ({key} differs); "
+            f"pass the original file or drop {key}"
+        )
 
 
 def load_experts(cfg: RunConfig, progress: bool = True, methods: Sequence[str] = ()) -> Experts:
@@ -52,7 +55,9 @@ def load_experts(cfg: RunConfig, progress: bool = True, methods: Sequence[str] =
         if path is None:
             return cached[kind][0]
         model = load_checkpoint(path, info, arch=getattr(t, f"{kind}_arch"), normalize=t.normalize)[0]
-        _check_sha256(path, getattr(t, f"{kind}_sha256"), f"teachers.{kind}_sha256")  # a missing file: its own message
+        _check_sha256(
+            path, getattr(t, f"{kind}_sha256"), f"teachers.{kind}_sha256"
+        )  # a missing file: its own message
         return model
 
     natural, robust = load("natural"), load("robust")

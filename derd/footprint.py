@@ -10,6 +10,7 @@ activations are counted with forward hooks on a meta batch of one. It is a lower
 run needs (the allocator's caching, CMI's feature bank and attack buffers come on top), so it
 refuses only what cannot fit.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,12 @@ STATE_COPIES = 4  # weights, gradients and two optimiser moments
 
 def sets_memory(key: str) -> bool:
     """Whether a config key changes the estimate (a search checks its space at these keys' highs)."""
-    return key in ("budget.batch_size", "student.generator_width", "student.arch", "data.image_size") \
-        or key.endswith(".latent_dim")
+    return key in (
+        "budget.batch_size",
+        "student.generator_width",
+        "student.arch",
+        "data.image_size",
+    ) or key.endswith(".latent_dim")
 
 
 def latent_key(cfg: RunConfig) -> str:
@@ -50,7 +55,9 @@ def _activations(model: nn.Module, example: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             total += output.numel()
 
-    observed_forward(model, example, [m.register_forward_hook(count) for m in model.modules() if not list(m.children())])
+    observed_forward(
+        model, example, [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    )
     return total
 
 
@@ -65,10 +72,13 @@ def estimate(cfg: RunConfig) -> dict[str, int]:
     with torch.device("meta"):
         generator = Generator(info.image_shape, latent, cfg.student.generator_width)
         student = create_model(cfg.student.arch, info.num_classes, in_channels=info.image_shape[0])
-        per_image = (_activations(generator, torch.zeros(1, latent))
-                     + 3 * _activations(student, torch.zeros(1, *info.image_shape)))  # the student and two teachers
+        per_image = _activations(generator, torch.zeros(1, latent)) + 3 * _activations(
+            student, torch.zeros(1, *info.image_shape)
+        )  # the student and two teachers
     return {
-        f"{key} (with student.generator_width)": sum(p.numel() for p in generator.parameters()) * STATE_COPIES * BYTES,
+        f"{key} (with student.generator_width)": sum(p.numel() for p in generator.parameters())
+        * STATE_COPIES
+        * BYTES,
         "student.arch": sum(p.numel() for p in student.parameters()) * STATE_COPIES * BYTES,
         "budget.batch_size": cfg.budget.batch_size * per_image * ACTIVATION_BYTES,
     }
@@ -87,6 +97,8 @@ def check_memory(cfg: RunConfig, device: torch.device, where: str = "") -> None:
     total, limit = sum(parts.values()), available_bytes(device)
     if total > limit:
         key = max(parts, key=parts.get)
-        raise ConfigError(f"{where}{key}: this run needs at least {total / 2**30:,.1f} GiB ({parts[key] / 2**30:,.1f} "
-                          f"from {key}) but the {device.type.upper()} has {limit / 2**30:,.1f} GiB; "
-                          f"{'choose a smaller one' if key == 'student.arch' else 'lower it'}")
+        raise ConfigError(
+            f"{where}{key}: this run needs at least {total / 2**30:,.1f} GiB ({parts[key] / 2**30:,.1f} "
+            f"from {key}) but the {device.type.upper()} has {limit / 2**30:,.1f} GiB; "
+            f"{'choose a smaller one' if key == 'student.arch' else 'lower it'}"
+        )

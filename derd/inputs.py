@@ -9,6 +9,7 @@ Every such file goes through here, so each failure has one clear line:
   ``MAX_YAML_NODES`` is refused before it is constructed;
 - ``expect`` checks the shape of one value and names its key.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,16 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         raise UserError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     size = path.stat().st_size
     if size > MAX_TEXT_BYTES:
-        raise UserError(f"{what} {path} is {size / 2**20:.1f} MiB, more than any {what} holds "
-                        f"({MAX_TEXT_BYTES >> 20} MiB at most); pass the right file")
+        raise UserError(
+            f"{what} {path} is {size / 2**20:.1f} MiB, more than any {what} holds "
+            f"({MAX_TEXT_BYTES >> 20} MiB at most); pass the right file"
+        )
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not a text file (not UTF-8); pass the YAML or JSON file itself") from None
+        raise UserError(
+            f"{what} {path} is not a text file (not UTF-8); pass the YAML or JSON file itself"
+        ) from None
     except OSError as err:
         raise UserError(f"{what} {path} cannot be read ({err.strerror}); check its permissions") from None
 
@@ -65,8 +70,10 @@ def parse_yaml(text: str, where: str) -> Any:
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise UserError(f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias "
-                            f"bomb?); write the values out instead of nesting aliases")
+            raise UserError(
+                f"{where}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias "
+                f"bomb?); write the values out instead of nesting aliases"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as err:
         raise UserError(f"{where}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
@@ -84,7 +91,9 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         return json.loads(read_text(path, what))
     except ValueError as err:
-        raise UserError(f"{what} {path} is not valid JSON ({err}); it was damaged: restore or remove it") from None
+        raise UserError(
+            f"{what} {path} is not valid JSON ({err}); it was damaged: restore or remove it"
+        ) from None
 
 
 def expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
@@ -95,7 +104,15 @@ def expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if ok and numeric and isinstance(value, float):
         ok = math.isfinite(value)
     if not ok:
-        names = " or ".join({dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-                             float: "a finite number"}.get(k, k.__name__) for k in kinds)
+        names = " or ".join(
+            {
+                dict: "a mapping",
+                list: "a list",
+                str: "a string",
+                int: "an integer",
+                float: "a finite number",
+            }.get(k, k.__name__)
+            for k in kinds
+        )
         raise UserError(f"{where}: expected {names}, got {type(value).__name__} {str(value)[:60]!r}")
     return value

@@ -13,6 +13,7 @@ a mean, norms against means of squares, a batch mean against an element mean) an
 weight so that the weighted term has the paper's size next to the others at the start of
 training (docs/methods.md: "Converting a published weight"; GDFQ's L_bn weight is the worked example).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,7 +74,9 @@ def one_hot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(teacher_logits, teacher_logits.argmax(dim=1))
 
 
-def adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+def adversarial_loss(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
     """L_adv = -KL(T(x) || S(x)) (DFAD-style data-level adversary): G seeks disagreement.
 
     Reduction: ``kl_divergence``'s (batch mean). Magnitude: about -0.6 at the start, unbounded below
@@ -155,7 +158,9 @@ def attention_map(activation: torch.Tensor) -> torch.Tensor:
     return F.normalize(activation.float().pow(2).mean(dim=1).flatten(1), dim=1)
 
 
-def attention_transfer_loss(student_acts: list[torch.Tensor], teacher_acts: list[torch.Tensor]) -> torch.Tensor:
+def attention_transfer_loss(
+    student_acts: list[torch.Tensor], teacher_acts: list[torch.Tensor]
+) -> torch.Tensor:
     """sum over matched layers of mean_{b,j} (a_S - a_T)^2 (ZSKT's attention transfer, beta outside).
 
     Reduction: element mean over batch x positions per layer, summed over layers. Magnitude: small, about
@@ -166,7 +171,9 @@ def attention_transfer_loss(student_acts: list[torch.Tensor], teacher_acts: list
     return total
 
 
-def contrastive_loss(anchors: torch.Tensor, keys: torch.Tensor, tau: float, current: int | None = None) -> torch.Tensor:
+def contrastive_loss(
+    anchors: torch.Tensor, keys: torch.Tensor, tau: float, current: int | None = None
+) -> torch.Tensor:
     """CMI's InfoNCE instance discrimination (contrastive.py 320-326): row i of ``anchors`` must pick row i
     of ``keys`` among all keys; the keys are detached (the head and the generator learn through the
     anchors only). Both are L2-normalised embeddings. With ``current`` (the current batch's rows
@@ -233,28 +240,37 @@ class BatchNormStatistics(Hooks):
         self.terms: list[torch.Tensor] = []
         self.features: list[torch.Tensor] = []
         self.handles = [
-            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, (*BATCHNORMS, FoldedBatchNorm))
+            m.register_forward_hook(self._hook)
+            for m in model.modules()
+            if isinstance(m, (*BATCHNORMS, FoldedBatchNorm))
         ]
         if not self.handles:
             raise ValueError("L_bn needs a teacher with BatchNorm layers")
 
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+    def _hook(
+        self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
         if not self.active:
             return None
         x = inputs[0].float()
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)
-        folded = isinstance(module, FoldedBatchNorm)  # x is the folded convolution's output: recover the BN input's
+        folded = isinstance(
+            module, FoldedBatchNorm
+        )  # x is the folded convolution's output: recover the BN input's
         if folded:
             mean, var = module.input_mean(mean), module.input_var(var)
         self.terms.append(
-            torch.linalg.vector_norm(mean - module.running_mean, 2) + torch.linalg.vector_norm(var - module.running_var, 2)
+            torch.linalg.vector_norm(mean - module.running_mean, 2)
+            + torch.linalg.vector_norm(var - module.running_var, 2)
         )
         if self.keep_features:
             per_image = x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x
             self.features.append(module.input_mean(per_image) if folded else per_image)
-        if folded:  # the statistics keep the folded convolution's output: an in-place ReLU after must not change it
+        if (
+            folded
+        ):  # the statistics keep the folded convolution's output: an in-place ReLU after must not change it
             return output.clone()
         return None
 

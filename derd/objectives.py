@@ -13,6 +13,7 @@
 Each takes one optimiser step through ``ctx.trainer`` and returns its terms as 0-dim
 tensors; none reads a value on the host.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,14 +34,28 @@ class RobustConfig:
     """The baselines' student objective (config section ``robust``): RSLAD-style robust distillation
     from T_rob, the way DFARD's authors combined each data-free method with robustness."""
 
-    pgd_steps: int = setting(10, lo=1, hi=1000, doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)",
-                            search=integer(3, 10))
-    natural_weight: float = setting(1 / 6, lo=0, hi=1,
-                                    doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term",
-                                    search=uniform(0.0, 0.5))
+    pgd_steps: int = setting(
+        10,
+        lo=1,
+        hi=1000,
+        doc="PGD on the student: steps of eps/4 from 0.001*N(0, I) (RSLAD)",
+        search=integer(3, 10),
+    )
+    natural_weight: float = setting(
+        1 / 6,
+        lo=0,
+        hi=1,
+        doc="RSLAD's alpha: weight of KL(T(x)||S(x)) beside the adversarial term",
+        search=uniform(0.0, 0.5),
+    )
     tau: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX)
-    lr_s: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="SGD, momentum 0.9, cosine schedule (RSLAD: 0.1)",
-                          search=loguniform(0.01, 1.0))  # a decade each side of RSLAD's 0.1 (its KL: a tenth of a batch mean)
+    lr_s: float = setting(
+        0.1,
+        lo=1e-12,
+        hi=LR_MAX,
+        doc="SGD, momentum 0.9, cosine schedule (RSLAD: 0.1)",
+        search=loguniform(0.01, 1.0),
+    )  # a decade each side of RSLAD's 0.1 (its KL: a tenth of a batch mean)
     weight_decay: float = setting(2e-4, lo=0, hi=1.0, doc="the student's SGD weight decay (RSLAD: 2e-4)")
 
 
@@ -54,8 +69,16 @@ def natural_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, tau: float) ->
     return {"kd": loss.detach()}
 
 
-def robust_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, *, tau: float, natural_weight: float,
-              pgd_steps: int, attention_weight: float = 0.0) -> Terms:
+def robust_kd(
+    ctx: Context,
+    x: torch.Tensor,
+    teacher: nn.Module,
+    *,
+    tau: float,
+    natural_weight: float,
+    pgd_steps: int,
+    attention_weight: float = 0.0,
+) -> Terms:
     """One RSLAD step from ``teacher`` (T_rob); with ``attention_weight`` > 0 also ZSKT's
     attention transfer between the teacher's and the student's activations on x."""
     eps, student = ctx.info.eps, ctx.student
@@ -68,8 +91,18 @@ def robust_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, *, tau: float, 
                 target = teacher(x)
         else:
             target = teacher(x)
-    x_adv = pgd(student, x, target, eps=eps, steps=pgd_steps, step_size=eps / 4, start="normal",
-                start_scale=0.001 * eps / REFERENCE_EPS, loss_fn=losses.kl_attack_loss(tau), generator=ctx.rng)
+    x_adv = pgd(
+        student,
+        x,
+        target,
+        eps=eps,
+        steps=pgd_steps,
+        step_size=eps / 4,
+        start="normal",
+        start_scale=0.001 * eps / REFERENCE_EPS,
+        loss_fn=losses.kl_attack_loss(tau),
+        generator=ctx.rng,
+    )
     student.train()
     s_adv = student(x_adv)
     if attend:
@@ -77,7 +110,10 @@ def robust_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, *, tau: float, 
             s_clean = student(x)
     else:
         s_clean = student(x)
-    terms = {"rob": losses.rslad_divergence(target, s_adv, tau), "nat": losses.rslad_divergence(target, s_clean, tau)}
+    terms = {
+        "rob": losses.rslad_divergence(target, s_adv, tau),
+        "nat": losses.rslad_divergence(target, s_clean, tau),
+    }
     loss = (1 - natural_weight) * terms["rob"] + natural_weight * terms["nat"]
     if attend:
         terms["at"] = losses.attention_transfer_loss(*losses.matched_activations(s_acts, t_acts))
@@ -88,8 +124,9 @@ def robust_kd(ctx: Context, x: torch.Tensor, teacher: nn.Module, *, tau: float, 
     return {k: v.detach() for k, v in terms.items()}
 
 
-def sga(g_nat: Sequence[torch.Tensor], g_rob: Sequence[torch.Tensor],
-        generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+def sga(
+    g_nat: Sequence[torch.Tensor], g_rob: Sequence[torch.Tensor], generator: torch.Generator
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Stochastic gradient aggregation of the two experts' gradients, per parameter tensor.
 
     Where <g_nat, g_rob> < 0, one of the two (chosen at random, one draw per tensor) loses
@@ -109,19 +146,38 @@ def sga(g_nat: Sequence[torch.Tensor], g_rob: Sequence[torch.Tensor],
     # so g_nat' + g_rob' = keep_nat * g_nat + keep_rob * g_rob:
     keep_rob = 1 - torch.where(nat_yields, dots / (sq_rob + 1e-20), 0.0)
     keep_nat = 1 - torch.where(rob_yields, dots / (sq_nat + 1e-20), 0.0)
-    out = torch._foreach_add(torch._foreach_mul(g_nat, list(keep_nat.unbind())),
-                             torch._foreach_mul(g_rob, list(keep_rob.unbind())))
+    out = torch._foreach_add(
+        torch._foreach_mul(g_nat, list(keep_nat.unbind())), torch._foreach_mul(g_rob, list(keep_rob.unbind()))
+    )
     return out, conflict.float().mean()
 
 
-def expert_sga(ctx: Context, x: torch.Tensor, natural: nn.Module, robust: nn.Module, *, tau: float,
-               lambda_nat: float, lambda_sga: float, pgd_steps: int) -> Terms:
+def expert_sga(
+    ctx: Context,
+    x: torch.Tensor,
+    natural: nn.Module,
+    robust: nn.Module,
+    *,
+    tau: float,
+    lambda_nat: float,
+    lambda_sga: float,
+    pgd_steps: int,
+) -> Terms:
     """DERD's stage-II student step: PGD against S, then SGA(g_nat, g_rob) + lambda_sga * grad L_cons."""
     eps, student = ctx.info.eps, ctx.student
     with torch.no_grad():
         t_nat, t_rob = natural(x), robust(x)
-    x_adv = pgd(student, x, t_rob, eps=eps, steps=pgd_steps, step_size=eps / 4, start="uniform",
-                loss_fn=losses.kl_attack_loss(tau), generator=ctx.rng)
+    x_adv = pgd(
+        student,
+        x,
+        t_rob,
+        eps=eps,
+        steps=pgd_steps,
+        step_size=eps / 4,
+        start="uniform",
+        loss_fn=losses.kl_attack_loss(tau),
+        generator=ctx.rng,
+    )
     student.train()
     s_clean, s_adv = student(x), student(x_adv)
     l_nat = losses.kl_divergence(t_nat, s_clean, tau)
@@ -135,11 +191,23 @@ def expert_sga(ctx: Context, x: torch.Tensor, natural: nn.Module, robust: nn.Mod
     for p, g in zip(params, torch._foreach_add(g_sum, g_cons, alpha=lambda_sga)):
         p.grad = g
     ctx.trainer.step()
-    return {"nat": l_nat.detach(), "rob": l_rob.detach(), "cons": l_cons.detach(), "sga/conflict_frac": conflict}
+    return {
+        "nat": l_nat.detach(),
+        "rob": l_rob.detach(),
+        "cons": l_cons.detach(),
+        "sga/conflict_frac": conflict,
+    }
 
 
 def rslad(ctx: Context, x: torch.Tensor, *, tau: float | None = None, attention_weight: float = 0.0) -> Terms:
     """``robust_kd`` from T_rob with the run's ``robust`` section (every baseline's student step)."""
     r = ctx.cfg.robust
-    return robust_kd(ctx, x, ctx.experts.robust, tau=r.tau if tau is None else tau, natural_weight=r.natural_weight,
-                     pgd_steps=r.pgd_steps, attention_weight=attention_weight)
+    return robust_kd(
+        ctx,
+        x,
+        ctx.experts.robust,
+        tau=r.tau if tau is None else tau,
+        natural_weight=r.natural_weight,
+        pgd_steps=r.pgd_steps,
+        attention_weight=attention_weight,
+    )

@@ -1,4 +1,5 @@
 """Figures of a run: generated samples (the paper's Fig. 2) and val accuracy per epoch (its Fig. 1)."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ def save_sample_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 
     plt = _pyplot()
     grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[1] / grid.shape[2]))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if images.shape[1] == 1 else None, interpolation="nearest")
+    ax.imshow(
+        grid.permute(1, 2, 0).numpy(), cmap="gray" if images.shape[1] == 1 else None, interpolation="nearest"
+    )
     ax.set_axis_off()
     ax.set_title("generated pseudo images")
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -5,6 +5,7 @@ stderr) each redraw stays, and one bar becomes one line of many kilobytes. Off a
 same calls therefore write a plain line at most every ``every_s`` seconds, and one at the end.
 Every progress display in ``derd`` goes through ``progress_bar``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,9 +24,17 @@ class PlainProgress:
     ``close``; a bar that tqdm would erase at its end (``leave=False``) writes its last line only
     if it wrote one before."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0,
-                 desc: str = "", leave: bool = True, stream: TextIO | None = None,
-                 every_s: float = PLAIN_EVERY_S) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        initial: int = 0,
+        desc: str = "",
+        leave: bool = True,
+        stream: TextIO | None = None,
+        every_s: float = PLAIN_EVERY_S,
+    ) -> None:
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -72,7 +81,9 @@ class PlainProgress:
             return
         now = time.monotonic()
         count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
-        line = f"{self.desc}: {count} ({now - self.start:.0f} s)" + (f" {self.postfix}" if self.postfix else "")
+        line = f"{self.desc}: {count} ({now - self.start:.0f} s)" + (
+            f" {self.postfix}" if self.postfix else ""
+        )
         self.stream.write(line + "\n")
         self.stream.flush()
         self.last, self.written_n = now, self.n
@@ -86,9 +97,17 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0, desc: str = "",
-                 enabled: bool = True, leave: bool = True, stream: TextIO | None = None,
-                 every_s: float = PLAIN_EVERY_S):
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    initial: int = 0,
+    desc: str = "",
+    enabled: bool = True,
+    leave: bool = True,
+    stream: TextIO | None = None,
+    every_s: float = PLAIN_EVERY_S,
+):
     """A progress display over ``iterable`` (or counted by ``update`` up to ``total``) on ``stream``
     (default: stderr, read at the call): tqdm when the stream is a terminal, else ``PlainProgress``;
     with ``enabled=False`` it shows nothing (the same object, silent)."""
@@ -99,5 +118,6 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, initial=initial, desc=desc, leave=leave, file=stream)
-    return PlainProgress(iterable, total=total, initial=initial, desc=desc, leave=leave, stream=stream,
-                         every_s=every_s)
+    return PlainProgress(
+        iterable, total=total, initial=initial, desc=desc, leave=leave, stream=stream, every_s=every_s
+    )

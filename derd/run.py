@@ -17,6 +17,7 @@ All randomness after model initialisation comes from one seeded ``torch.Generato
 run's device, checkpointed with the rest, so a resumed run repeats an uninterrupted one bit
 for bit on the same device.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,13 +34,13 @@ import torch
 
 from derd.checkpoints import atomic_save, read_checkpoint_file
 from derd.config import RunConfig, from_dict, to_dict
+from derd.context import Context, Phase
 from derd.data import dataset_info, first_n, make_loader
 from derd.device import Compute, resolve_device, synchronize
 from derd.errors import UserError
 from derd.evaluate import PROTOCOLS, VAL_N, eval_batch_size, evaluate
 from derd.experts import Experts
 from derd.footprint import check_memory
-from derd.context import Context, Phase
 from derd.methods import get_method
 from derd.methods.registry import CORE_METRIC_PREFIXES
 from derd.models import create_model
@@ -47,8 +48,15 @@ from derd.validation import validation_data
 
 RUN_FORMAT = "derd-run/2"
 # the keys of a run checkpoint whose type is checked on reading (``read_state``)
-RUN_STATE_SHAPE = {"config": dict, "epoch": int, "phase": int, "student": dict, "method": dict,
-                   "rng": torch.Tensor, "history": list}
+RUN_STATE_SHAPE = {
+    "config": dict,
+    "epoch": int,
+    "phase": int,
+    "student": dict,
+    "method": dict,
+    "rng": torch.Tensor,
+    "history": list,
+}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -83,13 +91,19 @@ class DistillationRun:
         for role in method_cls.teachers:
             if getattr(experts, role) is None:
                 raise ValueError(f"method {cfg.method} needs the {role} teacher")
-        self.experts = Experts(*(self.compute.prepare_teacher(m, self.info.image_shape) if m is not None else None
-                                 for m in (experts.natural, experts.robust)))
+        self.experts = Experts(
+            *(
+                self.compute.prepare_teacher(m, self.info.image_shape) if m is not None else None
+                for m in (experts.natural, experts.robust)
+            )
+        )
         self.stage1_cache = Path(stage1_cache) if stage1_cache is not None else None
         torch.manual_seed(cfg.seed)
         self.student = self.compute.prepare(self._new_student())
         self.rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.ctx = Context(cfg, self.info, self.compute, self.student, self.experts, self.rng, self._new_student)
+        self.ctx = Context(
+            cfg, self.info, self.compute, self.student, self.experts, self.rng, self._new_student
+        )
         self.method = method_cls(self.ctx)
         self.metric_prefixes = CORE_METRIC_PREFIXES + method_cls.metric_prefixes
         self.phases = [p for p in method_cls.phases(cfg) if p.epochs > 0]
@@ -100,14 +114,20 @@ class DistillationRun:
         if val_data is None:
             val_data = validation_data(cfg, self.info)
         n = PROTOCOLS[cfg.eval.protocol].max_images
-        self.val_loader = make_loader(first_n(val_data, n), eval_batch_size(cfg.data.val_batch_size,
-                                                                              self.info.image_shape, device))
+        self.val_loader = make_loader(
+            first_n(val_data, n), eval_batch_size(cfg.data.val_batch_size, self.info.image_shape, device)
+        )
 
     def _new_student(self) -> torch.nn.Module:
         """An untrained student of the run's architecture (on the CPU, not prepared)."""
         c = self.info.image_shape[0]
-        return create_model(self.cfg.student.arch, self.info.num_classes, in_channels=c, mean=self.info.mean,
-                            std=self.info.std)
+        return create_model(
+            self.cfg.student.arch,
+            self.info.num_classes,
+            in_channels=c,
+            mean=self.info.mean,
+            std=self.info.std,
+        )
 
     # ---- bookkeeping -------------------------------------------------------------------
     @property
@@ -149,7 +169,9 @@ class DistillationRun:
         self.enter_phase(index)
         self.method.start_epoch(phase)
         first_step = (self.epoch - sum(p.epochs for p in self.phases[:index])) * phase.iters_per_epoch
-        compiling = self.compute.compile and index not in self._compiled_phases  # this process's first epoch of it
+        compiling = (
+            self.compute.compile and index not in self._compiled_phases
+        )  # this process's first epoch of it
         start = time.time()
         records: dict[str, list[torch.Tensor]] = {}
         for it in range(phase.iters_per_epoch):
@@ -161,11 +183,18 @@ class DistillationRun:
                 synchronize(self.device)
                 first = time.time() - start
         means = self._read_terms(records, phase)
-        result: dict[str, Any] = {"epoch": self.epoch + 1, "stage": phase.stage, "cached": False,
-                                  "time/epoch_s": time.time() - start, **means}
+        result: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "stage": phase.stage,
+            "cached": False,
+            "time/epoch_s": time.time() - start,
+            **means,
+        }
         if compiling:  # the first iteration compiles; the others show what it would have cost compiled
             rest = phase.iters_per_epoch - 1
-            result["time/compile_s"] = max(0.0, first - ((result["time/epoch_s"] - first) / rest if rest else 0.0))
+            result["time/compile_s"] = max(
+                0.0, first - ((result["time/epoch_s"] - first) / rest if rest else 0.0)
+            )
             self._compiled_phases.add(index)
         result.update(self._declared(self.method.end_epoch(phase, means)))
         self.epoch += 1
@@ -183,7 +212,7 @@ class DistillationRun:
         values = torch.cat([torch.stack(records[k]) for k in names]).cpu().tolist()
         out, first_bad, offset = {}, None, 0
         for k in names:
-            series = values[offset: offset + len(records[k])]
+            series = values[offset : offset + len(records[k])]
             offset += len(series)
             bad = next((i for i, v in enumerate(series) if not math.isfinite(v)), None)
             if bad is not None and (first_bad is None or bad < first_bad[0]):
@@ -191,8 +220,10 @@ class DistillationRun:
             out[metric_name(k)] = sum(series) / len(series)
         self._declared(out)
         if first_bad is not None:
-            raise TrainingDiverged(f"loss term {first_bad[1]} became {first_bad[2]} in stage {phase.stage}, "
-                                   f"epoch {self.epoch + 1}")
+            raise TrainingDiverged(
+                f"loss term {first_bad[1]} became {first_bad[2]} in stage {phase.stage}, "
+                f"epoch {self.epoch + 1}"
+            )
         return out
 
     def _declared(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -200,15 +231,23 @@ class DistillationRun:
         no search drops one silently."""
         for name in metrics:
             if not name.startswith(self.metric_prefixes):
-                raise ValueError(f"method {self.cfg.method} logs {name!r}, outside its metric prefixes "
-                                 f"{', '.join(self.metric_prefixes)}: add the prefix to its metric_prefixes")
+                raise ValueError(
+                    f"method {self.cfg.method} logs {name!r}, outside its metric prefixes "
+                    f"{', '.join(self.metric_prefixes)}: add the prefix to its metric_prefixes"
+                )
         return metrics
 
     def validate(self) -> dict[str, float]:
         """The configured protocol (``search`` by default) on the val set, as ``val/*`` (in fp32),
         with the number of images scored (``val/n_images``: a figure's binomial uncertainty)."""
-        metrics = evaluate(self.student, self.val_loader, self.cfg.eval.protocol, eps=self.info.eps,
-                           device=self.device, seed=self.cfg.seed)
+        metrics = evaluate(
+            self.student,
+            self.val_loader,
+            self.cfg.eval.protocol,
+            eps=self.info.eps,
+            device=self.device,
+            seed=self.cfg.seed,
+        )
         return {**{f"val/{k}": v for k, v in metrics.items()}, VAL_N: len(self.val_loader.dataset)}
 
     def epochs(self) -> Iterator[dict[str, Any]]:
@@ -274,12 +313,16 @@ class DistillationRun:
             raise UserError(f"{path} is not a run checkpoint of this version of derd ({RUN_FORMAT}); {fix}")
         for key, kind in RUN_STATE_SHAPE.items():
             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-                raise UserError(f"{path} is damaged: its {key} is {type(state.get(key)).__name__}, not "
-                                f"{kind.__name__}; {fix}")
+                raise UserError(
+                    f"{path} is damaged: its {key} is {type(state.get(key)).__name__}, not "
+                    f"{kind.__name__}; {fix}"
+                )
         return state
 
     @classmethod
-    def resume(cls, path: str | os.PathLike | dict[str, Any], experts: Experts, **kwargs: Any) -> "DistillationRun":
+    def resume(
+        cls, path: str | os.PathLike | dict[str, Any], experts: Experts, **kwargs: Any
+    ) -> "DistillationRun":
         """Rebuild a run from ``save()``'s file (or its ``read_state``) and continue where it stopped."""
         state = path if isinstance(path, dict) else cls.read_state(path)
         run = cls(from_dict(state["config"]), experts, **kwargs)
@@ -295,7 +338,9 @@ class DistillationRun:
             "seed": self.cfg.seed,
             "data": [self.cfg.data.dataset, self.cfg.data.image_size],
             "student": to_dict(self.cfg)["student"],
-            "train": {k: v for k, v in to_dict(self.cfg)["train"].items() if k != "checkpoint_every_s"},  # when, not what
+            "train": {
+                k: v for k, v in to_dict(self.cfg)["train"].items() if k != "checkpoint_every_s"
+            },  # when, not what
             "device": self.device.type,
             "format": RUN_FORMAT,
         }
@@ -310,8 +355,13 @@ class DistillationRun:
         path = self._cache_file()
         if path is not None and not path.exists():
             state = self.state_dict()
-            state.update(phase=-1, student_optimizer=None, student_scheduler=None, config={},
-                         method={**state["method"], "optimizers": {}})
+            state.update(
+                phase=-1,
+                student_optimizer=None,
+                student_scheduler=None,
+                config={},
+                method={**state["method"], "optimizers": {}},
+            )
             atomic_save(state, path)
 
     def _load_stage1_cache(self) -> bool:

@@ -10,6 +10,7 @@ A field may also declare the range a search draws it from (``search=loguniform(0
 space that takes the methods' declared ranges (``ranges: declared``, ``tuning.space``) searches
 it there, and a dataset's space file lists only the ranges it changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +50,9 @@ class SearchRange:
     def contains(self, value: Any) -> bool:
         if self.distribution == "categorical":
             return value in self.choices
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        )
 
 
 def loguniform(low: float, high: float) -> SearchRange:
@@ -69,8 +72,14 @@ def categorical(*choices: Any) -> SearchRange:
     return SearchRange("categorical", choices=tuple(choices))
 
 
-def setting(default: Any, lo: float | None = None, hi: float | None = None, choices: Choices = (), doc: str = "",
-            search: SearchRange | None = None) -> Any:
+def setting(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Choices = (),
+    doc: str = "",
+    search: SearchRange | None = None,
+) -> Any:
     """A config field with its range or choices (checked by ``build_section``), a line of documentation and,
     if a search should tune it, the range it draws from (``search``; inside [lo, hi]).
 
@@ -78,21 +87,38 @@ def setting(default: Any, lo: float | None = None, hi: float | None = None, choi
     key named, before a run allocates anything). ``choices`` may be a function returning the names
     of a registry (methods, datasets), so that a name registered later is accepted.
     """
-    if (lo is None) != (hi is None) or (isinstance(default, (int, float)) and not isinstance(default, bool)
-                                        and lo is None):
-        raise TypeError(f"setting({default!r}, lo={lo!r}, hi={hi!r}): a numeric setting needs a finite range, both lo "
-                        f"and hi (e.g. hi=derd.settings.WEIGHT_MAX for a loss weight, LR_MAX for a learning rate)")
-    if search is not None and search.distribution != "categorical" and lo is not None and not (
-            lo <= search.low < search.high <= hi and (search.distribution != "loguniform" or search.low > 0)):
-        raise TypeError(f"setting({default!r}): its search range [{search.low}, {search.high}] must lie inside "
-                        f"[{lo}, {hi}], low below high (and above 0 for a log range)")
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc, "search": search})
+    if (lo is None) != (hi is None) or (
+        isinstance(default, (int, float)) and not isinstance(default, bool) and lo is None
+    ):
+        raise TypeError(
+            f"setting({default!r}, lo={lo!r}, hi={hi!r}): a numeric setting needs a finite range, both lo "
+            f"and hi (e.g. hi=derd.settings.WEIGHT_MAX for a loss weight, LR_MAX for a learning rate)"
+        )
+    if (
+        search is not None
+        and search.distribution != "categorical"
+        and lo is not None
+        and not (
+            lo <= search.low < search.high <= hi and (search.distribution != "loguniform" or search.low > 0)
+        )
+    ):
+        raise TypeError(
+            f"setting({default!r}): its search range [{search.low}, {search.high}] must lie inside "
+            f"[{lo}, {hi}], low below high (and above 0 for a log range)"
+        )
+    return field(
+        default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc, "search": search}
+    )
 
 
 def declared_ranges(sections: dict[str, type]) -> dict[str, SearchRange]:
     """Dotted key -> the range its field declares (``setting(search=...)``), over ``sections`` in order."""
-    return {f"{name}.{f.name}": f.metadata["search"] for name, cls in sections.items()
-            for f in dataclasses.fields(cls) if f.metadata.get("search") is not None}
+    return {
+        f"{name}.{f.name}": f.metadata["search"]
+        for name, cls in sections.items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("search") is not None
+    }
 
 
 def as_number(value: Any) -> Any:
@@ -162,7 +188,13 @@ def build_section(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in fields:
             raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {', '.join(fields)}")
-    return cls(**{name: check_value(f"{prefix}{name}", f, hints[name], data[name]) for name, f in fields.items() if name in data})
+    return cls(
+        **{
+            name: check_value(f"{prefix}{name}", f, hints[name], data[name])
+            for name, f in fields.items()
+            if name in data
+        }
+    )
 
 
 def section_values(section: Any) -> dict[str, Any]:

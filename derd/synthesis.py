@@ -18,6 +18,7 @@ in the method's file, reading ``Signals`` or the method's own tensors, with grad
 synthesizer looks a name up with ``resolve_terms``, so CMI's class loss and DAFL's one-hot
 loss come from the same table.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,6 @@ from derd import losses
 from derd.attacks import eval_mode
 from derd.context import Context, Terms
 from derd.models import ConditionalGenerator, Generator
-
 
 GAN_BETAS = (0.5, 0.999)  # the generator optimiser of DERD, DFARD and CMI's synthesis
 DEFAULT_BETAS = (0.9, 0.999)  # PyTorch's default, which DAFL, DFAD and ZSKT keep
@@ -55,9 +55,18 @@ class Signals:
     batch's terms read (``GeneratorTerm.needs``): ``bn`` (BN statistics), ``act`` (penultimate features).
     """
 
-    def __init__(self, ctx: Context, x: torch.Tensor, z: torch.Tensor | None, prior: nn.Module,
-                 natural: nn.Module | None, tau: float, needs: set[str], student_train: bool = False,
-                 labels: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        x: torch.Tensor,
+        z: torch.Tensor | None,
+        prior: nn.Module,
+        natural: nn.Module | None,
+        tau: float,
+        needs: set[str],
+        student_train: bool = False,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         self.ctx, self.x, self.z, self.prior, self.natural, self.tau = ctx, x, z, prior, natural, tau
         self.student_train, self.labels = student_train, labels
         self.bn = ctx.hooks(losses.BatchNormStatistics, prior) if "bn" in needs else None
@@ -94,7 +103,9 @@ class Signals:
     def drawn_labels(self) -> torch.Tensor:
         """The batch's drawn classes (a term over them needs a conditional synthesizer)."""
         if self.labels is None:
-            raise RuntimeError("a term read the drawn labels of a batch that has none (use a conditional synthesizer)")
+            raise RuntimeError(
+                "a term read the drawn labels of a batch that has none (use a conditional synthesizer)"
+            )
         return self.labels
 
     @cached_property
@@ -133,14 +144,18 @@ GENERATOR_TERMS: Mapping[str, GeneratorTerm] = {
 }
 
 
-def resolve_terms(names: Iterable[str], own: Mapping[str, TermLike] | None = None) -> dict[str, GeneratorTerm]:
+def resolve_terms(
+    names: Iterable[str], own: Mapping[str, TermLike] | None = None
+) -> dict[str, GeneratorTerm]:
     """The terms ``names`` by name: a method's own (``own``) or the shared ``GENERATOR_TERMS``. A method's term
     may not take a shared term's name (its logged ``loss/<name>`` would mean two things)."""
     own = dict(own or {})
     clash = sorted(set(own) & set(GENERATOR_TERMS))
     if clash:
-        raise ValueError(f"generator term {clash[0]!r} is a shared term (derd.synthesis.GENERATOR_TERMS); name the "
-                         f"method's own term differently")
+        raise ValueError(
+            f"generator term {clash[0]!r} is a shared term (derd.synthesis.GENERATOR_TERMS); name the "
+            f"method's own term differently"
+        )
     out = {}
     for name in names:
         term = own.get(name, GENERATOR_TERMS.get(name))
@@ -181,9 +196,17 @@ class GeneratorSynthesizer:
     terms read y as ``Signals.labels``; GDFQ).
     """
 
-    def __init__(self, ctx: Context, *, latent_dim: int | None = None, betas: tuple[float, float] = GAN_BETAS,
-                 max_grad_norm: float | None = None, student_train: bool = False,
-                 terms: Mapping[str, TermLike] | None = None, conditional: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        latent_dim: int | None = None,
+        betas: tuple[float, float] = GAN_BETAS,
+        max_grad_norm: float | None = None,
+        student_train: bool = False,
+        terms: Mapping[str, TermLike] | None = None,
+        conditional: bool = False,
+    ) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
         self.latent_dim = latent_dim or cfg.student.latent_dim
@@ -192,8 +215,11 @@ class GeneratorSynthesizer:
         resolve_terms((), self.own_terms)  # a clash with a shared name fails when the method is built
         self.conditional = conditional
         shape, width = ctx.info.image_shape, cfg.student.generator_width
-        generator = (ConditionalGenerator(shape, ctx.info.num_classes, self.latent_dim, width) if conditional
-                     else Generator(shape, self.latent_dim, width))
+        generator = (
+            ConditionalGenerator(shape, ctx.info.num_classes, self.latent_dim, width)
+            if conditional
+            else Generator(shape, self.latent_dim, width)
+        )
         self.generator = ctx.compute.prepare(generator)
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -208,11 +234,22 @@ class GeneratorSynthesizer:
         """n uniform classes from the run's stream for a conditional generator (None for a plain one)."""
         if not self.conditional:
             return None
-        return torch.randint(0, self.ctx.info.num_classes, (n,), generator=self.ctx.rng, device=self.ctx.device)
+        return torch.randint(
+            0, self.ctx.info.num_classes, (n,), generator=self.ctx.rng, device=self.ctx.device
+        )
 
-    def step(self, batch_size: int, weights: dict[str, float], *, prior: nn.Module, natural: nn.Module | None,
-             tau: float, combine: Callable[[Terms], torch.Tensor] | None = None,
-             z: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> tuple[Terms, torch.Tensor]:
+    def step(
+        self,
+        batch_size: int,
+        weights: dict[str, float],
+        *,
+        prior: nn.Module,
+        natural: nn.Module | None,
+        tau: float,
+        combine: Callable[[Terms], torch.Tensor] | None = None,
+        z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[Terms, torch.Tensor]:
         """One update of G on ``combine(terms)`` (default: the weighted sum) at noise ``z`` (default: fresh) and,
         for a conditional generator, classes ``labels`` (default: freshly drawn); returns (terms incl. ``G``,
         x = G(z) before the update, detached). The terms are evaluated here, on x with its gradient."""
@@ -250,10 +287,20 @@ class InversionSynthesizer:
         self.ctx = ctx
         self.last: torch.Tensor | None = None
 
-    def step(self, batch_size: int, weights: dict[str, float], *, teacher: nn.Module, tau: float,
-             steps: int, lr: float) -> Terms:
+    def step(
+        self,
+        batch_size: int,
+        weights: dict[str, float],
+        *,
+        teacher: nn.Module,
+        tau: float,
+        steps: int,
+        lr: float,
+    ) -> Terms:
         ctx = self.ctx
-        logits = torch.randn(batch_size, *ctx.info.image_shape, generator=ctx.rng, device=ctx.device).requires_grad_(True)
+        logits = torch.randn(
+            batch_size, *ctx.info.image_shape, generator=ctx.rng, device=ctx.device
+        ).requires_grad_(True)
         opt = torch.optim.Adam([logits], lr=lr)
         chosen = resolve_terms(weights)
         for _ in range(steps):
@@ -273,8 +320,9 @@ class InversionSynthesizer:
         return None if self.last is None else self.last[:n]
 
 
-def random_views(x: torch.Tensor, generator: torch.Generator, min_scale: float, pad_frac: float,
-                 whole_pixels: bool = False) -> torch.Tensor:
+def random_views(
+    x: torch.Tensor, generator: torch.Generator, min_scale: float, pad_frac: float, whole_pixels: bool = False
+) -> torch.Tensor:
     """Per-image random crop (area scale in [min_scale, 1], shifted up to ``pad_frac`` of the side)
     and horizontal flip, resampled to the input size, on the device: CMI's local view
     (RandomResizedCrop, scale [0.25, 1]: min_scale 0.25) and its global view and the student's
@@ -342,8 +390,9 @@ class ContrastiveSynthesizer:
     def __init__(self, ctx: Context, teacher: nn.Module) -> None:
         self.ctx, self.teacher = ctx, teacher
         cfg, c = ctx.cfg, ctx.cfg.cmi
-        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, cfg.student.latent_dim,
-                                                       cfg.student.generator_width))
+        self.generator = ctx.compute.prepare(
+            Generator(ctx.info.image_shape, cfg.student.latent_dim, cfg.student.generator_width)
+        )
         self.bn = ctx.hooks(losses.BatchNormStatistics, teacher, keep_features=True)
         with torch.no_grad(), self.bn.recording():
             teacher(torch.zeros(2, *ctx.info.image_shape, device=ctx.device))
@@ -380,7 +429,9 @@ class ContrastiveSynthesizer:
         ctx = self.ctx
         x_global = random_views(x, ctx.rng, 1.0, 0.125, whole_pixels=True)
         x_local = random_views(x, ctx.rng, 0.25, 0.0)
-        signals = Signals(ctx, x_global, None, self.teacher, self.teacher, 1.0, term_needs(self.terms), labels=targets)
+        signals = Signals(
+            ctx, x_global, None, self.teacher, self.teacher, 1.0, term_needs(self.terms), labels=targets
+        )
         signals.prior_logits  # noqa: B018 - T on the global view, recording its BN statistics and features
         f_global = self.bn.feature_vector()
         signals.bn_loss  # noqa: B018 - read before the local view's pass records over the statistics
@@ -408,10 +459,16 @@ class ContrastiveSynthesizer:
             cached = self.features[torch.randperm(held, generator=ctx.rng, device=ctx.device)[:n_neg]]
             anchors = self.head(torch.cat([f_local, cached[:, :dim]]))
             keys = self.head(torch.cat([f_global, cached[:, dim:]]))
-            terms = {**{own: shared[name] for own, name in CMI_TERMS.items()},
-                     "cr": losses.contrastive_loss(anchors, keys, c.cr_tau, current=batch_size)}
-            total = (c.lambda_bn * terms["bn"] + c.lambda_oh * terms["oh"] + c.lambda_adv * terms["adv"]
-                     + c.lambda_cr * terms["cr"])
+            terms = {
+                **{own: shared[name] for own, name in CMI_TERMS.items()},
+                "cr": losses.contrastive_loss(anchors, keys, c.cr_tau, current=batch_size),
+            }
+            total = (
+                c.lambda_bn * terms["bn"]
+                + c.lambda_oh * terms["oh"]
+                + c.lambda_adv * terms["adv"]
+                + c.lambda_cr * terms["cr"]
+            )
             with torch.no_grad():  # keep the best iterate (its loss before its update) without a host read
                 better = total.detach() if best_loss is None else torch.minimum(best_loss, total.detach())
                 take = better == total.detach()
@@ -433,15 +490,20 @@ class ContrastiveSynthesizer:
         positions = torch.arange(self.rows, self.rows + n, device=x.device) % len(self.features)
         self.features[positions] = f
         self.rows += n
-        self.images = torch.cat([self.images, (x.clamp(0, 1) * 255).to(torch.uint8)])  # truncated, as CMI's PNGs
+        self.images = torch.cat(
+            [self.images, (x.clamp(0, 1) * 255).to(torch.uint8)]
+        )  # truncated, as CMI's PNGs
         self.order, self.position = None, 0  # a new pass over the grown bank
 
     def batch(self, n: int) -> torch.Tensor:
         """The student's next batch: up to n images of this pass (the last of a pass may be smaller),
         randomly cropped and flipped."""
         if self.order is None or self.position >= len(self.order):
-            self.order, self.position = torch.randperm(self.count, generator=self.ctx.rng, device=self.ctx.device), 0
-        idx = self.order[self.position: self.position + n]
+            self.order, self.position = (
+                torch.randperm(self.count, generator=self.ctx.rng, device=self.ctx.device),
+                0,
+            )
+        idx = self.order[self.position : self.position + n]
         self.position += len(idx)
         x = self.images[idx].float() / 255
         return random_views(x, self.ctx.rng, 1.0, 0.125, whole_pixels=True)
@@ -452,8 +514,13 @@ class ContrastiveSynthesizer:
 
     def state(self) -> dict[str, Any]:
         held = min(self.rows, len(self.features))
-        return {"images": self.images.cpu(), "features": self.features[:held].cpu(), "rows": self.rows,
-                "order": None if self.order is None else self.order.cpu(), "position": self.position}
+        return {
+            "images": self.images.cpu(),
+            "features": self.features[:held].cpu(),
+            "rows": self.rows,
+            "order": None if self.order is None else self.order.cpu(),
+            "position": self.position,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         device = self.ctx.device

@@ -27,10 +27,11 @@ boundary, which is where students' robustness differs.
 The set is stored as uint8 (like real images, quantised to 1/255; the teachers' agreement is
 checked after quantisation) in the search folder and read back with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
-import time
 import dataclasses
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,22 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def _optimise(teachers: list[nn.Module], robust: nn.Module, y: torch.Tensor, recipe: SyntheticValConfig,
-              shape: tuple[int, ...], gen: torch.Generator, stops: set[int]) -> dict[int, torch.Tensor]:
+def _optimise(
+    teachers: list[nn.Module],
+    robust: nn.Module,
+    y: torch.Tensor,
+    recipe: SyntheticValConfig,
+    shape: tuple[int, ...],
+    gen: torch.Generator,
+    stops: set[int],
+) -> dict[int, torch.Tensor]:
     """One batch of draws for classes ``y``: the images at each step in ``stops``."""
-    x = (0.5 + 0.2 * torch.randn((len(y), *shape), generator=gen)).clamp(0, 1).to(y.device).requires_grad_(True)
+    x = (
+        (0.5 + 0.2 * torch.randn((len(y), *shape), generator=gen))
+        .clamp(0, 1)
+        .to(y.device)
+        .requires_grad_(True)
+    )
     taken: dict[int, torch.Tensor] = {}
     if recipe.procedure == "inversion":
         stats = [BatchNormStatistics(t) for t in teachers]
@@ -122,15 +135,18 @@ def _agreeing(teachers: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> to
     return keep
 
 
-def make_validation_set(experts: Any, info: DatasetInfo, recipe: SyntheticValConfig, seed: int,
-                        device: torch.device | str = "cpu") -> SyntheticValidation:
+def make_validation_set(
+    experts: Any, info: DatasetInfo, recipe: SyntheticValConfig, seed: int, device: torch.device | str = "cpu"
+) -> SyntheticValidation:
     """Draw ``recipe.per_class`` images per class and snapshot, keep those every teacher of ``experts``
     labels as drawn, and interleave them by class. Deterministic for a recipe, seed, teachers and device."""
     teachers = _teachers(experts)
     if not teachers:
         raise UserError("a synthetic validation set needs at least one teacher")
     if recipe.procedure in ("robust", "both") and experts.robust is None:
-        raise UserError(f"the {recipe.procedure!r} synthetic validation procedure needs T_rob; use 'inversion'")
+        raise UserError(
+            f"the {recipe.procedure!r} synthetic validation procedure needs T_rob; use 'inversion'"
+        )
     if recipe.procedure == "both":
         return _both(experts, info, recipe, seed, device)
     start = time.time()
@@ -139,11 +155,13 @@ def make_validation_set(experts: Any, info: DatasetInfo, recipe: SyntheticValCon
         t.to(device).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     drawn = torch.arange(recipe.per_class * info.num_classes) % info.num_classes
-    drawn = drawn[torch.randperm(len(drawn), generator=gen)]  # mixed classes per batch: BN statistics are over all
+    drawn = drawn[
+        torch.randperm(len(drawn), generator=gen)
+    ]  # mixed classes per batch: BN statistics are over all
     stops = set(snapshot_steps(recipe))
     per_stop: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in stops}
     for i in range(0, len(drawn), recipe.batch_size):
-        y = drawn[i: i + recipe.batch_size].to(device)
+        y = drawn[i : i + recipe.batch_size].to(device)
         with torch.enable_grad():
             taken = _optimise(teachers, experts.robust, y, recipe, info.image_shape, gen, stops)
         for step, x in taken.items():
@@ -155,29 +173,47 @@ def make_validation_set(experts: Any, info: DatasetInfo, recipe: SyntheticValCon
     order = _interleaved(labels, info.num_classes)
     counts = torch.bincount(labels, minlength=info.num_classes).tolist()
     n_drawn = len(drawn) * len(stops)
-    stats = {"procedure": recipe.procedure, "n_images": len(labels), "n_drawn": n_drawn,
-             "teacher_agreement": len(labels) / n_drawn, "class_counts": counts, "teachers": len(teachers),
-             "seconds": time.time() - start, "seed": seed,
-             "recipe": {k: v for k, v in asdict(recipe).items() if k != "file"}}
+    stats = {
+        "procedure": recipe.procedure,
+        "n_images": len(labels),
+        "n_drawn": n_drawn,
+        "teacher_agreement": len(labels) / n_drawn,
+        "class_counts": counts,
+        "teachers": len(teachers),
+        "seconds": time.time() - start,
+        "seed": seed,
+        "recipe": {k: v for k, v in asdict(recipe).items() if k != "file"},
+    }
     return SyntheticValidation(images[order], labels[order], stats)
 
 
-def _both(experts: Any, info: DatasetInfo, recipe: SyntheticValConfig, seed: int,
-          device: torch.device | str) -> SyntheticValidation:
+def _both(
+    experts: Any, info: DatasetInfo, recipe: SyntheticValConfig, seed: int, device: torch.device | str
+) -> SyntheticValidation:
     """Half the draws of each class by ``inversion``, half by ``robust`` (seeds ``seed`` and ``seed + 1``),
     interleaved by class: students robust on one kind of image and not the other are told apart."""
     half = max(1, recipe.per_class // 2)
-    parts = [make_validation_set(experts, info, dataclasses.replace(recipe, procedure=p, per_class=half), seed + i, device)
-             for i, p in enumerate(("inversion", "robust"))]
+    parts = [
+        make_validation_set(
+            experts, info, dataclasses.replace(recipe, procedure=p, per_class=half), seed + i, device
+        )
+        for i, p in enumerate(("inversion", "robust"))
+    ]
     images = torch.cat([p.images for p in parts])
     labels = torch.cat([p.labels for p in parts])
     order = _interleaved(labels, info.num_classes)
     n_drawn = sum(p.stats["n_drawn"] for p in parts)
-    stats = {**parts[0].stats, "procedure": "both", "n_images": len(labels), "n_drawn": n_drawn,
-             "teacher_agreement": len(labels) / n_drawn,
-             "class_counts": torch.bincount(labels, minlength=info.num_classes).tolist(),
-             "seconds": sum(p.stats["seconds"] for p in parts), "seed": seed,
-             "recipe": {**parts[0].stats["recipe"], "procedure": "both", "per_class": recipe.per_class}}
+    stats = {
+        **parts[0].stats,
+        "procedure": "both",
+        "n_images": len(labels),
+        "n_drawn": n_drawn,
+        "teacher_agreement": len(labels) / n_drawn,
+        "class_counts": torch.bincount(labels, minlength=info.num_classes).tolist(),
+        "seconds": sum(p.stats["seconds"] for p in parts),
+        "seed": seed,
+        "recipe": {**parts[0].stats["recipe"], "procedure": "both", "per_class": recipe.per_class},
+    }
     return SyntheticValidation(images[order], labels[order], stats)
 
 
@@ -193,8 +229,16 @@ def _interleaved(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def save_validation_set(synthetic: SyntheticValidation, info: DatasetInfo, path: Path) -> None:
     """Write the set atomically (a crash leaves no half-written file) as uint8 images."""
-    atomic_save({"format": FORMAT, "dataset": info.name, "images": (synthetic.images * 255).round().to(torch.uint8),
-                 "labels": synthetic.labels.to(torch.int64), "stats": synthetic.stats}, Path(path))
+    atomic_save(
+        {
+            "format": FORMAT,
+            "dataset": info.name,
+            "images": (synthetic.images * 255).round().to(torch.uint8),
+            "labels": synthetic.labels.to(torch.int64),
+            "stats": synthetic.stats,
+        },
+        Path(path),
+    )
 
 
 def load_validation_set(path: str | Path, info: DatasetInfo) -> SyntheticValidation:
@@ -204,11 +248,20 @@ def load_validation_set(path: str | Path, info: DatasetInfo) -> SyntheticValidat
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a synthetic validation set of this version of derd ({FORMAT}); {fix}")
     images, labels = state.get("images"), state.get("labels")
-    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and tuple(images.shape[1:]) == info.image_shape
-            and isinstance(labels, torch.Tensor) and labels.shape == images.shape[:1] and len(labels) > 0
-            and int(labels.min()) >= 0 and int(labels.max()) < info.num_classes):
-        raise UserError(f"{path} is not a synthetic validation set of {info.name} (images of {info.image_shape}, "
-                        f"labels below {info.num_classes}); {fix}")
+    if not (
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        and tuple(images.shape[1:]) == info.image_shape
+        and isinstance(labels, torch.Tensor)
+        and labels.shape == images.shape[:1]
+        and len(labels) > 0
+        and int(labels.min()) >= 0
+        and int(labels.max()) < info.num_classes
+    ):
+        raise UserError(
+            f"{path} is not a synthetic validation set of {info.name} (images of {info.image_shape}, "
+            f"labels below {info.num_classes}); {fix}"
+        )
     if state.get("dataset") != info.name:
         raise UserError(f"{path} was made for {state.get('dataset')!r}, not {info.name}; {fix}")
     return SyntheticValidation(images.float() / 255, labels, dict(state.get("stats") or {}))
@@ -220,12 +273,16 @@ def validation_data(cfg: RunConfig, info: DatasetInfo) -> Dataset:
     if cfg.eval.validation == "real":
         return load_split(info.name, "val", cfg.data.root, image_size=cfg.data.image_size)
     if not cfg.synthetic_val.file:
-        raise UserError("eval.validation: synthetic needs synthetic_val.file, the set to score on (a search makes it "
-                        "in its folder: python tuning/search.py --validation synthetic)")
+        raise UserError(
+            "eval.validation: synthetic needs synthetic_val.file, the set to score on (a search makes it "
+            "in its folder: python tuning/search.py --validation synthetic)"
+        )
     return load_validation_set(cfg.synthetic_val.file, info).dataset()
 
 
 def val_protocol(cfg: RunConfig) -> dict[str, Any]:
     """What a run's ``val/*`` scores are measured under (``derd.evaluate.protocol_record`` with what they are
     scored on): recorded on every search and trial run and in an exported config's origin."""
-    return protocol_record(cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps, cfg.eval.validation)
+    return protocol_record(
+        cfg.eval.protocol, dataset_info(cfg.data.dataset, cfg.data.image_size).eps, cfg.eval.validation
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: small digits models trained in seconds, temporary caches."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,10 +9,9 @@ import pytest
 import torch
 import yaml
 
+from derd.checkpoints import save_checkpoint
 from derd.data import dataset_info, load_split, make_loader
 from derd.models import create_model
-from derd.checkpoints import save_checkpoint
-
 
 REPO = Path(__file__).resolve().parent.parent
 # top-level entries the suite may create by design: pytest's own cache, the browser test's screenshots
@@ -21,10 +21,20 @@ SUITE_OUTPUTS = {".pytest_cache", "artifacts"}
 def working_tree_paths(root: Path = REPO) -> set[str]:
     """What a test could leave behind in the repository: its top-level entries and, where it is a git
     checkout, every untracked path git does not ignore (``git status --porcelain``)."""
-    paths = {p.name + ("/" if p.is_dir() else "") for p in root.iterdir()} - {f"{n}/" for n in SUITE_OUTPUTS} - SUITE_OUTPUTS
+    paths = (
+        {p.name + ("/" if p.is_dir() else "") for p in root.iterdir()}
+        - {f"{n}/" for n in SUITE_OUTPUTS}
+        - SUITE_OUTPUTS
+    )
     try:
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True,
-                                text=True, timeout=60, check=True).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return paths
     return paths | {line[3:] for line in status.splitlines() if line.startswith("?? ")}
@@ -38,8 +48,10 @@ def _working_tree_unchanged():
     yield
     new = sorted(working_tree_paths() - before)
     if new:
-        pytest.fail(f"the tests left new paths in {REPO}: {', '.join(new)}; write them under tmp_path instead",
-                    pytrace=False)
+        pytest.fail(
+            f"the tests left new paths in {REPO}: {', '.join(new)}; write them under tmp_path instead",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +93,15 @@ def natural_model():
 
 
 TINY_BASE = {
-    "budget.epochs": 4, "budget.iters_per_epoch": 2, "budget.batch_size": 16, "stage1.epochs": 2, "stage2.pgd_steps": 2,
-    "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16, "data.val_batch_size": 64,
+    "budget.epochs": 4,
+    "budget.iters_per_epoch": 2,
+    "budget.batch_size": 16,
+    "stage1.epochs": 2,
+    "stage2.pgd_steps": 2,
+    "eval.every": 2,
+    "student.latent_dim": 16,
+    "student.generator_width": 16,
+    "data.val_batch_size": 64,
 }
 
 
@@ -90,8 +109,10 @@ def write_space(path: Path, **extra) -> Path:
     space = {
         "dataset": "digits",
         "base": dict(TINY_BASE),
-        "space": {"stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
-                  "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
+        "space": {
+            "stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+            "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
+        },
         "presets": ["paper"],
         "search": {"num_trials": 3, "max_concurrent": 2, "scheduler": "none"},
     }
@@ -105,5 +126,9 @@ def write_space(path: Path, **extra) -> Path:
 def teacher_args(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teachers")
     for kind, seed in (("natural", 1), ("robust", 2)):
-        save_checkpoint(folder / f"{kind}.pt", train_quick(seed=seed, epochs=2), {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+        save_checkpoint(
+            folder / f"{kind}.pt",
+            train_quick(seed=seed, epochs=2),
+            {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind},
+        )
     return ["--teacher-natural", str(folder / "natural.pt"), "--teacher-robust", str(folder / "robust.pt")]

@@ -1,12 +1,13 @@
 """Attacks and the evaluation protocol: eps-ball, [0, 1], lower accuracy, no side effects."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from derd import attacks
-from derd.evaluate import PROTOCOLS, column_attacks, evaluate, markdown_table
 from derd.data import make_loader
+from derd.evaluate import PROTOCOLS, column_attacks, evaluate, markdown_table
 
 EPS = 0.2
 
@@ -17,7 +18,9 @@ def _acc(model, x, y):
 
 
 @pytest.mark.parametrize("column", ["fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc"])
-def test_each_attack_stays_in_ball_and_unit_range_and_lowers_accuracy(natural_model, digits_val_batch, column):
+def test_each_attack_stays_in_ball_and_unit_range_and_lowers_accuracy(
+    natural_model, digits_val_batch, column
+):
     x, y = digits_val_batch
     x, y = x[:48], y[:48]
     x_adv = column_attacks(EPS, seed=0, aa_version="fast")[column](natural_model, x, y)
@@ -32,12 +35,19 @@ def test_each_attack_stays_in_ball_and_unit_range_and_lowers_accuracy(natural_mo
 def test_fgsm_is_no_stronger_than_pgd_on_a_natural_model(natural_model, digits_val_batch):
     x, y = digits_val_batch
     fns = column_attacks(EPS, seed=0, aa_version="fast")
-    assert _acc(natural_model, fns["fgsm_acc"](natural_model, x, y), y) >= _acc(natural_model, fns["pgd_acc"](natural_model, x, y), y)
+    assert _acc(natural_model, fns["fgsm_acc"](natural_model, x, y), y) >= _acc(
+        natural_model, fns["pgd_acc"](natural_model, x, y), y
+    )
 
 
 def test_pgd_is_seeded(natural_model, digits_val_batch):
     x, y = digits_val_batch
-    run = lambda s: attacks.pgd(natural_model, x, y, eps=EPS, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(s))  # noqa: E731
+
+    def run(s):
+        return attacks.pgd(
+            natural_model, x, y, eps=EPS, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(s)
+        )
+
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 
 
@@ -84,7 +94,9 @@ def test_markdown_table_orders_columns_like_the_paper():
     assert table.splitlines()[0] == "| model | Clean | AA |"
 
 
-def test_search_protocol_aa_is_standard_aa_after_its_first_two_attacks(natural_model, digits_val_batch, caplog):
+def test_search_protocol_aa_is_standard_aa_after_its_first_two_attacks(
+    natural_model, digits_val_batch, caplog
+):
     """pyautoattack's standard run logs its robust accuracy after each attack; the search
     protocol's AA must equal the figure after APGD-T (APGD-CE with 1 restart, then APGD-T)."""
     import logging
@@ -97,12 +109,19 @@ def test_search_protocol_aa_is_standard_aa_after_its_first_two_attacks(natural_m
     after_t = [float(m) for m in re.findall(r"robust accuracy after APGD-T: ([\d.]+)%", caplog.text)]
     assert len(after_t) == 1
     fast = attacks.autoattack(natural_model, x, y, eps=0.05, version="fast")
-    assert _acc(natural_model, fast, y) * 100 == pytest.approx(after_t[0], abs=0.006)  # the log rounds to 0.01
+    assert _acc(natural_model, fast, y) * 100 == pytest.approx(
+        after_t[0], abs=0.006
+    )  # the log rounds to 0.01
 
 
 def test_a_columns_value_does_not_depend_on_which_columns_ran_before(natural_model, digits_val_batch):
     x, y = digits_val_batch
     loader = make_loader(torch.utils.data.TensorDataset(x[:32], y[:32]), 16)
     only_pgd = type(PROTOCOLS["search"])("pgd", ("pgd_acc",), None, "fast")
-    with_others = type(PROTOCOLS["search"])("all", ("clean_acc", "pgd_t_acc", "fgsm_acc", "pgd_acc"), None, "fast")
-    assert evaluate(natural_model, loader, only_pgd, eps=0.1)["pgd_acc"] == evaluate(natural_model, loader, with_others, eps=0.1)["pgd_acc"]
+    with_others = type(PROTOCOLS["search"])(
+        "all", ("clean_acc", "pgd_t_acc", "fgsm_acc", "pgd_acc"), None, "fast"
+    )
+    assert (
+        evaluate(natural_model, loader, only_pgd, eps=0.1)["pgd_acc"]
+        == evaluate(natural_model, loader, with_others, eps=0.1)["pgd_acc"]
+    )

@@ -2,6 +2,7 @@
 answers a broken one with one line that names the store and the fix, exit code 2, and writes nothing
 (no file, no folder, no table created in an existing file); a resume refuses what it cannot continue;
 and values holding quotes (a folder named o'brien) reach MLflow's filters intact."""
+
 from __future__ import annotations
 
 import importlib
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_BASE, write_space
 from test_bad_input import ENTRY, Marker
 
@@ -34,8 +34,11 @@ def teachers(tmp_path_factory) -> list[str]:
 
     folder = tmp_path_factory.mktemp("teachers")
     for kind in ("natural", "robust"):
-        save_checkpoint(folder / f"{kind}.pt", create_model("digits_cnn_small", 10, in_channels=1),
-                        {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+        save_checkpoint(
+            folder / f"{kind}.pt",
+            create_model("digits_cnn_small", 10, in_channels=1),
+            {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind},
+        )
     return ["--teacher-natural", str(folder / "natural.pt"), "--teacher-robust", str(folder / "robust.pt")]
 
 
@@ -51,9 +54,11 @@ def template(tmp_path_factory, teachers) -> Path:
 
     folder = SearchFolder(tmp_path_factory.mktemp("template") / "s")
     folder.root.mkdir()
-    space_file = write_space(folder.space, base={**TINY_BASE, "teachers.natural": teachers[1],
-                                                 "teachers.robust": teachers[3]},
-                             search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"})
+    space_file = write_space(
+        folder.space,
+        base={**TINY_BASE, "teachers.natural": teachers[1], "teachers.robust": teachers[3]},
+        search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"},
+    )
     space = SearchSpace.from_yaml(space_file)
     space_file.write_text(space.to_yaml())  # as the search writes it
     study = open_study(space, folder.optuna_uri, NAME)
@@ -64,11 +69,22 @@ def template(tmp_path_factory, teachers) -> Path:
     study.ask()  # trial 2: running when the driver died
     client = MlflowClient(folder.mlflow_uri)
     exp_id = client.create_experiment(NAME, artifact_location=folder.artifacts.as_uri())
-    client.create_run(exp_id, run_name=f"search-{NAME}", tags={Tag.SEARCH_DIR: str(folder.root), Tag.KIND: "search"})
+    client.create_run(
+        exp_id, run_name=f"search-{NAME}", tags={Tag.SEARCH_DIR: str(folder.root), Tag.KIND: "search"}
+    )
     (folder.trials / "0002").mkdir(parents=True)
-    folder.record.write_text(json.dumps({"name": NAME, "dataset": "digits", "out": str(folder.root),
-                                         "tracking_uri": folder.mlflow_uri, "created": 0.0,
-                                         "sessions": [{"start": 0.0, "wall_s": 1.0}]}))
+    folder.record.write_text(
+        json.dumps(
+            {
+                "name": NAME,
+                "dataset": "digits",
+                "out": str(folder.root),
+                "tracking_uri": folder.mlflow_uri,
+                "created": 0.0,
+                "sessions": [{"start": 0.0, "wall_s": 1.0}],
+            }
+        )
+    )
     return folder.root
 
 
@@ -120,8 +136,17 @@ def bad(tmp_path, template, as_user):
     (copy_search(template, d / "mlflow_text", relocated=False) / "mlflow.db").write_text("SQLite? no\n")
     _read_only(copy_search(template, d / "read_only", relocated=False))
     # resumes
-    for name in ("optuna_cut", "optuna_empty", "optuna_text", "no_optuna", "no_mlflow", "resume_mlflow_cut",
-                 "resume_mlflow_empty", "trials_read_only", "num_trials"):
+    for name in (
+        "optuna_cut",
+        "optuna_empty",
+        "optuna_text",
+        "no_optuna",
+        "no_mlflow",
+        "resume_mlflow_cut",
+        "resume_mlflow_empty",
+        "trials_read_only",
+        "num_trials",
+    ):
         copy_search(template, d / name)
     _truncate(d / "optuna_cut" / "optuna.db")
     _truncate(d / "optuna_empty" / "optuna.db", 0.0)
@@ -151,9 +176,18 @@ def _cases(d: Path, teachers: list[str]) -> list[tuple[str, list[str], str, dict
         ("pareto", [*fab, "--tracking-uri", f"sqlite:///{d / 'empty.db'}"], "is an empty file", {}),
         ("pareto", [*fab, "--tracking-uri", f"sqlite:///{d / 'cut.db'}"], "is cut short", {}),
         ("report", [*fab, "--tracking-uri", f"sqlite:///{d / 'text.db'}"], "is not an SQLite database", {}),
-        ("export", [*fab, *export, "--tracking-uri", f"sqlite:///{d / 'optuna_copy.db'}"],
-         "an SQLite database of something else (no experiments table)", {}),
-        ("export", [*fab, *export, "--tracking-uri", f"sqlite:///{d / 'mlflow_cut' / 'mlflow.db'}"], "is cut short", {}),
+        (
+            "export",
+            [*fab, *export, "--tracking-uri", f"sqlite:///{d / 'optuna_copy.db'}"],
+            "an SQLite database of something else (no experiments table)",
+            {},
+        ),
+        (
+            "export",
+            [*fab, *export, "--tracking-uri", f"sqlite:///{d / 'mlflow_cut' / 'mlflow.db'}"],
+            "is cut short",
+            {},
+        ),
         ("relocate", ["--out", str(d / "mlflow_cut")], "is cut short", {}),
         ("relocate", ["--out", str(d / "mlflow_empty")], "is an empty file", {}),
         ("relocate", ["--out", str(d / "mlflow_text")], "is not an SQLite database", {}),
@@ -168,29 +202,70 @@ def _cases(d: Path, teachers: list[str]) -> list[tuple[str, list[str], str, dict
         ("search", ["--mlflow-uri", "ftp://example.com/x", *teachers, "--out", out], "the scheme ftp://", {}),
         ("search", ["--mlflow-uri", "not a uri", *teachers, "--out", out], "a bare word or path", {}),
         ("search", ["--mlflow-uri", "http://[::1", *teachers, "--out", out], "is not a valid URI", {}),
-        ("search", ["--mlflow-uri", "http://127.0.0.1:notaport", *teachers, "--out", out], "is not a valid URI", {}),
-        ("search", [*teachers, "--out", out], "$MLFLOW_TRACKING_URI garbage", {"MLFLOW_TRACKING_URI": "garbage"}),
+        (
+            "search",
+            ["--mlflow-uri", "http://127.0.0.1:notaport", *teachers, "--out", out],
+            "is not a valid URI",
+            {},
+        ),
+        (
+            "search",
+            [*teachers, "--out", out],
+            "$MLFLOW_TRACKING_URI garbage",
+            {"MLFLOW_TRACKING_URI": "garbage"},
+        ),
         ("export", [*fab, *export], "$MLFLOW_TRACKING_URI ftp://x", {"MLFLOW_TRACKING_URI": "ftp://x"}),
         ("pareto", [*fab, "--tracking-uri", "bogus://x"], "the scheme bogus://", {}),
         ("report", [*fab, "--tracking-uri", "http://[::1"], "is not a valid URI", {}),
-        ("search", ["--storage-path", str(d / "storage.txt"), *teachers, "--out", out],
-         "--storage-path", {}),
+        ("search", ["--storage-path", str(d / "storage.txt"), *teachers, "--out", out], "--storage-path", {}),
         ("search", ["--storage-path", "bogus://x", *teachers, "--out", out], "unknown scheme bogus://", {}),
         # 11. a new store in a folder that does not exist
-        ("search", ["--mlflow-uri", f"sqlite:///{d / 'missing' / 'x.db'}", *teachers, "--out", out],
-         f"the folder {d / 'missing'} does not exist", {}),
+        (
+            "search",
+            ["--mlflow-uri", f"sqlite:///{d / 'missing' / 'x.db'}", *teachers, "--out", out],
+            f"the folder {d / 'missing'} does not exist",
+            {},
+        ),
         # 7. what a resume must refuse
-        ("search", ["--out", str(d / "no_optuna"), "--resume"], "optuna.db is missing, though this search ran", {}),
-        ("search", ["--out", str(d / "no_mlflow"), "--resume"], "mlflow.db is missing, though this search ran", {}),
+        (
+            "search",
+            ["--out", str(d / "no_optuna"), "--resume"],
+            "optuna.db is missing, though this search ran",
+            {},
+        ),
+        (
+            "search",
+            ["--out", str(d / "no_mlflow"), "--resume"],
+            "mlflow.db is missing, though this search ran",
+            {},
+        ),
         ("search", ["--out", str(d / "dataset"), "--resume"], "is a search of cifar10 but", {}),
-        ("search", ["--out", str(d / "num_trials"), "--resume", "--num-trials", "1"],
-         "--num-trials 1 is below the 3 trials", {}),
-        ("search", ["--out", str(d / "num_trials"), "--resume", "--num-trials", "2"],
-         "pass --num-trials 3 or more", {}),
+        (
+            "search",
+            ["--out", str(d / "num_trials"), "--resume", "--num-trials", "1"],
+            "--num-trials 1 is below the 3 trials",
+            {},
+        ),
+        (
+            "search",
+            ["--out", str(d / "num_trials"), "--resume", "--num-trials", "2"],
+            "pass --num-trials 3 or more",
+            {},
+        ),
         ("search", ["--out", str(d / "trials_read_only"), "--resume"], "is read-only", {}),
-        ("search", ["--out", str(d / "record_list"), "--resume"], "holds a JSON list, not a search record", {}),
+        (
+            "search",
+            ["--out", str(d / "record_list"), "--resume"],
+            "holds a JSON list, not a search record",
+            {},
+        ),
         ("search", ["--out", str(d / "record_out"), "--resume"], "its 'out' is 5, not a string", {}),
-        ("search", ["--out", str(d / "record_sessions"), "--resume"], "its 'sessions'[0] is not a session", {}),
+        (
+            "search",
+            ["--out", str(d / "record_sessions"), "--resume"],
+            "its 'sessions'[0] is not a session",
+            {},
+        ),
         ("search", ["--out", str(d / "record_relative"), "--resume"], "not the absolute path", {}),
         ("relocate", ["--out", str(d / "record_out")], "its 'out' is 5, not a string", {}),
         ("relocate", ["--out", str(d / "record_list")], "holds a JSON list", {}),
@@ -218,14 +293,22 @@ def test_every_bad_store_gives_one_line_exit_2_and_writes_nothing(bad, teachers,
         err = capsys.readouterr().err.strip().splitlines()
         after = _state(watched)
         written = sorted(str(p) for p in after if before.get(p) != after[p])
-        ok = exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0] and not written
+        ok = (
+            exc.value.code == 2
+            and len(err) == 1
+            and err[0].startswith("error:")
+            and message in err[0]
+            and not written
+        )
         if not ok:
             failures.append((cli, argv, env, exc.value.code, err, written))
     assert not failures, "\n".join(map(str, failures))
 
 
 @pytest.mark.parametrize("damage", ["cut short", "pickled code"])
-def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_path, template, damage, capsys):
+def test_a_running_trials_unreadable_checkpoint_is_set_aside_with_a_warning(
+    tmp_path, template, damage, capsys
+):
     """The plan finds it and writes nothing; the search's first write moves it aside with one warning
     line, so the trial restarts from its start; the pickled code never runs."""
     from tuning.checks import set_aside
@@ -283,15 +366,21 @@ def test_runs_tagged_finds_exactly_the_run_with_each_awkward_value(tmp_path, tem
 
     from tuning.store import runs_tagged
 
-    shutil.copy(template / "mlflow.db", tmp_path / "mlflow.db")  # a real SQLite store, without its migrations' time
+    shutil.copy(
+        template / "mlflow.db", tmp_path / "mlflow.db"
+    )  # a real SQLite store, without its migrations' time
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("x")
-    ids = {value: client.create_run(exp, tags={"derd.search_dir": value, "derd.kind": "search"}).info.run_id
-           for value in [*AWKWARD, "o_brien", "aXb_c", "both x and x", "O'BRIEN"]}  # LIKE's and case's near misses
+    ids = {
+        value: client.create_run(exp, tags={"derd.search_dir": value, "derd.kind": "search"}).info.run_id
+        for value in [*AWKWARD, "o_brien", "aXb_c", "both x and x", "O'BRIEN"]
+    }  # LIKE's and case's near misses
     for value in AWKWARD:
         found = runs_tagged(client, [exp], {"derd.search_dir": value, "derd.kind": "search"})
         assert [r.info.run_id for r in found] == [ids[value]], value
-        assert [r.info.run_id for r in runs_tagged(client, [exp], {"derd.search_dir": value}, max_results=1)] == [ids[value]]
+        assert [
+            r.info.run_id for r in runs_tagged(client, [exp], {"derd.search_dir": value}, max_results=1)
+        ] == [ids[value]]
     assert runs_tagged(client, [exp], {"derd.search_dir": "o'brien"}, status="FINISHED") == []
 
 
@@ -306,9 +395,9 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     from analysis.report import add_training
     from analysis.trials import search_parents, trial_records
     from derd.config import to_dict
-    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
     from tuning.parent import mlflow_parent
+    from tuning.records import SearchFolder
     from tuning.space import SearchSpace
 
     folder = SearchFolder(tmp_path / "o'brien's \"runs\"")
@@ -316,16 +405,26 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     shutil.copy(template / "space.yaml", folder.space)
     shutil.copy(template / "mlflow.db", folder.mlflow_db)  # an existing store: the search adds its experiment
     space = SearchSpace.from_yaml(folder.space)
-    plan = SimpleNamespace(tracking_uri=folder.mlflow_uri, name="o'brien's search", folder=folder, out=folder.root, space=space,
-                           base_config={"teachers": {"natural": None, "robust": None}})
+    plan = SimpleNamespace(
+        tracking_uri=folder.mlflow_uri,
+        name="o'brien's search",
+        folder=folder,
+        out=folder.root,
+        space=space,
+        base_config={"teachers": {"natural": None, "robust": None}},
+    )
     exp_id, parent = mlflow_parent(plan, {}, 0.0)
     assert mlflow_parent(plan, {}, 0.0) == (exp_id, parent)
-    assert [p.name for p in folder.artifacts.rglob("*.yaml")] == ["space.yaml"]  # in the folder, %-encoded URI read back
-    logger = MLflowSearchLogger(folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0,
-                                folder)
+    assert [p.name for p in folder.artifacts.rglob("*.yaml")] == [
+        "space.yaml"
+    ]  # in the folder, %-encoded URI read back
+    logger = MLflowSearchLogger(
+        folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0, folder
+    )
     run = logger.run_id(0, {"trial_number": 0})
-    fresh = MLflowSearchLogger(folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0,
-                               folder)  # a resumed driver: it finds the trial's run by its tags, not from memory
+    fresh = MLflowSearchLogger(
+        folder.mlflow_uri, exp_id, parent, to_dict(space.base_config()), space.presets, 1, 0, folder
+    )  # a resumed driver: it finds the trial's run by its tags, not from memory
     assert fresh.run_id(0) == run
     client = MlflowClient(folder.mlflow_uri)
     client.set_terminated(run, "FINISHED")

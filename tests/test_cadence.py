@@ -1,15 +1,16 @@
 """The checkpoint cadence (derd/cadence.py): which epochs write run.pt, on the CPU and by time."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_BASE, train_quick
+
 from derd.cadence import CheckpointCadence, checkpoint_every_s
 from derd.checkpoints import save_checkpoint
 from derd.config import apply_overrides, preset
-from derd.settings import ConfigError
 from derd.run import DistillationRun
+from derd.settings import ConfigError
 
 
 class Clock:
@@ -52,13 +53,17 @@ def test_a_negative_interval_is_refused_with_the_key_named():
 def teacher_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teachers")
     for kind, seed in (("natural", 1), ("robust", 2)):
-        save_checkpoint(folder / f"{kind}.pt", train_quick(seed=seed, epochs=2),
-                        {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+        save_checkpoint(
+            folder / f"{kind}.pt",
+            train_quick(seed=seed, epochs=2),
+            {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind},
+        )
     return {"teachers.natural": str(folder / "natural.pt"), "teachers.robust": str(folder / "robust.pt")}
 
 
-def test_the_final_training_writes_run_pt_at_the_val_epochs_with_an_hours_interval(tmp_path, monkeypatch,
-                                                                                    teacher_files):
+def test_the_final_training_writes_run_pt_at_the_val_epochs_with_an_hours_interval(
+    tmp_path, monkeypatch, teacher_files
+):
     """derd.train with train.checkpoint_every_s 3600: run.pt is written at the val epochs (2, 4) only
     (the search's trainable uses the same cadence; tests/test_cluster_logs.py kills one between writes)."""
     from derd import train as train_module

@@ -1,14 +1,15 @@
 """Datasets: the digits splits, torchvision's CIFAR format, ImageNet-100 trees, clear errors."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from fakedata import write_cifar as _write_cifar
 from PIL import Image
 
 from derd.data import dataset_info, digits_split_indices, imagenet100_classes, load_split, stratified_split
 from derd.errors import UserError
-from fakedata import write_cifar as _write_cifar
 
 
 def test_shipped_class_list_has_100_unique_wordnet_ids():

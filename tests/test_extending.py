@@ -1,6 +1,7 @@
 """A new method is one file: written by the test outside the package and named in $DERD_PLUGINS, it
 registers, runs (with a generator term of its own over its drawn labels), is searched over the range it
 declares, logged, exported and tabled without a line changed anywhere else; old configs still load."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,25 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import TINY_BASE, train_quick
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_BASE, train_quick
-from derd.config import ConfigError, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_dict, to_flat
+from derd.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    preset,
+    save_yaml,
+    to_dict,
+    to_flat,
+)
 from derd.data import load_split
 from derd.experts import Experts
 from derd.methods import available_methods, get_method, logged_prefixes, register_method, unregister_method
 from derd.registry import PLUGINS_ENV
-from tuning.records import SearchFolder, Tag, encode_objectives
 from derd.run import DistillationRun
+from tuning.records import SearchFolder, Tag, encode_objectives
 
 LEGACY = Path(__file__).parent / "legacy"
 
@@ -99,7 +109,11 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     from tuning.space import SearchSpace
 
     # the config: its section, its published digits weight, YAML both ways
-    assert available_methods()[-1] == "toy" and "toy/" in logged_prefixes() and toy.__module__.startswith("derd_plugin")
+    assert (
+        available_methods()[-1] == "toy"
+        and "toy/" in logged_prefixes()
+        and toy.__module__.startswith("derd_plugin")
+    )
     cfg = apply_overrides(preset("digits", "toy"), {**TINY_BASE, "robust.pgd_steps": 2})
     assert cfg.toy.weight == 0.5 and to_flat(cfg)["toy.weight"] == 0.5
     save_yaml(cfg, tmp_path / "toy.yaml")
@@ -113,36 +127,66 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     before = [p.detach().clone() for p in run.method.synth.generator.label_embedding.parameters()]
     history = run.run()
     run.close()
-    assert len(history) == cfg.budget.epochs and "toy/class_mean" in history[-1] and "kd/adv_agreement" in history[-1]
-    assert run.method.term_had_gradient and history[-1]["loss/G"] == pytest.approx(0.5 * history[-1]["loss/toy_class"])
-    after = list(run.method.synth.generator.label_embedding.parameters())  # its term trained G's label embedding
+    assert (
+        len(history) == cfg.budget.epochs
+        and "toy/class_mean" in history[-1]
+        and "kd/adv_agreement" in history[-1]
+    )
+    assert run.method.term_had_gradient and history[-1]["loss/G"] == pytest.approx(
+        0.5 * history[-1]["loss/toy_class"]
+    )
+    after = list(
+        run.method.synth.generator.label_embedding.parameters()
+    )  # its term trained G's label embedding
     assert not all(torch.equal(a, b) for a, b in zip(before, after))
 
     # it is searched: its preset first, its key sampled only for it
     space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump({"dataset": "digits", "base": dict(TINY_BASE), "presets": ["paper"],
-                                          "ranges": "declared", "space": {  # the range comes from ToyConfig
-        "method": {"distribution": "categorical", "choices": ["derd", "toy"]},
-        "stage2.pgd_steps": None}}))  # the tiny base's 2 steps lie below DERD's declared range: not searched here
+    space_file.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "digits",
+                "base": dict(TINY_BASE),
+                "presets": ["paper"],
+                "ranges": "declared",
+                "space": {  # the range comes from ToyConfig
+                    "method": {"distribution": "categorical", "choices": ["derd", "toy"]},
+                    "stage2.pgd_steps": None,
+                },
+            }
+        )
+    )  # the tiny base's 2 steps lie below DERD's declared range: not searched here
     space = SearchSpace.from_yaml(space_file)
     weight = next(p for p in space.params if p.key == "toy.weight")
     assert (weight.distribution, weight.low, weight.high) == ("loguniform", 0.1, 2.0)
     assert space.presets[1]["method"] == "toy" and space.presets[1]["toy.weight"] == 0.5
     assert "stage1.lambda_adv" not in space.presets[1] and "robust.lr_s" in space.presets[1]
     assert {p.key for p in SearchSpace.from_yaml(space_file, methods=["toy"]).params} == {
-        "toy.weight", "robust.pgd_steps", "robust.natural_weight", "robust.lr_s"}  # --method toy: its declared keys
-    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+        "toy.weight",
+        "robust.pgd_steps",
+        "robust.natural_weight",
+        "robust.lr_s",
+    }  # --method toy: its declared keys
+    study = optuna.create_study(
+        directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for _ in range(8):
         point = space.sample(study.ask())
-        assert ("toy.weight" in point) == (point["method"] == "toy") and ("stage1.lambda_ie" in point) != ("toy.weight" in point)
+        assert ("toy.weight" in point) == (point["method"] == "toy") and ("stage1.lambda_ie" in point) != (
+            "toy.weight" in point
+        )
 
     # it is logged (its params and its metrics) and exported from the search's records
     folder = SearchFolder(tmp_path / "search")
     folder.root.mkdir()
     client = MlflowClient(folder.mlflow_uri)
     exp = client.create_experiment("toy-search", artifact_location=folder.artifacts.as_uri())
-    parent = client.create_run(exp, tags={Tag.KIND: "search", Tag.OBJECTIVES: encode_objectives(space.objectives)})
-    logger = MLflowSearchLogger(folder.mlflow_uri, exp, parent.info.run_id, to_dict(cfg), space.presets, 1, 0, folder)
+    parent = client.create_run(
+        exp, tags={Tag.KIND: "search", Tag.OBJECTIVES: encode_objectives(space.objectives)}
+    )
+    logger = MLflowSearchLogger(
+        folder.mlflow_uri, exp, parent.info.run_id, to_dict(cfg), space.presets, 1, 0, folder
+    )
     sampled = {TRIAL_NUMBER: 0, "method": "toy", "toy.weight": 0.7}
     for entry in history:
         logger.log_epoch(0, entry, sampled)
@@ -150,10 +194,24 @@ def test_a_method_registered_from_outside_runs_is_searched_logged_exported_and_t
     run_id = logger.run_id(0)
     logged = client.get_run(run_id)
     assert logged.data.params["toy.weight"] == "0.7" and "stage1.lambda_adv" not in logged.data.params
-    assert [m.step for m in client.get_metric_history(run_id, "toy/class_mean")] == list(range(1, len(history) + 1))
+    assert [m.step for m in client.get_metric_history(run_id, "toy/class_mean")] == list(
+        range(1, len(history) + 1)
+    )
     tag_fronts(client, exp)
-    paths = export_main(["--experiment", "toy-search", "--select", run_id, "--out", str(tmp_path / "exported"),
-                         "--budget", "trial", "--tracking-uri", folder.mlflow_uri])
+    paths = export_main(
+        [
+            "--experiment",
+            "toy-search",
+            "--select",
+            run_id,
+            "--out",
+            str(tmp_path / "exported"),
+            "--budget",
+            "trial",
+            "--tracking-uri",
+            folder.mlflow_uri,
+        ]
+    )
     exported = load_yaml(paths[0])
     assert exported.method == "toy" and exported.toy.weight == 0.7 and exported.origin["run_id"] == run_id
 
@@ -177,7 +235,10 @@ def test_a_methods_own_term_may_not_take_a_shared_terms_name_and_a_bad_plugin_is
 
     with pytest.raises(ValueError, match="'oh' is a shared term"):
         resolve_terms(["oh"], {"oh": lambda s: s.x.mean()})
-    assert set(resolve_terms(["cls", "mine"], {"mine": lambda s: s.x.mean()})) == {"cls", "mine"} and "cls" in GENERATOR_TERMS
+    assert (
+        set(resolve_terms(["cls", "mine"], {"mine": lambda s: s.x.mean()})) == {"cls", "mine"}
+        and "cls" in GENERATOR_TERMS
+    )
     monkeypatch.setenv(PLUGINS_ENV, "no_such_module_for_derd")
     with pytest.raises(UserError, match=r"^\$DERD_PLUGINS: cannot import 'no_such_module_for_derd'"):
         load_plugins()
@@ -194,17 +255,26 @@ def test_a_config_exported_before_the_shared_budget_loads_with_the_same_meaning(
     assert cfg.method == old["method"] == "derd_no_nat"
     assert cfg.budget.epochs == old["stage1"]["epochs"] + old["stage2"]["epochs"] == 30
     assert cfg.stage1.epochs == 10 and cfg.budget.iters_per_epoch == 30 and cfg.budget.batch_size == 128
-    assert cfg.stage1.lambda_adv == old["stage1"]["lambda_adv"] and cfg.stage2.pgd_steps == old["stage2"]["pgd_steps"]
+    assert (
+        cfg.stage1.lambda_adv == old["stage1"]["lambda_adv"]
+        and cfg.stage2.pgd_steps == old["stage2"]["pgd_steps"]
+    )
     assert cfg.origin == old["origin"]
     assert [(p.stage, p.epochs) for p in get_method("derd_no_nat").phases(cfg)] == [(1, 10), (2, 20)]
 
     inv = load_yaml(LEGACY / "derd_inv_config.yaml")
     assert inv.derd_inv.steps == 3 and inv.derd_inv.lr == 0.2 and inv.budget.epochs == 10
-    assert [(p.epochs, p.iters_per_epoch, p.batch_size) for p in get_method("derd_inv").phases(inv)] == [(7, 5, 32)]
+    assert [(p.epochs, p.iters_per_epoch, p.batch_size) for p in get_method("derd_inv").phases(inv)] == [
+        (7, 5, 32)
+    ]
 
     params = json.loads((LEGACY / "trial_params.json").read_text())
     from_params = config_of_run(params)
-    assert from_params.budget.epochs == 12 and from_params.stage1.epochs == 4 and from_params.budget.iters_per_epoch == 20
+    assert (
+        from_params.budget.epochs == 12
+        and from_params.stage1.epochs == 4
+        and from_params.budget.iters_per_epoch == 20
+    )
     assert from_params.stage2.lambda_nat == pytest.approx(float(params["stage2.lambda_nat"]))
 
 

@@ -1,5 +1,6 @@
 """The baselines as their official code has them: one test per deviation that issue 15 found (each
 failed on the code before it), on tiny CPU inputs against a hand-computed reference."""
+
 from __future__ import annotations
 
 import copy
@@ -7,18 +8,28 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import train_quick
+
 from derd import losses
 from derd.config import apply_overrides, preset
+from derd.context import Phase
 from derd.data import load_split
 from derd.experts import Experts
-from derd.context import Phase
 from derd.run import DistillationRun
 
-TINY = {"budget.epochs": 2, "budget.iters_per_epoch": 2, "budget.batch_size": 8, "stage1.epochs": 1,
-        "robust.pgd_steps": 1, "cmi.synthesis_steps": 2, "cmi.negatives": 8, "student.latent_dim": 16,
-        "student.generator_width": 16, "eval.every": 100, "data.val_batch_size": 16}
+TINY = {
+    "budget.epochs": 2,
+    "budget.iters_per_epoch": 2,
+    "budget.batch_size": 8,
+    "stage1.epochs": 1,
+    "robust.pgd_steps": 1,
+    "cmi.synthesis_steps": 2,
+    "cmi.negatives": 8,
+    "student.latent_dim": 16,
+    "student.generator_width": 16,
+    "eval.every": 100,
+    "data.val_batch_size": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +43,15 @@ def val_data():
 
 
 def tiny_run(method: str, experts, val_data, **overrides) -> DistillationRun:
-    run = DistillationRun(apply_overrides(preset("digits", method), {**TINY, **overrides}), experts, val_data=val_data)
+    run = DistillationRun(
+        apply_overrides(preset("digits", method), {**TINY, **overrides}), experts, val_data=val_data
+    )
     run.enter_phase(len(run.phases) - 1)
     return run
 
 
 # ---- the shared robust distillation (RSLAD) ------------------------------------------------------
+
 
 def test_rslad_kl_is_rslads_element_mean_over_batch_and_classes():
     """RSLAD (rslad_cifar10.py 59-63) averages KL over batch x classes: a tenth of a batch mean on 10 classes."""
@@ -55,8 +69,10 @@ def test_the_baselines_student_step_uses_rslads_kl_lr_and_weight_decay(experts, 
     x = torch.rand(8, 1, 8, 8)
     student = copy.deepcopy(run.student).train()
     with torch.no_grad():
-        reference = (F.softmax(experts.robust(x), 1) * (F.log_softmax(experts.robust(x), 1)
-                                                        - F.log_softmax(student(x), 1))).sum() / (8 * 10)
+        reference = (
+            F.softmax(experts.robust(x), 1)
+            * (F.log_softmax(experts.robust(x), 1) - F.log_softmax(student(x), 1))
+        ).sum() / (8 * 10)
     from derd.objectives import rslad
 
     assert rslad(run.ctx, x)["nat"].item() == pytest.approx(reference.item(), rel=1e-4)
@@ -65,13 +81,16 @@ def test_the_baselines_student_step_uses_rslads_kl_lr_and_weight_decay(experts, 
 
 # ---- DAFL ---------------------------------------------------------------------------------------
 
+
 def test_dafl_information_entropy_is_in_base_10_as_its_code_takes_it(experts, val_data):
     """DAFL-train.py 178-179: sum_c pbar_c log10 pbar_c."""
     torch.manual_seed(0)
     logits = torch.randn(16, 10)
     pbar = F.softmax(logits, 1).mean(0)
     reference = (pbar * torch.log10(pbar)).sum()
-    assert losses.information_entropy_loss(logits, base=10).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert losses.information_entropy_loss(logits, base=10).item() == pytest.approx(
+        reference.item(), rel=1e-5
+    )
     run = tiny_run("dafl", experts, val_data)
     terms = run.method.iteration(run.phases[0], 0)
     assert "ie_log10" in terms and "ie" not in terms
@@ -81,9 +100,27 @@ def test_dafl_information_entropy_is_in_base_10_as_its_code_takes_it(experts, va
 def test_dafl_uses_its_published_weights_per_dataset_and_its_generator(experts, val_data):
     """README lines 29 and 35 (CIFAR-10, CIFAR-100); the MNIST defaults (lines 33-42) for digits."""
     c10, c100, digits = preset("cifar10").dafl, preset("cifar100").dafl, preset("digits").dafl
-    assert (c10.lambda_oh, c10.lambda_ie, c10.lambda_act, c10.lr_g, c10.latent_dim) == (0.05, 5.0, 0.01, 0.02, 1000)
-    assert (c100.lambda_oh, c100.lambda_ie, c100.lambda_act, c100.lr_g, c100.latent_dim) == (0.5, 20.0, 0.1, 0.02, 1000)
-    assert (digits.lambda_oh, digits.lambda_ie, digits.lambda_act, digits.lr_g, digits.latent_dim) == (1.0, 5.0, 0.1, 0.2, 100)
+    assert (c10.lambda_oh, c10.lambda_ie, c10.lambda_act, c10.lr_g, c10.latent_dim) == (
+        0.05,
+        5.0,
+        0.01,
+        0.02,
+        1000,
+    )
+    assert (c100.lambda_oh, c100.lambda_ie, c100.lambda_act, c100.lr_g, c100.latent_dim) == (
+        0.5,
+        20.0,
+        0.1,
+        0.02,
+        1000,
+    )
+    assert (digits.lambda_oh, digits.lambda_ie, digits.lambda_act, digits.lr_g, digits.latent_dim) == (
+        1.0,
+        5.0,
+        0.1,
+        0.2,
+        100,
+    )
     run = tiny_run("dafl", experts, val_data, **{"dafl.latent_dim": 12})
     assert run.method.synth.generator.fc.in_features == 12
     assert run.method.synth.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
@@ -92,7 +129,10 @@ def test_dafl_uses_its_published_weights_per_dataset_and_its_generator(experts, 
 
 # ---- DFAD ---------------------------------------------------------------------------------------
 
-def test_dfad_trains_its_generator_against_the_student_in_train_mode_with_adams_default_betas(experts, val_data):
+
+def test_dfad_trains_its_generator_against_the_student_in_train_mode_with_adams_default_betas(
+    experts, val_data
+):
     """DFAD_cifar.py 19, 40 (the student stays in train mode: its BatchNorm follows the generator's batch)
     and 151 (Adam's default betas)."""
     run = tiny_run("dfad", experts, val_data)
@@ -106,7 +146,10 @@ def test_dfad_trains_its_generator_against_the_student_in_train_mode_with_adams_
 
 # ---- ZSKT ---------------------------------------------------------------------------------------
 
-def test_zskt_students_learn_on_the_batch_the_updated_generator_renders_from_the_generators_z(experts, val_data):
+
+def test_zskt_students_learn_on_the_batch_the_updated_generator_renders_from_the_generators_z(
+    experts, val_data
+):
     """solver.py 89 and 105-116, loaders.py 42-47: one z per cycle; the student steps see G'(z)."""
     run = tiny_run("zskt", experts, val_data, **{"zskt.student_steps": 2})
     synth, seen = run.method.synth, {}
@@ -155,7 +198,9 @@ def test_zskt_clips_both_gradients_at_5_and_anneals_the_generators_lr(experts, v
 
         def step(*args, _key=key, _opt=opt, _orig=original, **kwargs):
             grads = [p.grad for g in _opt.param_groups for p in g["params"] if p.grad is not None]
-            norms[_key].append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+            norms[_key].append(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+            )
             return _orig(*args, **kwargs)
 
         opt.step = step
@@ -170,6 +215,7 @@ def test_zskt_clips_both_gradients_at_5_and_anneals_the_generators_lr(experts, v
 
 
 # ---- CMI ----------------------------------------------------------------------------------------
+
 
 def test_cmi_contrast_detaches_the_keys_and_sums_the_current_and_cached_anchors_means():
     """contrastive.py 320-326."""
@@ -187,8 +233,10 @@ def test_cmi_students_adversarial_term_sees_the_teachers_global_view(experts, va
     """contrastive.py 284-288: S(x_g) beside T(x_g)."""
     run = tiny_run("cmi", experts, val_data)
     teacher_inputs, student_inputs = [], []
-    handles = [experts.robust.register_forward_pre_hook(lambda m, a: teacher_inputs.append(a[0].detach())),
-               run.student.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach()))]
+    handles = [
+        experts.robust.register_forward_pre_hook(lambda m, a: teacher_inputs.append(a[0].detach())),
+        run.student.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach())),
+    ]
     run.method.synth.synthesize(4)
     for h in handles:
         h.remove()
@@ -198,13 +246,24 @@ def test_cmi_students_adversarial_term_sees_the_teachers_global_view(experts, va
     run.close()
 
 
-def test_cmi_keeps_every_image_draws_without_replacement_and_has_its_scripts_head_bank_and_schedule(experts, val_data):
+def test_cmi_keeps_every_image_draws_without_replacement_and_has_its_scripts_head_bank_and_schedule(
+    experts, val_data
+):
     run = tiny_run("cmi", experts, val_data)
     cmi, synth = run.cfg.cmi, run.method.synth
-    assert (cmi.synthesis_steps, cmi.synthesis_every, cmi.feature_bank, cmi.negatives, cmi.head_dim) == (2, 400, 40960, 8, 256)
+    assert (cmi.synthesis_steps, cmi.synthesis_every, cmi.feature_bank, cmi.negatives, cmi.head_dim) == (
+        2,
+        400,
+        40960,
+        8,
+        256,
+    )
     assert preset("cifar10").cmi.synthesis_steps == 200 and preset("digits").cmi.synthesis_every == 400
     dim = synth.features.shape[1] // 2
-    assert synth.head.net[0].in_features == synth.head.net[0].out_features == dim and synth.head.net[-1].out_features == 256
+    assert (
+        synth.head.net[0].in_features == synth.head.net[0].out_features == dim
+        and synth.head.net[-1].out_features == 256
+    )
     assert synth.head_optimizer.param_groups[0]["betas"] == (0.9, 0.999)
     for _ in range(3):
         synth.synthesize(4)
@@ -212,29 +271,52 @@ def test_cmi_keeps_every_image_draws_without_replacement_and_has_its_scripts_hea
     picked = []
     for _ in range(3):  # a pass over the bank's shuffle
         synth.batch(4)
-        picked += synth.order[synth.position - 4: synth.position].tolist()
+        picked += synth.order[synth.position - 4 : synth.position].tolist()
     assert sorted(picked) == list(range(12))  # each image once
     run.close()
 
 
 # ---- DFARD --------------------------------------------------------------------------------------
 
+
 def test_dfard_is_marked_as_a_reconstruction_wherever_it_is_shown():
     from analysis.paper_tables import markdown
     from analysis.trials import TrialRecord, best_trials_markdown
     from derd.methods import display_name, get_method
 
-    assert get_method("dfard").label == "DFARD*" and display_name("dfard") == "dfard*" and display_name("dafl") == "dafl"
-    record = TrialRecord("r1", "trial-0001", "dfard", {"val/clean_acc": 80.0, "val/aa_acc": 20.0, "val/n_images": 100},
-                         {}, {}, [80.0, 20.0])
+    assert (
+        get_method("dfard").label == "DFARD*"
+        and display_name("dfard") == "dfard*"
+        and display_name("dafl") == "dafl"
+    )
+    record = TrialRecord(
+        "r1",
+        "trial-0001",
+        "dfard",
+        {"val/clean_acc": 80.0, "val/aa_acc": 20.0, "val/n_images": 100},
+        {},
+        {},
+        [80.0, 20.0],
+    )
     table = best_trials_markdown([record], [record], [("val/clean_acc", "max"), ("val/aa_acc", "max")])
     assert "| dfard* |" in table and "dfard*: reconstructed from the paper's abstract" in table
-    tables = markdown("digits", [0], {"dfard": [{c: 1.0 for c in ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc",
-                                                                   "cw_acc", "aa_acc", "ave_acc")}]})
+    tables = markdown(
+        "digits",
+        [0],
+        {
+            "dfard": [
+                {
+                    c: 1.0
+                    for c in ("clean_acc", "fgsm_acc", "pgd_acc", "pgd_t_acc", "cw_acc", "aa_acc", "ave_acc")
+                }
+            ]
+        },
+    )
     assert "| DFARD* |" in tables and "reconstructed from the paper's abstract" in tables
 
 
 # ---- GDFQ ---------------------------------------------------------------------------------------
+
 
 def test_gdfq_trains_its_conditional_generator_on_ce_of_the_drawn_labels_plus_weighted_bn(experts, val_data):
     """trainer.py: loss_G = CE(T(G(z, y)), y) + 0.1 * BNS; here L_bn's weight is lambda_bn on this project's scale;
@@ -284,6 +366,7 @@ def test_gdfq_keeps_its_lr_constant_and_its_published_generator_settings_on_ever
 
 # ---- DFHL-RS ------------------------------------------------------------------------------------
 
+
 def test_dfhl_rs_generation_loss_is_smoothed_kl_plus_lam_times_log10_batch_entropy():
     """losses.py: KLDivLoss(batchmean)(log_softmax(S), smooth_one_hot(y, s)) + lam * sum pbar log10 pbar."""
     from derd.methods.dfhl_rs import generation_loss, smooth_labels
@@ -313,7 +396,7 @@ def test_dfhl_rs_high_entropy_examples_ascend_the_students_entropy_with_signed_s
     model.eval()
     for _ in range(10):
         ref.requires_grad_(True)
-        g, = torch.autograd.grad(entropy(model(ref)), [ref])
+        (g,) = torch.autograd.grad(entropy(model(ref)), [ref])
         ref = (ref.detach() + 0.03 * g.sign()).clamp(0, 1)
     assert torch.allclose(out, ref, atol=1e-6)
     assert (out - x).abs().max() > 0.2  # 10 x 0.03 away: no eps-ball
@@ -339,7 +422,9 @@ def test_dfhl_rs_student_reads_only_the_teachers_hard_labels_by_default(experts,
         run = tiny_run("dfhl_rs", scaled, val_data, **{"dfhl_rs.teacher_access": "logits"})
         soft.append(run.method.iteration(run.phases[0], 0)["dfhl/student"].item())
         run.close()
-    assert soft[0] != pytest.approx(soft[1], rel=1e-3)  # the logit-reading variant (not the paper's) does see them
+    assert soft[0] != pytest.approx(
+        soft[1], rel=1e-3
+    )  # the logit-reading variant (not the paper's) does see them
 
 
 class _Scale(torch.nn.Module):
@@ -385,7 +470,9 @@ def test_dfhl_rs_round_keeps_the_batch_whose_loss_was_lowest(experts, val_data, 
     values = iter([3.0, 1.0, 2.0, 1.0])
     rendered = []
     real = dfhl.generation_loss
-    monkeypatch.setattr(dfhl, "generation_loss", lambda logits, t, lam: real(logits, t, lam) * 0 + next(values))
+    monkeypatch.setattr(
+        dfhl, "generation_loss", lambda logits, t, lam: real(logits, t, lam) * 0 + next(values)
+    )
     original_forward = run.method.generator.forward
 
     def record(z):
@@ -395,7 +482,9 @@ def test_dfhl_rs_round_keeps_the_batch_whose_loss_was_lowest(experts, val_data, 
 
     monkeypatch.setattr(run.method.generator, "forward", record)
     terms = run.method.generate(8)
-    assert terms["dfhl/G"].item() == 1.0 and torch.equal(run.method.memory.images[-8:], rendered[1])  # the first of equals
+    assert terms["dfhl/G"].item() == 1.0 and torch.equal(
+        run.method.memory.images[-8:], rendered[1]
+    )  # the first of equals
     run.close()
 
 
@@ -417,10 +506,19 @@ def test_dfhl_rs_optimisers_schedules_and_published_settings(experts, val_data):
     run = tiny_run("dfhl_rs", experts, val_data)
     group = run.ctx.trainer.optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 1e-4)
-    assert isinstance(run.ctx.trainer.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)  # to 0: the harness's
+    assert isinstance(
+        run.ctx.trainer.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR
+    )  # to 0: the harness's
     d = preset("digits", "dfhl_rs").dfhl_rs
-    assert (d.student_steps, d.generator_steps, d.lam, d.latent_dim, d.hee_steps, d.hee_step, d.label_smoothing) == (
-        500, 10, 3.0, 256, 10, 0.03, 0.2)
+    assert (
+        d.student_steps,
+        d.generator_steps,
+        d.lam,
+        d.latent_dim,
+        d.hee_steps,
+        d.hee_step,
+        d.label_smoothing,
+    ) == (500, 10, 3.0, 256, 10, 0.03, 0.2)
     assert preset("cifar10", "dfhl_rs").dfhl_rs.label_smoothing == 0.2
     assert preset("cifar100", "dfhl_rs").dfhl_rs.label_smoothing == 0.02
     assert "robust" not in run.method.sections and run.method.teachers == ("robust",)
@@ -448,7 +546,10 @@ def test_dfhl_rs_strong_augmentation_is_the_identity_at_no_crop_flip_or_rotation
 
 # ---- FERD ---------------------------------------------------------------------------------------
 
-FERD_TINY = {"ferd.generator_steps": 2, "ferd.ifd_steps": 2}  # TINY's 4 updates at N_S 400: 1 round, 1 warm-up
+FERD_TINY = {
+    "ferd.generator_steps": 2,
+    "ferd.ifd_steps": 2,
+}  # TINY's 4 updates at N_S 400: 1 round, 1 warm-up
 
 
 def test_ferd_decoupled_kl_is_its_pairwise_mse_plus_soft_ce_and_the_one_hot_prior_zeroes_the_pairs():
@@ -505,7 +606,9 @@ def test_ferd_feature_splice_is_the_last_2d_batchnorm_and_its_tail_reproduces_th
     splice.remove()
 
 
-def test_ferd_robust_channels_are_those_whose_learnt_noise_variance_exceeds_every_channels_spatial_variance(experts):
+def test_ferd_robust_channels_are_those_whose_learnt_noise_variance_exceeds_every_channels_spatial_variance(
+    experts,
+):
     """IFP.sample_robust_and_non_robust_latent: softplus(l)^2 > max var_hw(f); l starts at 0 (softplus 0 = ln 2)."""
     from derd.methods.ferd import FeatureSplice, robust_channels
 
@@ -520,7 +623,9 @@ def test_ferd_robust_channels_are_those_whose_learnt_noise_variance_exceeds_ever
     splice.remove()
 
 
-def test_ferd_warms_up_its_memory_before_the_first_student_update_and_keeps_every_rounds_best_batch(experts, val_data):
+def test_ferd_warms_up_its_memory_before_the_first_student_update_and_keeps_every_rounds_best_batch(
+    experts, val_data
+):
     run = tiny_run("ferd", experts, val_data, **FERD_TINY, **{"ferd.student_steps": 2})
     m, seen = run.method, []
     original = torch.optim.Adam.__init__
@@ -552,12 +657,16 @@ def test_ferd_warm_up_is_a_tenth_of_the_budgets_rounds_rounded_up():
 
     f = preset("digits", "ferd").ferd
     digits = preset("digits", "ferd").budget
-    assert warmup_rounds(f, Phase(2, digits.epochs, digits.iters_per_epoch, 128, 0.1)) == 1  # 900 updates: 3 rounds
+    assert (
+        warmup_rounds(f, Phase(2, digits.epochs, digits.iters_per_epoch, 128, 0.1)) == 1
+    )  # 900 updates: 3 rounds
     assert warmup_rounds(f, Phase(2, 200, 50, 512, 0.1)) == 3  # CIFAR's 10,000 updates: 25 rounds
     assert warmup_rounds(f, Phase(2, 200, 400, 512, 0.1)) == 20  # FERD's own 200 x 400
 
 
-def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_its_optimiser(experts, val_data):
+def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_its_optimiser(
+    experts, val_data
+):
     """train_model_ds_at: 5/6 DKL(S(x), T(x)) + 1/6 DKL(S(x_adv), T(x)); SGD lr 0.1, momentum 0.9, wd 5e-4."""
     run = tiny_run("ferd", experts, val_data, **FERD_TINY)
     group = run.ctx.trainer.optimizer.param_groups[0]
@@ -566,9 +675,24 @@ def test_ferd_student_loss_is_five_sixths_natural_and_a_sixth_adversarial_with_i
     real = run.ctx.trainer.update
     run.ctx.trainer.update = lambda loss: losses_seen.append(loss.item()) or real(loss)
     terms = run.method.iteration(run.phases[0], 0)
-    assert losses_seen[0] == pytest.approx(5 / 6 * terms["ferd/nat"].item() + 1 / 6 * terms["ferd/rob"].item(), rel=1e-5)
+    assert losses_seen[0] == pytest.approx(
+        5 / 6 * terms["ferd/nat"].item() + 1 / 6 * terms["ferd/rob"].item(), rel=1e-5
+    )
     f = preset("digits", "ferd").ferd
-    assert (f.student_steps, f.generator_steps, f.warmup_share, f.lr_g, f.lr_z, f.latent_dim) == (400, 200, 0.1, 2e-3,
-                                                                                                    0.015, 100)
-    assert (f.lambda_bn, f.lambda_adv, f.lambda_oh, f.lambda_uni, f.ifd_steps, f.ifd_beta) == (5, 1, 1, 5, 50, 0.3)
+    assert (f.student_steps, f.generator_steps, f.warmup_share, f.lr_g, f.lr_z, f.latent_dim) == (
+        400,
+        200,
+        0.1,
+        2e-3,
+        0.015,
+        100,
+    )
+    assert (f.lambda_bn, f.lambda_adv, f.lambda_oh, f.lambda_uni, f.ifd_steps, f.ifd_beta) == (
+        5,
+        1,
+        1,
+        5,
+        50,
+        0.3,
+    )
     run.close()

@@ -1,6 +1,7 @@
 """The architecture's rules, checked on the source: derd/ is a plain library (no Ray, no MLflow),
 its import graph has no cycle, tuning/analysis build on it, not the other way round, and the floor plan
 between tuning and analysis (``RECORD_LAYER``, ``REPORT_WRITERS``) holds (docs/layout.md)."""
+
 from __future__ import annotations
 
 import ast
@@ -14,8 +15,12 @@ def _imports(path: Path, typing_too: bool = False) -> set[str]:
     also the imports for type checkers only (``if TYPE_CHECKING:``), which a layering must not need either."""
     found = set()
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                   for n in ast.walk(block)}
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for n in ast.walk(block)
+    }
     for node in ast.walk(tree):
         if id(node) in typing_only and not typing_too:
             continue
@@ -34,7 +39,9 @@ def _module(path: Path) -> str:
 
 def test_derd_imports_neither_ray_nor_mlflow_nor_the_tools_built_on_it():
     for path in (REPO / "derd").rglob("*.py"):
-        bad = {m for m in _imports(path) if m.split(".")[0] in ("ray", "mlflow", "optuna", "tuning", "analysis")}
+        bad = {
+            m for m in _imports(path) if m.split(".")[0] in ("ray", "mlflow", "optuna", "tuning", "analysis")
+        }
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
@@ -51,15 +58,24 @@ def _project(path: Path, package: str) -> set[str]:
 
 def test_analysis_reads_the_search_only_through_its_record_layer():
     for path in (REPO / "analysis").rglob("*.py"):
-        tuning = {m for m in _project(path, "tuning") if m not in RECORD_LAYER and m.rsplit(".", 1)[0] not in RECORD_LAYER}
+        tuning = {
+            m
+            for m in _project(path, "tuning")
+            if m not in RECORD_LAYER and m.rsplit(".", 1)[0] not in RECORD_LAYER
+        }
         assert not tuning, f"{path.relative_to(REPO)} imports {sorted(tuning)}"
 
 
 def test_the_record_layer_imports_only_derd_and_itself():
     for module in RECORD_LAYER:
         path = REPO / Path(*module.split(".")).with_suffix(".py")
-        bad = {m for m in _imports(path, typing_too=True) if m.split(".")[0] in ("analysis", "tuning", "ray", "optuna")
-               and m not in RECORD_LAYER and m.rsplit(".", 1)[0] not in RECORD_LAYER}
+        bad = {
+            m
+            for m in _imports(path, typing_too=True)
+            if m.split(".")[0] in ("analysis", "tuning", "ray", "optuna")
+            and m not in RECORD_LAYER
+            and m.rsplit(".", 1)[0] not in RECORD_LAYER
+        }
         assert not bad, f"{module} imports {sorted(bad)}"
 
 
@@ -71,8 +87,11 @@ def test_the_live_search_imports_nothing_from_analysis():
 
 
 def test_the_pareto_maths_is_pure():
-    assert not {m.split(".")[0] for m in _imports(REPO / "derd" / "pareto.py", typing_too=True)} - {"__future__", "math",
-                                                                                                     "typing"}
+    assert not {m.split(".")[0] for m in _imports(REPO / "derd" / "pareto.py", typing_too=True)} - {
+        "__future__",
+        "math",
+        "typing",
+    }
 
 
 def test_methods_models_and_datasets_register_through_the_one_registry():
@@ -86,8 +105,14 @@ def test_no_module_edits_sys_path_outside_benchmarks():
     """Commands are installed (setup.cfg's entry points) and scripts run by path import the installed packages."""
     for folder in ("derd", "tuning", "analysis", "tests"):
         for path in (REPO / folder).rglob("*.py"):
-            uses = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)
-                    and n.attr == "path" and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+            uses = [
+                n.lineno
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Attribute)
+                and n.attr == "path"
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "sys"
+            ]
             assert not uses, f"{path.relative_to(REPO)}:{uses[0]} touches sys.path"
 
 
@@ -118,7 +143,7 @@ def _assert_acyclic(graph: dict[str, set[str]]) -> None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -160,7 +185,14 @@ def test_the_method_registry_is_the_bottom_layer_and_the_config_imports_it_at_it
 
 # Private names of PyTorch itself that this project uses on purpose (the rule is about Ray,
 # Optuna and the project's own modules).
-TORCH_PRIVATE = {"_foreach_mul", "_foreach_add", "_functorch", "_python_dispatch", "_overloadpacket", "_forward_hooks"}
+TORCH_PRIVATE = {
+    "_foreach_mul",
+    "_foreach_add",
+    "_functorch",
+    "_python_dispatch",
+    "_overloadpacket",
+    "_forward_hooks",
+}
 # The one exception to "public names only": the token preflight of a Ray cluster (tuning/checks.py). Ray 2.60 has no
 # public call that asks a head whether it wants a token, or re-reads RAY_AUTH_MODE once Ray is imported; if these
 # move, the preflight's imports fail inside the check, which then leaves joining to ray.init and its own error.
@@ -194,15 +226,29 @@ def test_no_module_reaches_into_another_modules_private_names():
                 if isinstance(node, ast.Attribute):
                     name = node.attr
                 elif isinstance(node, ast.ImportFrom) and node.module:
-                    offences += [f"{path.relative_to(REPO)}: from {node.module} import {a.name}" for a in node.names
-                                 if a.name.startswith("_") and node.module.split(".")[0] != "torch"
-                                 and f"{node.module}.{a.name}" not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())]
-                    offences += [f"{path.relative_to(REPO)}: {node.module}" for part in node.module.split(".")
-                                 if part.startswith("_") and node.module.split(".")[0] in ("ray", "optuna")
-                                 and node.module not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())]
+                    offences += [
+                        f"{path.relative_to(REPO)}: from {node.module} import {a.name}"
+                        for a in node.names
+                        if a.name.startswith("_")
+                        and node.module.split(".")[0] != "torch"
+                        and f"{node.module}.{a.name}"
+                        not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())
+                    ]
+                    offences += [
+                        f"{path.relative_to(REPO)}: {node.module}"
+                        for part in node.module.split(".")
+                        if part.startswith("_")
+                        and node.module.split(".")[0] in ("ray", "optuna")
+                        and node.module not in RAY_TOKEN_PREFLIGHT.get(str(path.relative_to(REPO)), ())
+                    ]
                     continue
                 else:
                     continue
-                if name.startswith("_") and not name.startswith("__") and name not in own and name not in TORCH_PRIVATE:
+                if (
+                    name.startswith("_")
+                    and not name.startswith("__")
+                    and name not in own
+                    and name not in TORCH_PRIVATE
+                ):
                     offences.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
     assert not offences, "private names used across modules:\n" + "\n".join(offences)

@@ -1,4 +1,5 @@
 """Each loss term moves the way docs/methods.md says under one gradient step on its own."""
+
 from __future__ import annotations
 
 import pytest
@@ -180,8 +181,14 @@ def test_contrastive_loss_prefers_matching_views_and_a_step_lowers_it():
     shuffled = anchors[torch.randperm(8)]
     assert losses.contrastive_loss(anchors, anchors, 0.2) < losses.contrastive_loss(anchors, shuffled, 0.2)
     head = torch.nn.Linear(16, 16)
-    fn = lambda: losses.contrastive_loss(torch.nn.functional.normalize(head(anchors), dim=1),  # noqa: E731
-                                         torch.nn.functional.normalize(head(anchors + 0.3 * torch.randn(8, 16)), dim=1), 0.2)
+
+    def fn():
+        return losses.contrastive_loss(
+            torch.nn.functional.normalize(head(anchors), dim=1),
+            torch.nn.functional.normalize(head(anchors + 0.3 * torch.randn(8, 16)), dim=1),
+            0.2,
+        )
+
     torch.manual_seed(1)
     before = fn().item()
     opt = torch.optim.SGD(head.parameters(), lr=0.5)

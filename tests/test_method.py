@@ -1,4 +1,5 @@
 """Runs of every registered method: tiny budgets on digits; resume, cache, divergence, configs, host syncs."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import train_quick
 from torch.profiler import ProfilerActivity, profile
 
 from derd.config import ConfigError, apply_overrides, from_dict, load_yaml, preset, save_yaml, to_flat
@@ -16,13 +18,24 @@ from derd.experts import Experts
 from derd.methods import available_methods, get_method, uses_key
 from derd.run import DistillationRun, TrainingDiverged
 
-from conftest import train_quick
-
 TINY = {
-    "budget.epochs": 4, "budget.iters_per_epoch": 2, "budget.batch_size": 16, "stage1.epochs": 2, "stage2.pgd_steps": 2,
-    "derd_inv.steps": 2, "robust.pgd_steps": 2, "cmi.synthesis_steps": 2, "cmi.synthesis_every": 2,
-    "cmi.negatives": 8, "eval.every": 2, "student.latent_dim": 16, "student.generator_width": 16,
-    "data.val_batch_size": 32, "dfhl_rs.generator_steps": 2, "dfhl_rs.hee_steps": 2, "ferd.generator_steps": 2,
+    "budget.epochs": 4,
+    "budget.iters_per_epoch": 2,
+    "budget.batch_size": 16,
+    "stage1.epochs": 2,
+    "stage2.pgd_steps": 2,
+    "derd_inv.steps": 2,
+    "robust.pgd_steps": 2,
+    "cmi.synthesis_steps": 2,
+    "cmi.synthesis_every": 2,
+    "cmi.negatives": 8,
+    "eval.every": 2,
+    "student.latent_dim": 16,
+    "student.generator_width": 16,
+    "data.val_batch_size": 32,
+    "dfhl_rs.generator_steps": 2,
+    "dfhl_rs.hee_steps": 2,
+    "ferd.generator_steps": 2,
     "ferd.ifd_steps": 2,
 }
 GOLDEN = json.loads((Path(__file__).parent / "golden_step.json").read_text())
@@ -44,7 +57,9 @@ def tiny(**overrides):
 
 def _same(a: dict, b: dict) -> bool:
     keys = [k for k in a if k.startswith(("loss/", "val/", "sga/", "kd/", "dfard/"))]
-    return keys == [k for k in b if k.startswith(("loss/", "val/", "sga/", "kd/", "dfard/"))] and all(a[k] == b[k] for k in keys)
+    return keys == [k for k in b if k.startswith(("loss/", "val/", "sga/", "kd/", "dfard/"))] and all(
+        a[k] == b[k] for k in keys
+    )
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -111,10 +126,21 @@ def _golden_teacher(kind: str) -> torch.nn.Module:
 
 def _reproduce(method: str) -> None:
     experts = Experts(_golden_teacher("natural"), _golden_teacher("robust"))
-    cfg = apply_overrides(preset("digits"), {
-        "budget.epochs": 2, "budget.iters_per_epoch": 3, "budget.batch_size": 16, "stage1.epochs": 1,
-        "stage2.pgd_steps": 2, "derd_inv.steps": 2,
-        "eval.every": 100, "student.latent_dim": 16, "student.generator_width": 16, "method": method})
+    cfg = apply_overrides(
+        preset("digits"),
+        {
+            "budget.epochs": 2,
+            "budget.iters_per_epoch": 3,
+            "budget.batch_size": 16,
+            "stage1.epochs": 1,
+            "stage2.pgd_steps": 2,
+            "derd_inv.steps": 2,
+            "eval.every": 100,
+            "student.latent_dim": 16,
+            "student.generator_width": 16,
+            "method": method,
+        },
+    )
     ex = Experts(None, experts.robust) if method == "derd_no_nat" else experts
     val = torch.utils.data.Subset(load_split("digits", "val"), range(8))
     run = DistillationRun(cfg, ex, val_data=val)
@@ -153,12 +179,16 @@ def test_a_stage_two_iteration_reads_nothing_on_the_host(experts, val_data, meth
     phase = run.phases[index]
     run.method.start_epoch(phase)
     run.method.iteration(phase, 0)  # warm-up (first CMI round, lazy hooks)
-    assert _host_reads(lambda: [run.method.iteration(phase, step) for step in (1, 2)]) == 0  # with and without G steps
+    assert (
+        _host_reads(lambda: [run.method.iteration(phase, step) for step in (1, 2)]) == 0
+    )  # with and without G steps
     run.close()
 
 
 def test_an_epoch_reads_the_host_once(experts, val_data):
-    run = DistillationRun(tiny(**{"eval.every": 100, "stage1.epochs": 0, "budget.epochs": 2}), experts, val_data=val_data)
+    run = DistillationRun(
+        tiny(**{"eval.every": 100, "stage1.epochs": 0, "budget.epochs": 2}), experts, val_data=val_data
+    )
     assert _host_reads(run.run_epoch) <= 1
 
 
@@ -182,9 +212,17 @@ def test_cached_stage1_is_skipped_and_matches(tmp_path, experts, val_data):
     for a, b in zip(again.student.state_dict().values(), first.student.state_dict().values()):
         assert torch.equal(a, b)
     for shares in (tiny(**{"stage2.lambda_nat": 2.0}), tiny(method="nature")):  # same stage I
-        assert list(DistillationRun(shares, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
-    for differs in (tiny(**{"stage1.lambda_ie": 1.0}), tiny(method="derd_no_nat"), tiny(**{"train.precision": "bf16"})):
-        assert not list(DistillationRun(differs, experts, val_data=val_data, stage1_cache=cache).epochs())[0]["cached"]
+        assert list(DistillationRun(shares, experts, val_data=val_data, stage1_cache=cache).epochs())[0][
+            "cached"
+        ]
+    for differs in (
+        tiny(**{"stage1.lambda_ie": 1.0}),
+        tiny(method="derd_no_nat"),
+        tiny(**{"train.precision": "bf16"}),
+    ):
+        assert not list(DistillationRun(differs, experts, val_data=val_data, stage1_cache=cache).epochs())[0][
+            "cached"
+        ]
 
 
 def _file_experts(teacher_args: list[str]) -> Experts:
@@ -202,7 +240,9 @@ def _fill_cache(cfg: dict, teacher_args: list[str], val_data, cache: Path, barri
     results.put({k: v for k, v in history[-1].items() if k.startswith(("loss/", "val/"))})
 
 
-def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_entry(tmp_path, teacher_args, val_data):
+def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_entry(
+    tmp_path, teacher_args, val_data
+):
     """Both train the missing stage I (neither waits), both write it atomically to temporary files of
     their own; the entry left is whole, and a later trial reads it and ends where they did."""
     import multiprocessing
@@ -212,19 +252,27 @@ def test_two_concurrent_trials_missing_the_same_stage1_leave_one_whole_cache_ent
     cfg, cache = tiny(), tmp_path / "cache"
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=_fill_cache, args=(to_dict(cfg), teacher_args, val_data, cache, barrier, results))
-               for _ in range(2)]
+    workers = [
+        ctx.Process(target=_fill_cache, args=(to_dict(cfg), teacher_args, val_data, cache, barrier, results))
+        for _ in range(2)
+    ]
     for w in workers:
         w.start()
     finals = [results.get(timeout=300) for _ in workers]
     for w in workers:
         w.join(timeout=60)
         assert w.exitcode == 0
-    assert [p.name for p in cache.iterdir()] == [p.name for p in cache.glob("stage1-*.pt")] and len(finals) == 2
+    assert [p.name for p in cache.iterdir()] == [p.name for p in cache.glob("stage1-*.pt")] and len(
+        finals
+    ) == 2
     assert len(list(cache.iterdir())) == 1  # one entry, no temporary file left behind
-    later = list(DistillationRun(cfg, _file_experts(teacher_args), val_data=val_data, stage1_cache=cache).epochs())
+    later = list(
+        DistillationRun(cfg, _file_experts(teacher_args), val_data=val_data, stage1_cache=cache).epochs()
+    )
     assert later[0]["cached"]
-    assert _same(finals[0], finals[1]) and _same(finals[0], {k: v for k, v in later[-1].items() if k in finals[0]})
+    assert _same(finals[0], finals[1]) and _same(
+        finals[0], {k: v for k, v in later[-1].items() if k in finals[0]}
+    )
 
 
 def test_a_trial_on_a_shared_stage1_reports_only_the_compute_it_ran(tmp_path, experts, val_data):
@@ -249,8 +297,12 @@ def test_a_trial_on_a_shared_stage1_reports_only_the_compute_it_ran(tmp_path, ex
     own = [h for h in run.history if not h["cached"]]
     assert [h["cached"] for h in run.history] == [True, True, False, False]
     assert shared[-1][TRIAL_CACHED_EPOCHS] == 2 and first[-1][TRIAL_CACHED_EPOCHS] == 0
-    assert shared[-1]["trial/compute_s"] == pytest.approx(sum(h["time/epoch_s"] + h.get("time/eval_s", 0.0) for h in own))
-    assert first[-1]["trial/compute_s"] > sum(h["time/epoch_s"] for h in first[:2])  # the trainer counts stage I
+    assert shared[-1]["trial/compute_s"] == pytest.approx(
+        sum(h["time/epoch_s"] + h.get("time/eval_s", 0.0) for h in own)
+    )
+    assert first[-1]["trial/compute_s"] > sum(
+        h["time/epoch_s"] for h in first[:2]
+    )  # the trainer counts stage I
     run.save(tmp_path / "run.pt")
     resumed = DistillationRun.resume(tmp_path / "run.pt", experts, val_data=val_data)
     assert [h["cached"] for h in resumed.history] == [True, True, False, False]
@@ -268,9 +320,13 @@ def test_a_damaged_stage1_cache_entry_is_trained_again_not_trusted(tmp_path, exp
 
 def test_baselines_get_derds_budget_in_student_updates(experts, val_data):
     derd = DistillationRun(tiny(), experts, val_data=val_data)
-    for method in [m for m in available_methods() if get_method(m).table == 2 and m != "derd"]:  # the baselines
+    for method in [
+        m for m in available_methods() if get_method(m).table == 2 and m != "derd"
+    ]:  # the baselines
         run = DistillationRun(tiny(method=method), experts, val_data=val_data)
-        assert sum(p.epochs * p.iters_per_epoch for p in run.phases) == sum(p.epochs * p.iters_per_epoch for p in derd.phases)
+        assert sum(p.epochs * p.iters_per_epoch for p in run.phases) == sum(
+            p.epochs * p.iters_per_epoch for p in derd.phases
+        )
         assert run.phases[0].stage == 2 and run.warmup_epochs == 0
         run.close()
 
@@ -323,7 +379,9 @@ def test_every_method_file_registers_its_methods_and_the_run_config_has_their_se
 def _methods_table() -> list[list[str]]:
     text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     section = text.split("## The registered methods", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")]
+    rows = [
+        line for line in section.splitlines() if line.startswith("| `") and not line.startswith("| `method`")
+    ]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))] for row in rows]
 
 
@@ -334,15 +392,23 @@ def test_the_docs_methods_table_lists_the_registry():
     for row in rows:
         cls = get_method(row[0].strip("`"))
         teachers = {"T_nat": "natural", "T_rob": "robust"}
-        assert tuple(t for t in ("natural", "robust") if t in {teachers[c.strip()] for c in row[4].split(",")}) == \
-            tuple(t for t in ("natural", "robust") if t in cls.teachers), row[0]
+        assert tuple(
+            t for t in ("natural", "robust") if t in {teachers[c.strip()] for c in row[4].split(",")}
+        ) == tuple(t for t in ("natural", "robust") if t in cls.teachers), row[0]
         assert [c.strip().strip("`") for c in row[5].split(",")] == list(cls.sections), row[0]
 
 
 def test_methods_declare_what_they_read():
-    assert list(get_method("dafl").sections) == ["dafl", "robust"] and list(get_method("derd").sections) == ["stage1", "stage2"]
+    assert list(get_method("dafl").sections) == ["dafl", "robust"] and list(get_method("derd").sections) == [
+        "stage1",
+        "stage2",
+    ]
     assert uses_key("dafl", "dafl.lambda_act") and not uses_key("dafl", "stage2.lambda_nat")
-    assert uses_key("dafl", "budget.epochs") and uses_key("dafl", "student.arch") and uses_key("derd", "stage1.lambda_ie")
+    assert (
+        uses_key("dafl", "budget.epochs")
+        and uses_key("dafl", "student.arch")
+        and uses_key("derd", "stage1.lambda_ie")
+    )
     assert not uses_key("derd", "cmi.lambda_cr")
     needs_natural = {m for m in available_methods() if "natural" in get_method(m).teachers}
     assert needs_natural == {"derd", "derd_inv", "nature"}
@@ -369,15 +435,24 @@ def test_presets_carry_the_paper_weights_and_yaml_round_trips(tmp_path):
         flat = to_flat(preset(dataset))
         assert all(flat[k] == pytest.approx(v) for k, v in dataset_spec(dataset).budget.items())
         for method in available_methods():  # every method's published weights, DERD's from the paper
-            assert all(flat[k] == pytest.approx(v) for k, v in get_method(method).presets.get(dataset, {}).items())
-    assert to_flat(preset("cifar100"))["stage1.lambda_ie"] == 20 and get_method("derd").presets["cifar10"]["stage2.lambda_nat"] == 0.5
+            assert all(
+                flat[k] == pytest.approx(v) for k, v in get_method(method).presets.get(dataset, {}).items()
+            )
+    assert (
+        to_flat(preset("cifar100"))["stage1.lambda_ie"] == 20
+        and get_method("derd").presets["cifar10"]["stage2.lambda_nat"] == 0.5
+    )
     cfg = tiny(seed=3, method="zskt")
     save_yaml(cfg, tmp_path / "c.yaml")
     assert load_yaml(tmp_path / "c.yaml") == cfg
-    (tmp_path / "partial.yaml").write_text(yaml.safe_dump({"data": {"dataset": "cifar100"}, "stage1": {"lambda_adv": 1e-3}}))
+    (tmp_path / "partial.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": "cifar100"}, "stage1": {"lambda_adv": 1e-3}})
+    )
     partial = to_flat(load_yaml(tmp_path / "partial.yaml"))
     assert partial["stage1.lambda_adv"] == 1e-3 and partial["stage1.lambda_ie"] == 20
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"variant": "derd_no_nat"}))  # exported before the rename
+    (tmp_path / "old.yaml").write_text(
+        yaml.safe_dump({"variant": "derd_no_nat"})
+    )  # exported before the rename
     assert load_yaml(tmp_path / "old.yaml").method == "derd_no_nat"
 
 
@@ -386,13 +461,36 @@ def test_train_cli_writes_the_table_and_figures(tmp_path, experts):
     from derd.train import main
 
     for kind, model in (("natural", experts.natural), ("robust", experts.robust)):
-        save_checkpoint(tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
+        save_checkpoint(
+            tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind}
+        )
     cfg = tiny(**{"eval.every": 2, "data.val_batch_size": 128})
     save_yaml(cfg, tmp_path / "c.yaml")
-    main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--protocol", "search",
-          "--teacher-natural", str(tmp_path / "natural.pt"), "--teacher-robust", str(tmp_path / "robust.pt")])
+    main(
+        [
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--protocol",
+            "search",
+            "--teacher-natural",
+            str(tmp_path / "natural.pt"),
+            "--teacher-robust",
+            str(tmp_path / "robust.pt"),
+        ]
+    )
     out = tmp_path / "out"
-    for name in ("student.pt", "generator.pt", "run.pt", "table.json", "table.md", "samples.png", "accuracy.png", "config.yaml"):
+    for name in (
+        "student.pt",
+        "generator.pt",
+        "run.pt",
+        "table.json",
+        "table.md",
+        "samples.png",
+        "accuracy.png",
+        "config.yaml",
+    ):
         assert (out / name).is_file(), name
     assert "| Clean | PGD_S | AA |" in (out / "table.md").read_text()
 
@@ -406,12 +504,30 @@ def test_ctrl_c_in_train_says_how_to_resume_in_one_line_and_keeps_the_state(tmp_
     from derd.checkpoints import save_checkpoint
 
     for kind, model in (("natural", experts.natural), ("robust", experts.robust)):
-        save_checkpoint(tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind})
-    cfg = tiny(**{"budget.epochs": 32, "budget.iters_per_epoch": 4, "eval.every": 100,
-                  "teachers.natural": str(tmp_path / "natural.pt"), "teachers.robust": str(tmp_path / "robust.pt")})
+        save_checkpoint(
+            tmp_path / f"{kind}.pt", model, {"arch": "digits_cnn_small", "num_classes": 10, "kind": kind}
+        )
+    cfg = tiny(
+        **{
+            "budget.epochs": 32,
+            "budget.iters_per_epoch": 4,
+            "eval.every": 100,
+            "teachers.natural": str(tmp_path / "natural.pt"),
+            "teachers.robust": str(tmp_path / "robust.pt"),
+        }
+    )
     save_yaml(cfg, tmp_path / "c.yaml")
-    cmd = [sys.executable, "-m", "derd.train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),
-           "--protocol", "search"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "derd.train",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--protocol",
+        "search",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "out" / "run.pt").exists() and time.time() < deadline:
@@ -432,7 +548,9 @@ def test_folded_teachers_train_like_the_unfolded_ones(experts, val_data):
     folded = DistillationRun(tiny(**{"train.fold_teachers": "on"}), experts, val_data=val_data)
     assert not plain.compute.fold_teachers and folded.compute.fold_teachers
     assert any(type(m).__name__ == "FoldedBatchNorm" for m in folded.experts.natural.modules())
-    assert not any(type(m).__name__ == "FoldedBatchNorm" for m in experts.natural.modules())  # the caller's teacher stays
+    assert not any(
+        type(m).__name__ == "FoldedBatchNorm" for m in experts.natural.modules()
+    )  # the caller's teacher stays
     a, b = plain.run()[-1], folded.run()[-1]
     for run in (plain, folded):
         run.close()
@@ -447,7 +565,9 @@ def test_compile_is_off_on_the_cpu_by_default_and_a_compiled_run_matches_the_eag
     each phase's first epoch; evaluation runs eagerly."""
     assert DistillationRun(tiny(), experts, val_data=val_data).compute.compile is False
     eager = DistillationRun(tiny(method="derd_no_nat"), experts, val_data=val_data)
-    compiled = DistillationRun(tiny(method="derd_no_nat", **{"train.compile": "on"}), experts, val_data=val_data)
+    compiled = DistillationRun(
+        tiny(method="derd_no_nat", **{"train.compile": "on"}), experts, val_data=val_data
+    )
     want, got = eager.run(), compiled.run()
     for run in (eager, compiled):
         run.close()

@@ -1,4 +1,5 @@
 """Models: registry, normalisation inside the model, the generator's shape and range."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,12 @@ import torch
 from derd.errors import UserError
 from derd.models import Generator, available_models, create_model
 
-SMALL_INPUT = {"digits_cnn": (1, 8, 8), "digits_cnn_small": (1, 8, 8), "tv_resnet18": (3, 32, 32), "tv_resnet50": (3, 32, 32)}
+SMALL_INPUT = {
+    "digits_cnn": (1, 8, 8),
+    "digits_cnn_small": (1, 8, 8),
+    "tv_resnet18": (3, 32, 32),
+    "tv_resnet50": (3, 32, 32),
+}
 
 
 @pytest.mark.parametrize("name", available_models())
@@ -38,8 +44,15 @@ def test_generator_produces_unit_range_images_of_the_dataset_shape(shape):
     assert x.shape == (4, *shape) and x.min() >= 0 and x.max() <= 1
 
 
-@pytest.mark.parametrize("arch, shape", [("digits_cnn", (1, 8, 8)), ("resnet18", (3, 32, 32)),
-                                         ("preact_resnet18", (3, 32, 32)), ("tv_resnet18", (3, 64, 64))])
+@pytest.mark.parametrize(
+    "arch, shape",
+    [
+        ("digits_cnn", (1, 8, 8)),
+        ("resnet18", (3, 32, 32)),
+        ("preact_resnet18", (3, 32, 32)),
+        ("tv_resnet18", (3, 64, 64)),
+    ],
+)
 def test_a_folded_teacher_computes_the_same_logits_input_gradients_and_bn_statistics(arch, shape):
     """Folding the frozen teacher's BatchNorm into its convolutions is exact up to float rounding: logits
     within 1e-5, the same gradient with respect to the input (the generator and PGD backpropagate
@@ -49,7 +62,9 @@ def test_a_folded_teacher_computes_the_same_logits_input_gradients_and_bn_statis
 
     torch.manual_seed(0)
     teacher = create_model(arch, 10, in_channels=shape[0], mean=(0.4,) * shape[0], std=(0.2,) * shape[0])
-    with torch.no_grad():  # trained-looking BatchNorm statistics and affine maps, not the identity of a fresh model
+    with (
+        torch.no_grad()
+    ):  # trained-looking BatchNorm statistics and affine maps, not the identity of a fresh model
         for m in teacher.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
@@ -60,11 +75,16 @@ def test_a_folded_teacher_computes_the_same_logits_input_gradients_and_bn_statis
     folded, count = fold_batchnorm(teacher, torch.rand(2, *shape))
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
     assert count >= bns // 2 and sum(isinstance(m, FoldedBatchNorm) for m in folded.modules()) == count
-    assert all(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules() if "BatchNorm" in type(m).__name__)
+    assert all(
+        isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules() if "BatchNorm" in type(m).__name__
+    )
 
     x = torch.rand(4, *shape, requires_grad=True)
     xf = x.detach().clone().requires_grad_(True)
-    stats, stats_f = BatchNormStatistics(teacher, keep_features=True), BatchNormStatistics(folded, keep_features=True)
+    stats, stats_f = (
+        BatchNormStatistics(teacher, keep_features=True),
+        BatchNormStatistics(folded, keep_features=True),
+    )
     with stats.recording():
         logits = teacher(x)
     with stats_f.recording():

@@ -1,6 +1,7 @@
 """A new dataset is two files, written here outside the package: its DatasetSpec (a module named in
 $DERD_PLUGINS) and its search space. Its teachers are found in the cache by dataset and kind, so a
 search runs with no --teacher-* flag; a dataset that is not embedded is never trained for silently."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_BASE
 
 NAME = "colour_digits"
@@ -61,8 +61,10 @@ def colour_digits(tmp_path, monkeypatch):
     tint = torch.rand(len(grey), 3, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5
     root = tmp_path / "data"
     root.mkdir()
-    torch.save({"images": (grey * tint * 255).to(torch.uint8), "labels": torch.tensor(bunch.target[:600])},
-               root / "colour_digits.pt")
+    torch.save(
+        {"images": (grey * tint * 255).to(torch.uint8), "labels": torch.tensor(bunch.target[:600])},
+        root / "colour_digits.pt",
+    )
     monkeypatch.setenv(PLUGINS_ENV, str(module))
     assert NAME in available_datasets()
     yield dataset_info(NAME), root
@@ -85,36 +87,58 @@ def _cache_teachers(info, root: Path) -> None:
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
-        save_checkpoint(teacher_path(info, kind, "digits_cnn_small"), model.eval(),
-                        {"arch": "digits_cnn_small", "dataset": NAME, "num_classes": 10, "kind": kind})
+        save_checkpoint(
+            teacher_path(info, kind, "digits_cnn_small"),
+            model.eval(),
+            {"arch": "digits_cnn_small", "dataset": NAME, "num_classes": 10, "kind": kind},
+        )
 
 
 def test_a_dataset_from_outside_is_searched_with_its_teachers_found_in_the_cache(colour_digits, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     from derd.config import apply_overrides, preset
     from derd.errors import UserError
     from derd.experts import load_experts
-    from mlflow.tracking import MlflowClient
     from tuning.search import run_search
 
     info, root = colour_digits
     cfg = apply_overrides(preset(NAME), {"data.root": str(root)})
-    assert cfg.budget.epochs == 4 and cfg.stage1.lambda_ie == 5  # its stated budget; DERD's weights (no preset here)
-    with pytest.raises(UserError, match=rf"^{NAME} needs teacher checkpoints: no natural teacher in .*python -m "
-                                        rf"derd.teachers --dataset {NAME} --kind natural"):
+    assert (
+        cfg.budget.epochs == 4 and cfg.stage1.lambda_ie == 5
+    )  # its stated budget; DERD's weights (no preset here)
+    with pytest.raises(
+        UserError,
+        match=rf"^{NAME} needs teacher checkpoints: no natural teacher in .*python -m "
+        rf"derd.teachers --dataset {NAME} --kind natural",
+    ):
         load_experts(cfg)  # not embedded: never trained behind the user's back
     _cache_teachers(info, root)
     experts = load_experts(cfg)
     assert experts.natural is not None and experts.robust is not None
-    assert load_experts(apply_overrides(cfg, {"method": "dafl"})).natural is None  # only what the method needs
-    assert load_experts(apply_overrides(cfg, {"method": "nature"})).robust is None  # the undefended one: T_nat only
+    assert (
+        load_experts(apply_overrides(cfg, {"method": "dafl"})).natural is None
+    )  # only what the method needs
+    assert (
+        load_experts(apply_overrides(cfg, {"method": "nature"})).robust is None
+    )  # the undefended one: T_nat only
 
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
-        "dataset": NAME, "base": {**TINY_BASE, "data.val_batch_size": 32},
-        "space": {"stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
-        "presets": ["paper"], "search": {"num_trials": 1, "max_concurrent": 1, "scheduler": "none"}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": NAME,
+                "base": {**TINY_BASE, "data.val_batch_size": 32},
+                "space": {"stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
+                "presets": ["paper"],
+                "search": {"num_trials": 1, "max_concurrent": 1, "scheduler": "none"},
+            }
+        )
+    )
     out = tmp_path / "search"
-    summary = run_search(["--space", str(space), "--out", str(out), "--data-root", str(root)])  # no --teacher-* flag
+    summary = run_search(
+        ["--space", str(space), "--out", str(out), "--data-root", str(root)]
+    )  # no --teacher-* flag
     assert summary["trials_finished"] == 1
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(f"derd-{NAME}")
@@ -127,8 +151,13 @@ def test_a_dataset_must_state_its_budget():
     from derd.data import DatasetInfo, DatasetSpec
 
     with pytest.raises(ValueError, match="its budget must set budget.epochs, budget.iters_per_epoch"):
-        DatasetSpec(DatasetInfo("x", 2, (1, 8, 8), 0.1, (0.5,), (0.5,)), lambda *a: None, "digits_cnn_small", 1,
-                    budget={"student.arch": "digits_cnn_small"})
+        DatasetSpec(
+            DatasetInfo("x", 2, (1, 8, 8), 0.1, (0.5,), (0.5,)),
+            lambda *a: None,
+            "digits_cnn_small",
+            1,
+            budget={"student.arch": "digits_cnn_small"},
+        )
 
 
 def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, tmp_path):
@@ -138,21 +167,34 @@ def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, t
     from mlflow.tracking import MlflowClient
 
     from derd.errors import UserError
-    from tuning.records import Tag
     from derd.validation import load_validation_set
+    from tuning.records import Tag
     from tuning.search import run_search
 
     info, root = colour_digits
     _cache_teachers(info, root)
     (root / "colour_digits.pt").unlink()  # no real image left to read
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
-        "dataset": NAME, "base": {**TINY_BASE, "data.val_batch_size": 32, "synthetic_val.per_class": 4,
-                                  "synthetic_val.steps": 6},
-        "space": {"stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
-        "presets": ["paper"], "search": {"num_trials": 2, "max_concurrent": 1, "scheduler": "none"}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": NAME,
+                "base": {
+                    **TINY_BASE,
+                    "data.val_batch_size": 32,
+                    "synthetic_val.per_class": 4,
+                    "synthetic_val.steps": 6,
+                },
+                "space": {"stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0}},
+                "presets": ["paper"],
+                "search": {"num_trials": 2, "max_concurrent": 1, "scheduler": "none"},
+            }
+        )
+    )
     out = tmp_path / "search"
-    summary = run_search(["--space", str(space), "--out", str(out), "--data-root", str(root), "--validation", "synthetic"])
+    summary = run_search(
+        ["--space", str(space), "--out", str(out), "--data-root", str(root), "--validation", "synthetic"]
+    )
     assert summary["trials_finished"] == 2 and summary["validation"] == "synthetic"
     assert "synthetic validation set" in summary["markdown"]
     made = load_validation_set(out / "synthetic_val.pt", info)
@@ -166,8 +208,12 @@ def test_a_search_with_synthetic_validation_reads_no_real_image(colour_digits, t
     parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "search")
     assert parent.data.tags[Tag.VALIDATION] == "synthetic" and parent.data.metrics["validation/n_images"] == n
     trials = [r for r in runs if r.data.tags.get(Tag.KIND) == "trial"]
-    assert len(trials) == 2 and all(r.info.status == "FINISHED" and r.data.tags[Tag.VALIDATION] == "synthetic"
-                                    and r.data.metrics["val/n_images"] == n for r in trials)
+    assert len(trials) == 2 and all(
+        r.info.status == "FINISHED"
+        and r.data.tags[Tag.VALIDATION] == "synthetic"
+        and r.data.metrics["val/n_images"] == n
+        for r in trials
+    )
     # a resume may not switch what the trials are scored on
     with pytest.raises(UserError, match="--validation cannot change when resuming"):
         run_search(["--out", str(out), "--resume", "--validation", "real"])

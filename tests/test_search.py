@@ -1,6 +1,6 @@
 """The search with real Ray, Optuna and MLflow in temporary folders (tiny models, tiny budgets)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import json
 import re
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import write_space
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +36,11 @@ def _runs(out: Path, name: str = "derd-digits"):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id])
-    return client, [r for r in runs if r.data.tags.get("derd.kind") == "trial"], [r for r in runs if r.data.tags.get("derd.kind") == "search"]
+    return (
+        client,
+        [r for r in runs if r.data.tags.get("derd.kind") == "trial"],
+        [r for r in runs if r.data.tags.get("derd.kind") == "search"],
+    )
 
 
 def _study(out: Path, name: str = "derd-digits"):
@@ -48,11 +51,15 @@ def test_tiny_search_over_methods_logs_one_run_per_trial(tmp_path, cluster, teac
     """The method dimension samples both methods, each with only the keys it reads."""
     from tuning.search import run_search
 
-    space = write_space(tmp_path / "space.yaml", space={
-        "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
-        "stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
-        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
-    }, search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none", "sampler": "random", "seed": 1})
+    space = write_space(
+        tmp_path / "space.yaml",
+        space={
+            "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
+            "stage1.lambda_adv": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+            "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+        },
+        search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none", "sampler": "random", "seed": 1},
+    )
     out = tmp_path / "s"
     summary = run_search(["--space", str(space), "--out", str(out), *teacher_args])
     client, trials, parents = _runs(out)
@@ -62,19 +69,32 @@ def test_tiny_search_over_methods_logs_one_run_per_trial(tmp_path, cluster, teac
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert run.data.tags["derd.protocol"] == "search" and float(run.data.tags["derd.eps"]) > 0  # its val scores'
-        assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc", "val/n_images", "trial/wall_time_s"} <= set(run.data.metrics)
+        assert (
+            run.data.tags["derd.protocol"] == "search" and float(run.data.tags["derd.eps"]) > 0
+        )  # its val scores'
+        assert {"val/clean_acc", "val/pgd_acc", "val/aa_acc", "val/n_images", "trial/wall_time_s"} <= set(
+            run.data.metrics
+        )
         by_method.setdefault(run.data.params["method"], []).append(run)
         history = client.get_metric_history(run.info.run_id, "loss/G")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]  # per-epoch metrics, each epoch once
     assert set(by_method) == {"derd", "dafl"}
-    assert all("stage1.lambda_adv" in r.data.params and "dafl.lambda_act" not in r.data.params for r in by_method["derd"])
-    assert all("dafl.lambda_act" in r.data.params and "stage1.lambda_adv" not in r.data.params for r in by_method["dafl"])
+    assert all(
+        "stage1.lambda_adv" in r.data.params and "dafl.lambda_act" not in r.data.params
+        for r in by_method["derd"]
+    )
+    assert all(
+        "dafl.lambda_act" in r.data.params and "stage1.lambda_adv" not in r.data.params
+        for r in by_method["dafl"]
+    )
     presets = [r for r in trials if r.data.tags["derd.preset"] == "true"]
     assert {r.data.params["method"] for r in presets} == {"derd", "dafl"}  # 'paper': one preset per method
     study = _study(out)
     assert len(study.trials) == 4 and study.metric_names == ["val/clean_acc", "val/aa_acc"]
-    assert study.trials[0].params["stage1.lambda_adv"] == 0.05 and study.trials[1].params["dafl.lambda_act"] == 0.1
+    assert (
+        study.trials[0].params["stage1.lambda_adv"] == 0.05
+        and study.trials[1].params["dafl.lambda_act"] == 0.1
+    )
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
         run = client.get_run(t.user_attrs["mlflow_run_id"])  # Optuna -> MLflow and back
@@ -95,17 +115,35 @@ def test_a_diverging_trial_fails_with_its_reason_while_the_search_goes_on(tmp_pa
     last = [k for k in state["state_dict"] if k.endswith("weight")][-1]
     state["state_dict"][last] = state["state_dict"][last] * 1e38
     torch.save(state, tmp_path / "overflowing.pt")
-    space = write_space(tmp_path / "space.yaml",
-                        space={"method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat"]},
-                               "stage1.lambda_bn": {"distribution": "loguniform", "low": 1e-6, "high": 1.0}},
-                        presets=["paper"], search={"num_trials": 2, "max_concurrent": 1, "scheduler": "none"})
+    space = write_space(
+        tmp_path / "space.yaml",
+        space={
+            "method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat"]},
+            "stage1.lambda_bn": {"distribution": "loguniform", "low": 1e-6, "high": 1.0},
+        },
+        presets=["paper"],
+        search={"num_trials": 2, "max_concurrent": 1, "scheduler": "none"},
+    )
     out = tmp_path / "s"
-    run_search(["--space", str(space), "--out", str(out), "--max-failures", "0", "--teacher-natural",
-                str(tmp_path / "overflowing.pt"), *teacher_args[2:]])
+    run_search(
+        [
+            "--space",
+            str(space),
+            "--out",
+            str(out),
+            "--max-failures",
+            "0",
+            "--teacher-natural",
+            str(tmp_path / "overflowing.pt"),
+            *teacher_args[2:],
+        ]
+    )
     _, trials, _ = _runs(out)
     by_status = {r.info.status: r for r in trials}
     assert set(by_status) == {"FAILED", "FINISHED"}
-    assert re.search(r"loss term \S+ became (inf|nan) in stage 1, epoch 1", by_status["FAILED"].data.tags["derd.error"])
+    assert re.search(
+        r"loss term \S+ became (inf|nan) in stage 1, epoch 1", by_status["FAILED"].data.tags["derd.error"]
+    )
     assert by_status["FAILED"].data.params["method"] == "derd"
     assert sorted(t.state.name for t in _study(out).trials) == ["COMPLETE", "FAIL"]
 
@@ -114,8 +152,21 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, cluster, teacher_a
     from tuning.search import run_search
 
     out = tmp_path / "s"
-    run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
-                "--cpus-per-trial", "1", "--max-concurrent", "2", *teacher_args])
+    run_search(
+        [
+            "--space",
+            str(write_space(tmp_path / "space.yaml")),
+            "--out",
+            str(out),
+            "--num-trials",
+            "2",
+            "--cpus-per-trial",
+            "1",
+            "--max-concurrent",
+            "2",
+            *teacher_args,
+        ]
+    )
     _, trials, _ = _runs(out)
     assert len({r.data.tags["derd.node_id"] for r in trials}) == 2
 
@@ -124,8 +175,23 @@ def test_fractional_gpus_let_two_trials_share_one_gpu(tmp_path, cluster, teacher
     from tuning.search import run_search
 
     out = tmp_path / "s"
-    run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
-                "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--max-concurrent", "2", *teacher_args])
+    run_search(
+        [
+            "--space",
+            str(write_space(tmp_path / "space.yaml")),
+            "--out",
+            str(out),
+            "--num-trials",
+            "2",
+            "--gpus-per-trial",
+            "0.5",
+            "--cpus-per-trial",
+            "0.5",
+            "--max-concurrent",
+            "2",
+            *teacher_args,
+        ]
+    )
     _, trials, _ = _runs(out)
     assert [r.data.tags["derd.gpu_ids"] for r in trials] == ["0", "0"]
     (a, b) = sorted((r.info.start_time, r.info.end_time) for r in trials)
@@ -140,7 +206,11 @@ def start():
     started: list[subprocess.Popen] = []
 
     def run(cmd: list[str]) -> subprocess.Popen:
-        started.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+        )
         return started[-1]
 
     yield run
@@ -189,7 +259,9 @@ def _listening(pid: int) -> set[str]:
         root = psutil.Process(pid)
         for proc in [root, *root.children(recursive=True)]:
             try:
-                found |= {c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+                found |= {
+                    c.laddr.ip for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+                }
             except psutil.Error:
                 continue
     except psutil.Error:
@@ -199,12 +271,16 @@ def _listening(pid: int) -> set[str]:
 
 def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_args, start):
     """A local search (no --address) listens on the loopback interface only; Ctrl-C then --resume."""
-    space = write_space(tmp_path / "space.yaml", search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"})
+    space = write_space(
+        tmp_path / "space.yaml", search={"num_trials": 3, "max_concurrent": 1, "scheduler": "none"}
+    )
     out = tmp_path / "s"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), *teacher_args]
     proc = start([*cmd, "--space", str(space)])
     _wait_for(lambda: _finished_trials(out) >= 1)
-    addresses = _listening(proc.pid)  # GCS, raylet, the driver's and the trial's workers, the runtime-env agent
+    addresses = _listening(
+        proc.pid
+    )  # GCS, raylet, the driver's and the trial's workers, the runtime-env agent
     assert addresses and addresses <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130  # interrupted: not success
@@ -212,8 +288,13 @@ def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_arg
     finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
     first_params = _study(out).trials[0].params
-    subprocess.run([sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume"],
-                   check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume"],
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _assert_complete_and_unique(out, 3)
     _, after, _ = _runs(out)
     for run in after:
@@ -229,7 +310,9 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
 
     from tuning.processes import descendants
 
-    space = write_space(tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"})
+    space = write_space(
+        tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"}
+    )
     out = tmp_path / "s"
     cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--address", "local"]
     proc = start([*cmd, "--space", str(space), "--name", "killed", *teacher_args])
@@ -247,9 +330,14 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
             return False
 
     _wait_for(lambda: not [p for p, t in ray_processes.items() if running(p, t)], timeout=15)
-    subprocess.run([*cmd, "--resume"], check=True, timeout=400, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*cmd, "--resume"], check=True, timeout=400, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert sorted(e.name for e in client.search_experiments()) == ["Default", "killed"]  # the name came from the folder
+    assert sorted(e.name for e in client.search_experiments()) == [
+        "Default",
+        "killed",
+    ]  # the name came from the folder
     _assert_complete_and_unique(out, 4, "killed")
     assert len(json.loads((out / "search.json").read_text())["sessions"]) == 2
     assert "over 2 session(s)" in (out / "best_trials.md").read_text().splitlines()[0]
@@ -259,8 +347,17 @@ def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path,
     from tuning.search import run_search
 
     out = tmp_path / "s"
-    run_search(["--space", str(write_space(tmp_path / "space.yaml")), "--out", str(out), "--num-trials", "2",
-                *teacher_args])
+    run_search(
+        [
+            "--space",
+            str(write_space(tmp_path / "space.yaml")),
+            "--out",
+            str(out),
+            "--num-trials",
+            "2",
+            *teacher_args,
+        ]
+    )
     client, _, parents = _runs(out)
     before = parents[0].data.metrics
     again = run_search(["--out", str(out), "--resume"])
@@ -272,14 +369,25 @@ def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path,
     assert after["search/trials_per_hour"] == pytest.approx(before["search/trials_per_hour"])
 
 
-def test_a_finished_search_extended_with_num_trials_runs_only_the_new_trials(tmp_path, cluster, teacher_args, capsys):
+def test_a_finished_search_extended_with_num_trials_runs_only_the_new_trials(
+    tmp_path, cluster, teacher_args, capsys
+):
     """--resume --num-trials 6 on a finished 4-trial search: the same study samples trials 4 and 5; 6 Optuna
     trials, 6 child runs, no duplicate, the first four untouched, the front over all six. Flags that would
     change what the search compares are refused with the reason, and nothing is written."""
     from tuning.search import main, run_search
 
-    space = write_space(tmp_path / "space.yaml", search={"num_trials": 4, "max_concurrent": 2, "scheduler": "asha",
-                                                         "grace_period": 2, "sampler": "tpe", "seed": 3})
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={
+            "num_trials": 4,
+            "max_concurrent": 2,
+            "scheduler": "asha",
+            "grace_period": 2,
+            "sampler": "tpe",
+            "seed": 3,
+        },
+    )
     out = tmp_path / "s"
     run_search(["--space", str(space), "--out", str(out), *teacher_args])
     _, before, _ = _runs(out)
@@ -288,13 +396,23 @@ def test_a_finished_search_extended_with_num_trials_runs_only_the_new_trials(tmp
     assert "resuming with num_trials 4 -> 6" in capsys.readouterr().out
     _assert_complete_and_unique(out, 6)
     client, after, parents = _runs(out)
-    assert all(r.info.end_time == ended[r.info.run_id] for r in after if r.info.run_id in ended)  # not run again
+    assert all(
+        r.info.end_time == ended[r.info.run_id] for r in after if r.info.run_id in ended
+    )  # not run again
     assert all("pareto_front" in r.data.tags for r in after)  # the front was taken over all six
-    assert summary["trials_finished"] == 6 and "of 6 requested" in (out / "best_trials.md").read_text().splitlines()[0]
+    assert (
+        summary["trials_finished"] == 6
+        and "of 6 requested" in (out / "best_trials.md").read_text().splitlines()[0]
+    )
     assert "num_trials: 6" in (out / "space.yaml").read_text()  # the next --resume continues from six
     state = (out / "optuna.db").read_bytes()
-    for flag in (["--method", "dafl"], ["--scheduler", "none"], ["--seed", "1"], ["--dataset", "cifar10"],
-                 ["--teacher-robust", teacher_args[3]]):
+    for flag in (
+        ["--method", "dafl"],
+        ["--scheduler", "none"],
+        ["--seed", "1"],
+        ["--dataset", "cifar10"],
+        ["--teacher-robust", teacher_args[3]],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["--out", str(out), "--resume", *flag])
         assert exc.value.code == 2
@@ -308,6 +426,16 @@ def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, capsys, cluster, te
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main(["--space", str(write_space(tmp_path / "space.yaml")), "--gpus-per-trial", "4", "--out", str(out), *teacher_args])
+        main(
+            [
+                "--space",
+                str(write_space(tmp_path / "space.yaml")),
+                "--gpus-per-trial",
+                "4",
+                "--out",
+                str(out),
+                *teacher_args,
+            ]
+        )
     assert exc.value.code == 2
     assert "more than any node has (1 GPUs)" in capsys.readouterr().err

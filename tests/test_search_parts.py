@@ -1,4 +1,5 @@
 """The search's parts without a Ray cluster: the space, the Optuna searcher, ASHA across a restart."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,22 +7,31 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-
 from conftest import write_space
+
+from derd.methods import available_methods
 from tuning.scheduler import ResumableASHA
 from tuning.searcher import TRIAL_NUMBER, StudySearcher
-from derd.methods import available_methods
 from tuning.space import SearchSpace
 
 
 @pytest.fixture()
 def space(tmp_path):
-    return SearchSpace.from_yaml(write_space(tmp_path / "space.yaml", space={
-        "method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat", "dafl"]},
-        "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
-        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
-        "cmi.lambda_cr": {"distribution": "loguniform", "low": 0.1, "high": 1.0},  # no searched method reads it
-    }))
+    return SearchSpace.from_yaml(
+        write_space(
+            tmp_path / "space.yaml",
+            space={
+                "method": {"distribution": "categorical", "choices": ["derd", "derd_no_nat", "dafl"]},
+                "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
+                "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+                "cmi.lambda_cr": {
+                    "distribution": "loguniform",
+                    "low": 0.1,
+                    "high": 1.0,
+                },  # no searched method reads it
+            },
+        )
+    )
 
 
 def test_paper_preset_is_one_point_per_method_with_only_its_keys(space):
@@ -32,7 +42,9 @@ def test_paper_preset_is_one_point_per_method_with_only_its_keys(space):
 
 
 def test_define_by_run_samples_only_the_keys_a_method_reads(space):
-    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     seen = set()
     for _ in range(12):
         sampled = space.sample(study.ask())
@@ -43,19 +55,34 @@ def test_define_by_run_samples_only_the_keys_a_method_reads(space):
 
 
 def test_restricting_to_one_method_drops_the_others(tmp_path):
-    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", space={
-        "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
-        "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
-        "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0}}), methods=["dafl"])
+    space = SearchSpace.from_yaml(
+        write_space(
+            tmp_path / "s.yaml",
+            space={
+                "method": {"distribution": "categorical", "choices": ["derd", "dafl"]},
+                "stage2.lambda_nat": {"distribution": "loguniform", "low": 0.05, "high": 5.0},
+                "dafl.lambda_act": {"distribution": "loguniform", "low": 1e-3, "high": 1.0},
+            },
+        ),
+        methods=["dafl"],
+    )
     assert space.methods == ["dafl"] and [p.key for p in space.params] == ["dafl.lambda_act"]
     assert space.presets == [{"dafl.lambda_act": 0.1}]
     wider = SearchSpace.from_yaml(tmp_path / "s.yaml", methods=["all"])
-    assert wider.methods == available_methods() and [p["method"] for p in wider.presets] == available_methods()
+    assert (
+        wider.methods == available_methods() and [p["method"] for p in wider.presets] == available_methods()
+    )
 
 
 def _result(epoch: int, total: int, clean: float, aa: float) -> dict:
-    return {"epoch": epoch, "total_epochs": total, "val/clean_acc": clean, "val/aa_acc": aa, "val_evaluated": True,
-            "search/score": (clean + aa) / 2}
+    return {
+        "epoch": epoch,
+        "total_epochs": total,
+        "val/clean_acc": clean,
+        "val/aa_acc": aa,
+        "val_evaluated": True,
+        "search/score": (clean + aa) / 2,
+    }
 
 
 def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_running(space, tmp_path):
@@ -64,23 +91,30 @@ def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_runni
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     stopped: set[int] = set()
-    searcher = StudySearcher(dataclasses.replace(space, scheduler="asha"), storage, "s", clean_threshold=50.0,
-                             stopped_early=stopped)
+    searcher = StudySearcher(
+        dataclasses.replace(space, scheduler="asha"),
+        storage,
+        "s",
+        clean_threshold=50.0,
+        stopped_early=stopped,
+    )
     configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c", "d", "e")}
     assert [configs[t][TRIAL_NUMBER] for t in "abcde"] == [0, 1, 2, 3, 4]
     searcher.on_trial_result("a", _result(2, 4, 60.0, 5.0))
-    searcher.on_trial_complete("a", _result(4, 4, 70.0, 6.0))          # full budget, feasible
+    searcher.on_trial_complete("a", _result(4, 4, 70.0, 6.0))  # full budget, feasible
     stopped.add(1)
-    searcher.on_trial_complete("b", _result(2, 4, 60.0, 1.0))          # stopped by ASHA
-    searcher.on_trial_complete("c", _result(4, 4, 10.0, 10.0))         # collapsed: infeasible
+    searcher.on_trial_complete("b", _result(2, 4, 60.0, 1.0))  # stopped by ASHA
+    searcher.on_trial_complete("c", _result(4, 4, 10.0, 10.0))  # collapsed: infeasible
     searcher.on_trial_complete("d", None, error=True)
-    searcher.on_trial_complete("e", _result(2, 4, 60.0, 1.0))          # interrupted with the driver
+    searcher.on_trial_complete("e", _result(2, 4, 60.0, 1.0))  # interrupted with the driver
     trials = optuna.load_study(study_name="s", storage=storage).trials
     states = [t.state.name for t in trials]
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "RUNNING"]
     assert [t.user_attrs.get("stopped_early", False) for t in trials[:3]] == [False, True, False]
     assert trials[0].values == [70.0, 6.0] and trials[0].user_attrs["constraint"] == [-20.0]
-    assert trials[0].user_attrs["scores"] == {"2": 32.5, "4": 38.0} and trials[0].user_attrs["intermediate"]["2"] == [60.0, 5.0]
+    assert trials[0].user_attrs["scores"] == {"2": 32.5, "4": 38.0} and trials[0].user_attrs["intermediate"][
+        "2"
+    ] == [60.0, 5.0]
     assert trials[2].user_attrs["constraint"] == [40.0]  # > 0: TPE and NSGA-II treat it as infeasible
     assert trials[1].user_attrs["scores"] == {"2": 30.5}
 
@@ -104,18 +138,28 @@ def test_asha_keeps_its_decisions_across_a_restart():
         asha.on_trial_add(None, t)
     assert asha.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "STOP"
     assert asha.stopped_early == {3}
-    assert asha.on_trial_result(None, resumed, {"epoch": 5, "search/score": 21.0, "total_epochs": 8}) == "CONTINUE"
+    assert (
+        asha.on_trial_result(None, resumed, {"epoch": 5, "search/score": 21.0, "total_epochs": 8})
+        == "CONTINUE"
+    )
     fresh = ResumableASHA(max_t=8, grace_period=4, reduction_factor=2)  # what a restart without history does
     fresh.on_trial_add(None, weak)
-    assert fresh.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "CONTINUE"
+    assert (
+        fresh.on_trial_result(None, weak, {"epoch": 4, "search/score": 30.0, "total_epochs": 8}) == "CONTINUE"
+    )
 
 
 def test_asha_never_stops_the_papers_presets():
-    asha = ResumableASHA(history={0: {4: 80.0}, 1: {4: 70.0}}, protected={2}, max_t=8, grace_period=4, reduction_factor=2)
+    asha = ResumableASHA(
+        history={0: {4: 80.0}, 1: {4: 70.0}}, protected={2}, max_t=8, grace_period=4, reduction_factor=2
+    )
     preset, other = _trial(2), _trial(3)
     for t in (preset, other):
         asha.on_trial_add(None, t)
-    assert asha.on_trial_result(None, preset, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "CONTINUE"
+    assert (
+        asha.on_trial_result(None, preset, {"epoch": 4, "search/score": 10.0, "total_epochs": 8})
+        == "CONTINUE"
+    )
     assert asha.on_trial_result(None, other, {"epoch": 4, "search/score": 10.0, "total_epochs": 8}) == "STOP"
     assert asha.stopped_early == {3}
 
@@ -125,21 +169,31 @@ def test_finish_after_a_kill_between_totals_and_state_logs_the_totals_once(tmp_p
     driver closes the run without logging the totals a second time."""
     from mlflow.tracking import MlflowClient
 
-    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
+    from tuning.records import SearchFolder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("e")
     parent = client.create_run(exp).info.run_id
-    result = {"epoch": 2, "total_epochs": 2, "trial/compute_s": 3.0, "search/feasible": True, "time/epoch_s": 1.0}
-    first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path))
+    result = {
+        "epoch": 2,
+        "total_epochs": 2,
+        "trial/compute_s": 3.0,
+        "search/feasible": True,
+        "time/epoch_s": 1.0,
+    }
+    first = MLflowSearchLogger(
+        uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path)
+    )
     first.log_epoch(0, result, {TRIAL_NUMBER: 0})
     run_id = first.run_id(0)
     first.client.set_terminated = lambda *a, **k: None  # the kill: totals written, state not
     first.finish(0, result)
     assert client.get_run(run_id).info.status == "RUNNING"
-    resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path))
+    resumed = MLflowSearchLogger(
+        uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=SearchFolder(tmp_path)
+    )
     resumed.log_epoch(0, result)  # the resumed trial replays its last epoch
     resumed.finish(0, result)
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -155,16 +209,24 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
     import torch
     from mlflow.tracking import MlflowClient
 
-    from tuning.records import SearchFolder
     from tuning.mlflow_logger import MLflowSearchLogger
+    from tuning.records import SearchFolder
 
     folder = SearchFolder(tmp_path)
     uri = folder.mlflow_uri
     client = MlflowClient(uri)
     exp = client.create_experiment("e")
     parent = client.create_run(exp).info.run_id
-    history = [{"epoch": e, "stage": 1, "loss/G": float(e), "time/epoch_s": 0.1 * e,
-                **({"val/clean_acc": 50.0 + e} if e % 2 == 0 else {})} for e in range(1, 7)]
+    history = [
+        {
+            "epoch": e,
+            "stage": 1,
+            "loss/G": float(e),
+            "time/epoch_s": 0.1 * e,
+            **({"val/clean_acc": 50.0 + e} if e % 2 == 0 else {}),
+        }
+        for e in range(1, 7)
+    ]
     first = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
     for entry in history[:4]:
         first.log_epoch(0, entry, {TRIAL_NUMBER: 0})
@@ -174,8 +236,19 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
     folder.trial_checkpoint(0).parent.mkdir(parents=True)
     from derd.run import RUN_FORMAT
 
-    torch.save({"format": RUN_FORMAT, "config": {}, "epoch": 5, "phase": 1, "student": {}, "method": {},
-                "rng": torch.Generator().get_state(), "history": history[:5]}, folder.trial_checkpoint(0))
+    torch.save(
+        {
+            "format": RUN_FORMAT,
+            "config": {},
+            "epoch": 5,
+            "phase": 1,
+            "student": {},
+            "method": {},
+            "rng": torch.Generator().get_state(),
+            "history": history[:5],
+        },
+        folder.trial_checkpoint(0),
+    )
     resumed = MLflowSearchLogger(uri, exp, parent, {}, [], cpus_per_trial=1, gpus_per_trial=0, folder=folder)
     resumed.log_epoch(0, history[5])
     resumed.flush()
@@ -192,7 +265,12 @@ def _rung_result(clean: float, aa: float, epoch: int = 4) -> dict:
     from tuning.trainable import search_score
 
     metrics = {"val/clean_acc": clean, "val/aa_acc": aa}
-    return {"epoch": epoch, "total_epochs": 8, **metrics, "search/score": search_score(metrics, OBJECTIVES, 50.0)}
+    return {
+        "epoch": epoch,
+        "total_epochs": 8,
+        **metrics,
+        "search/score": search_score(metrics, OBJECTIVES, 50.0),
+    }
 
 
 def test_moasha_keeps_a_trial_on_the_front_that_asha_stops_by_a_hand_computed_rung():
@@ -204,14 +282,25 @@ def test_moasha_keeps_a_trial_on_the_front_that_asha_stops_by_a_hand_computed_ru
     from tuning.scheduler import ResumableMOASHA, rung_order, rung_point
 
     rung = {0: (90.0, 2.0), 1: (80.0, 5.0), 2: (60.0, 4.0)}
-    asha = ResumableASHA(history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
-                         max_t=8, grace_period=4, reduction_factor=2)
-    moasha = ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=8, grace_period=4, reduction_factor=2,
-                             history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()})
+    asha = ResumableASHA(
+        history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
+        max_t=8,
+        grace_period=4,
+        reduction_factor=2,
+    )
+    moasha = ResumableMOASHA(
+        objectives=OBJECTIVES,
+        clean_threshold=50.0,
+        max_t=8,
+        grace_period=4,
+        reduction_factor=2,
+        history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()},
+    )
     assert asha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "STOP"
     assert moasha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "CONTINUE"
-    assert rung_order([rung_point([70, 12], OBJECTIVES, 50), *(rung_point(list(p), OBJECTIVES, 50) for p in rung.values())]) \
-        == [0, 1, 2, 3]
+    assert rung_order(
+        [rung_point([70, 12], OBJECTIVES, 50), *(rung_point(list(p), OBJECTIVES, 50) for p in rung.values())]
+    ) == [0, 1, 2, 3]
     # a dominated trial and an infeasible one (below 50 clean, however robust) rank last and stop
     assert moasha.on_trial_result(None, _trial(4), _rung_result(55, 1)) == "STOP"
     assert moasha.on_trial_result(None, _trial(5), _rung_result(40, 30)) == "STOP"
@@ -226,16 +315,24 @@ def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
     from derd.config import to_dict
     from tuning.scheduler import make_scheduler
 
-    space = SearchSpace.from_yaml(write_space(tmp_path / "s.yaml", search={"scheduler": "moasha", "grace_period": 2}))
+    space = SearchSpace.from_yaml(
+        write_space(tmp_path / "s.yaml", search={"scheduler": "moasha", "grace_period": 2})
+    )
     study = optuna.create_study(directions=["maximize", "maximize"])
     for clean, aa in ((90, 2), (80, 5), (60, 4)):
         trial = study.ask()
         trial.set_user_attr("intermediate", {"2": [clean, aa]})
     resumed = make_scheduler(space, to_dict(space.base_config()), study, clean_threshold=50.0)
-    fresh = make_scheduler(space, to_dict(space.base_config()), optuna.create_study(directions=["maximize"] * 2), 50.0)
+    fresh = make_scheduler(
+        space, to_dict(space.base_config()), optuna.create_study(directions=["maximize"] * 2), 50.0
+    )
     late = SimpleNamespace(config={TRIAL_NUMBER: 7})
-    assert resumed.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "STOP"  # behind the rebuilt rung
-    assert fresh.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "CONTINUE"  # first at an empty rung
+    assert (
+        resumed.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "STOP"
+    )  # behind the rebuilt rung
+    assert (
+        fresh.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "CONTINUE"
+    )  # first at an empty rung
 
 
 def test_the_scheduler_says_what_it_is_in_rays_status_block():
@@ -243,7 +340,9 @@ def test_the_scheduler_says_what_it_is_in_rays_status_block():
 
     asha = ResumableASHA(max_t=12, grace_period=4, reduction_factor=2)
     assert asha.debug_string().startswith("Using ASHA (resumable): rungs at epochs 8, 4;")
-    moasha = ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=12, grace_period=4, reduction_factor=2)
+    moasha = ResumableMOASHA(
+        objectives=OBJECTIVES, clean_threshold=50.0, max_t=12, grace_period=4, reduction_factor=2
+    )
     trial = _trial(0)
     moasha.on_trial_add(None, trial)
     moasha.stopped_early.add(5)
@@ -261,14 +360,21 @@ def test_the_reaper_ends_an_orphan_it_never_saw_by_the_drivers_mark_and_nothing_
 
     from tuning.processes import MARK, end_processes, marked
 
-    spawn = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
-             " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
-             " print(p.pid, flush=True)")  # the child prints its child's pid and exits: the grandchild is orphaned
+    spawn = (
+        "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+        " print(p.pid, flush=True)"
+    )  # the child prints its child's pid and exits: the grandchild is orphaned
     env = {**os.environ, MARK: "driver-1"}
-    orphan = int(subprocess.run([sys.executable, "-c", spawn], env=env, capture_output=True, text=True,
-                                check=True).stdout)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                 env={k: v for k, v in os.environ.items() if k != MARK})
+    orphan = int(
+        subprocess.run(
+            [sys.executable, "-c", spawn], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={k: v for k, v in os.environ.items() if k != MARK},
+    )
     try:
         assert psutil.Process(orphan).ppid() != os.getpid()  # not our descendant: only the mark finds it
         found = marked("driver-1")
@@ -288,8 +394,9 @@ def test_tpe_samples_when_stopped_trials_outnumber_the_complete_ones(space):
     a stopped trial counts as barely infeasible, a full one as feasible."""
     storage = optuna.storages.InMemoryStorage()
     stopped: set[int] = set()
-    searcher = StudySearcher(dataclasses.replace(space, sampler="tpe"), storage, "s", clean_threshold=50.0,
-                             stopped_early=stopped)
+    searcher = StudySearcher(
+        dataclasses.replace(space, sampler="tpe"), storage, "s", clean_threshold=50.0, stopped_early=stopped
+    )
     for i in range(40):
         config = searcher.suggest(f"t{i}")
         if i >= 2:
@@ -299,7 +406,9 @@ def test_tpe_samples_when_stopped_trials_outnumber_the_complete_ones(space):
     assert searcher.suggest("next")[TRIAL_NUMBER] == 40  # TPE's good group holds stopped trials: it samples
     from tuning.searcher import trial_constraint
 
-    assert trial_constraint(searcher.study.trials[0]) == [-10.0] and trial_constraint(searcher.study.trials[5]) == [1e-6]
+    assert trial_constraint(searcher.study.trials[0]) == [-10.0] and trial_constraint(
+        searcher.study.trials[5]
+    ) == [1e-6]
 
 
 def test_an_actor_exit_inside_a_gc_callback_prints_no_traceback_and_other_errors_still_do():
@@ -325,8 +434,10 @@ def test_an_actor_exit_inside_a_gc_callback_prints_no_traceback_and_other_errors
         ending("exit"); ending("error")
         print("still running")
     """)
-    runs = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60)
-            for mode in ("default", "quiet")}
+    runs = {
+        mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60)
+        for mode in ("default", "quiet")
+    }
     assert "SystemExit: 1" in runs["default"].stderr  # what the search printed before
     assert "SystemExit" not in runs["quiet"].stderr and "ValueError: a real error" in runs["quiet"].stderr
     assert all(r.stdout.strip() == "still running" for r in runs.values())
@@ -342,19 +453,31 @@ def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_s
     rung = {0: (90.0, 8.0), 1: (88.0, 9.0)}
 
     def moasha(noise_aware: bool) -> ResumableMOASHA:
-        return ResumableMOASHA(objectives=OBJECTIVES, clean_threshold=50.0, max_t=8, grace_period=4, reduction_factor=2,
-                               noise_aware=noise_aware,
-                               history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()})
+        return ResumableMOASHA(
+            objectives=OBJECTIVES,
+            clean_threshold=50.0,
+            max_t=8,
+            grace_period=4,
+            reduction_factor=2,
+            noise_aware=noise_aware,
+            history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()},
+        )
 
     plain, aware = moasha(False), moasha(True)
     newcomer = {**_rung_result(87, 7.5), "val/n_images": 359}
     assert plain.on_trial_result(None, _trial(3), newcomer) == "STOP"
     assert aware.on_trial_result(None, _trial(3), newcomer) == "CONTINUE"
     assert aware.on_trial_result(None, _trial(4), {**_rung_result(60, 1), "val/n_images": 359}) == "STOP"
-    assert plain.stop_reasons[3] == ("at the epoch-4 rung: feasible, Pareto rank 2 among the feasible, place 3 of 3 "
-                                     "trials at the rung, where the top 2 go on")
+    assert plain.stop_reasons[3] == (
+        "at the epoch-4 rung: feasible, Pareto rank 2 among the feasible, place 3 of 3 "
+        "trials at the rung, where the top 2 go on"
+    )
     assert "ranked one standard error up" in aware.stop_reasons[4] and 3 not in aware.stop_reasons
-    asha = ResumableASHA(history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
-                         max_t=8, grace_period=4, reduction_factor=2)
+    asha = ResumableASHA(
+        history={n: {4: _rung_result(*p)["search/score"]} for n, p in rung.items()},
+        max_t=8,
+        grace_period=4,
+        reduction_factor=2,
+    )
     assert asha.on_trial_result(None, _trial(3), _rung_result(60, 1)) == "STOP"
     assert asha.stop_reasons[3].startswith("at the epoch-4 rung: score 30.50 below the rung's cutoff")

@@ -1,13 +1,14 @@
 """The tabulated benchmark's simulator: it replays the project's own searcher and scheduler, and a
 real Ray search over the table's curves makes the same trials and the same stops."""
+
 from __future__ import annotations
 
 import json
 
 import optuna
 import pytest
-
 from tabular_rows import synthetic_rows
+
 from tuning.simulator import Strategy, simulate
 from tuning.space import SearchSpace, default_space_path
 from tuning.tabular import TableAnswers, table_trainable
@@ -36,34 +37,58 @@ def _real_search(tmp_path, answers, teacher_args, *flags: str):
     raw["search"]["startup_trials"] = STARTUP
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "real"
-    run_search(["--space", str(tmp_path / "space.yaml"), "--out", str(out), "--seed", "3", *flags, *teacher_args],
-               trainable=table_trainable, trainable_params={"answers": answers})
+    run_search(
+        ["--space", str(tmp_path / "space.yaml"), "--out", str(out), "--seed", "3", *flags, *teacher_args],
+        trainable=table_trainable,
+        trainable_params={"answers": answers},
+    )
     record = json.loads((out / "search.json").read_text())
     study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{out / 'optuna.db'}")
     return record, SearchSpace.from_yaml(out / "space.yaml"), study
 
 
 @pytest.mark.parametrize("scheduler,trials", [("moasha", 6), ("asha", 6)])
-def test_the_simulator_equals_a_real_ray_search_over_the_tables_curves(tmp_path, space, answers, teacher_args,
-                                                                       scheduler, trials):
+def test_the_simulator_equals_a_real_ray_search_over_the_tables_curves(
+    tmp_path, space, answers, teacher_args, scheduler, trials
+):
     """Same seed, same sampler and scheduler: the real search (Ray, Optuna's database, the scheduler,
     MLflow) with a stand-in trial that reports the table's curves samples the same configurations and
     stops the same trials as the simulator. One trial at a time, so the order of events is fixed
     (two at a time, with 16 trials past the start-up: the next test)."""
-    record, ran, study = _real_search(tmp_path, answers, teacher_args, "--num-trials", str(trials),
-                                      "--max-concurrent", "1", "--scheduler", scheduler)
-    real = {t.number: (t.params, "stopped" if t.user_attrs.get("stopped_early") else t.state.name) for t in study.trials}
+    record, ran, study = _real_search(
+        tmp_path,
+        answers,
+        teacher_args,
+        "--num-trials",
+        str(trials),
+        "--max-concurrent",
+        "1",
+        "--scheduler",
+        scheduler,
+    )
+    real = {
+        t.number: (t.params, "stopped" if t.user_attrs.get("stopped_early") else t.state.name)
+        for t in study.trials
+    }
 
-    sim = simulate(ran, Strategy("as run", ran.sampler, ran.scheduler), answers, seed=3,
-                   clean_threshold=record["clean_threshold"], num_trials=trials, max_concurrent=1)
+    sim = simulate(
+        ran,
+        Strategy("as run", ran.sampler, ran.scheduler),
+        answers,
+        seed=3,
+        clean_threshold=record["clean_threshold"],
+        num_trials=trials,
+        max_concurrent=1,
+    )
     simulated = {t.number: (t.keys, "stopped" if t.stopped_early else "COMPLETE") for t in sim.trials}
     assert simulated == real
     assert any(state == "stopped" for _, state in real.values())  # it did stop some: the stops are compared
     assert len({json.dumps(p, sort_keys=True) for p, _ in real.values()}) == trials
 
 
-def test_two_at_a_time_the_real_searchs_proposals_are_the_samplers_in_its_order_of_events(tmp_path, space, answers,
-                                                                                         teacher_args):
+def test_two_at_a_time_the_real_searchs_proposals_are_the_samplers_in_its_order_of_events(
+    tmp_path, space, answers, teacher_args
+):
     """Two trials at a time under MO-ASHA, Ray's order of events is its own; replayed in that order
     (the asks and tells Optuna's database timestamps, and the stops the scheduler made), the
     project's searcher proposes exactly what the real search ran: 16 trials, 12 of them past the
@@ -74,11 +99,18 @@ def test_two_at_a_time_the_real_searchs_proposals_are_the_samplers_in_its_order_
     from tuning.tabular import epoch_results
     from tuning.trainable import Reports
 
-    record, ran, study = _real_search(tmp_path, answers, teacher_args, "--num-trials", "16", "--max-concurrent", "2")
+    record, ran, study = _real_search(
+        tmp_path, answers, teacher_args, "--num-trials", "16", "--max-concurrent", "2"
+    )
     trials = sorted(study.trials, key=lambda t: t.number)
     assert ran.scheduler == "moasha" and ran.startup_trials == STARTUP and len(trials) == 16
-    events = sorted([(t.datetime_start, 0, t.number) for t in trials] + [(t.datetime_complete, 1, t.number) for t in trials])
-    overlapped = sum(1 for t in trials for u in trials if u.number > t.number and u.datetime_start < t.datetime_complete)
+    events = sorted(
+        [(t.datetime_start, 0, t.number) for t in trials]
+        + [(t.datetime_complete, 1, t.number) for t in trials]
+    )
+    overlapped = sum(
+        1 for t in trials for u in trials if u.number > t.number and u.datetime_start < t.datetime_complete
+    )
     assert overlapped, "the two workers never overlapped: the test would compare one-at-a-time order"
 
     threshold = record["clean_threshold"]
@@ -101,7 +133,9 @@ def test_two_at_a_time_the_real_searchs_proposals_are_the_samplers_in_its_order_
             searcher.on_trial_result(f"t{number}", metrics)
         searcher.on_trial_complete(f"t{number}", result=metrics)
     assert proposed == {t.number: t.params for t in trials}
-    assert [t.values for t in searcher.study.trials] == [t.values for t in trials]  # told the same, stops included
+    assert [t.values for t in searcher.study.trials] == [
+        t.values for t in trials
+    ]  # told the same, stops included
 
 
 def test_a_configuration_in_the_table_gets_its_row_and_others_a_prediction_or_an_unused_row(space):
@@ -122,12 +156,15 @@ def test_a_simulated_search_is_reproducible_and_spends_its_budget(space, answers
     strategy = Strategy("default", "tpe", "asha")
     a = simulate(space, strategy, answers, seed=1, clean_threshold=49.22, budget_epochs=200)
     b = simulate(space, strategy, answers, seed=1, clean_threshold=49.22, budget_epochs=200)
-    assert [(t.number, t.keys, t.epochs, t.finished_at) for t in a.trials] == \
-        [(t.number, t.keys, t.epochs, t.finished_at) for t in b.trials]
+    assert [(t.number, t.keys, t.epochs, t.finished_at) for t in a.trials] == [
+        (t.number, t.keys, t.epochs, t.finished_at) for t in b.trials
+    ]
     spent = sum(t.epochs for t in a.trials)
     assert 200 <= spent < 200 + 2 * 12  # stops starting trials at the budget; running ones finish
     assert all(t.epochs in (8, 12) for t in a.trials)  # ASHA's rung at epoch 8, or the full budget
-    assert [t.number for t in a.trials[:2]] == [0, 1] and all(not t.stopped_early for t in a.trials[:2])  # presets
+    assert [t.number for t in a.trials[:2]] == [0, 1] and all(
+        not t.stopped_early for t in a.trials[:2]
+    )  # presets
     curve = a.curve()
     assert all(h1 <= h2 for (_, h1), (_, h2) in zip(curve, curve[1:]))  # the front only grows
 
@@ -152,14 +189,30 @@ def test_the_stage1_pool_offers_only_trained_stage1_runs_and_alpha_0_never_share
 def test_a_shared_stage1_costs_a_simulated_trial_nothing(space, answers):
     """With sharing on, trials that reuse a trained stage I run only their stage II (8 of 12 epochs)
     and are told with the reused stage-I keys."""
-    shared = simulate(space, Strategy("shared", "tpe", "none", {"share_stage1": 0.5}), answers, seed=0,
-                      clean_threshold=49.22, num_trials=12)
+    shared = simulate(
+        space,
+        Strategy("shared", "tpe", "none", {"share_stage1": 0.5}),
+        answers,
+        seed=0,
+        clean_threshold=49.22,
+        num_trials=12,
+    )
     reused = [t for t in shared.trials if t.epochs == 8]
     assert reused and all(t.full_budget for t in reused)
-    firsts = {json.dumps({k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True)
-              for t in shared.trials if t.epochs == 12}
-    assert all(json.dumps({k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True)
-               in firsts for t in reused)
+    firsts = {
+        json.dumps(
+            {k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True
+        )
+        for t in shared.trials
+        if t.epochs == 12
+    }
+    assert all(
+        json.dumps(
+            {k: v for k, v in t.keys.items() if k.startswith("stage1.") or k == "method"}, sort_keys=True
+        )
+        in firsts
+        for t in reused
+    )
 
 
 def test_the_noise_model_draws_the_tables_seed_to_seed_spread_and_the_same_key_the_same_draw():
@@ -168,10 +221,30 @@ def test_the_noise_model_draws_the_tables_seed_to_seed_spread_and_the_same_key_t
     from tuning.tabular import NoiseModel, curve_vector
 
     rows = synthetic_rows(SearchSpace.from_yaml(default_space_path("digits")), n=6)
-    for extra_seed, shift in ((1, 2.0), (2, -2.0)):  # every configuration again at two seeds, moved +-2 points
-        rows += [{**r, "id": r["id"].replace("-s0", f"-s{extra_seed}"), "seed": extra_seed,
-                  "epochs": [{**e, **({c: e[c] + shift for c in ("clean_acc", "pgd_acc", "aa_acc")} if "aa_acc" in e else {})}
-                             for e in r["epochs"]]} for r in rows if r["seed"] == 0]
+    for extra_seed, shift in (
+        (1, 2.0),
+        (2, -2.0),
+    ):  # every configuration again at two seeds, moved +-2 points
+        rows += [
+            {
+                **r,
+                "id": r["id"].replace("-s0", f"-s{extra_seed}"),
+                "seed": extra_seed,
+                "epochs": [
+                    {
+                        **e,
+                        **(
+                            {c: e[c] + shift for c in ("clean_acc", "pgd_acc", "aa_acc")}
+                            if "aa_acc" in e
+                            else {}
+                        ),
+                    }
+                    for e in r["epochs"]
+                ],
+            }
+            for r in rows
+            if r["seed"] == 0
+        ]
     noise = NoiseModel(rows)
     assert np.allclose(noise.sd, 2.0)  # deviations of +-2 and 0 around the mean, 2 degrees of freedom each
     row = rows[3]
@@ -184,7 +257,9 @@ def test_the_noise_model_draws_the_tables_seed_to_seed_spread_and_the_same_key_t
 def _run(number, clean, aa, true_clean, true_aa, finished_at, replicate=0, full=True):
     from tuning.simulator import SimTrial
 
-    return SimTrial(number, {}, 12, finished_at, full, True, [clean, aa], False, [true_clean, true_aa], replicate)
+    return SimTrial(
+        number, {}, 12, finished_at, full, True, [clean, aa], False, [true_clean, true_aa], replicate
+    )
 
 
 def test_the_exported_student_is_the_one_the_noisy_scores_pick_and_it_is_scored_noise_free():
@@ -200,9 +275,13 @@ def test_the_exported_student_is_the_one_the_noisy_scores_pick_and_it_is_scored_
     assert result.exported(78.0).number == 1
     assert result.regret(78.0, best_aa=9.0) == 3.0 and result.misses(78.0)  # its true clean 75 misses 78
     assert result.regret(70.0, best_aa=9.0) == 3.0 and not result.misses(70.0)
-    assert result.exported(78.0, budget=12) is None  # after one trial budget: only the stopped trial 3 is there
+    assert (
+        result.exported(78.0, budget=12) is None
+    )  # after one trial budget: only the stopped trial 3 is there
     assert result.exported(70.0, budget=24).number == 1 and result.regret(70.0, 9.0, budget=24) == 3.0
-    assert result.regret(90.0, best_aa=9.0) == 9.0 and result.misses(90.0)  # nothing to choose: the whole best
+    assert result.regret(90.0, best_aa=9.0) == 9.0 and result.misses(
+        90.0
+    )  # nothing to choose: the whole best
     raced = SimResult("s", 0, [lucky, steady, _run(1, 77, 5, 75, 6, finished_at=40, replicate=1)], 40)
     assert raced.exported(70.0).number == 2  # trial 1's mean, (79, 8.5), is now behind trial 2's (80, 10)
     assert raced.regret(70.0, best_aa=9.0) == 0.0 and not raced.misses(78.0)
@@ -212,17 +291,35 @@ def test_a_racing_search_re_runs_its_best_candidates_inside_the_budget(space, an
     from tuning.tabular import NoiseModel
 
     rows = synthetic_rows(space)
-    rows += [{**r, "id": r["id"].replace("-s0", "-s1"), "seed": 1,
-              "epochs": [{**e, **({"aa_acc": e["aa_acc"] + 1.0} if "aa_acc" in e else {})} for e in r["epochs"]]}
-             for r in rows[:10]]
+    rows += [
+        {
+            **r,
+            "id": r["id"].replace("-s0", "-s1"),
+            "seed": 1,
+            "epochs": [
+                {**e, **({"aa_acc": e["aa_acc"] + 1.0} if "aa_acc" in e else {})} for e in r["epochs"]
+            ],
+        }
+        for r in rows[:10]
+    ]
     noise = NoiseModel(rows)
-    result = simulate(space, Strategy("race", "tpe", "none", {"startup_trials": 3}, race=2), answers, seed=0,
-                      clean_threshold=49.22, budget_epochs=120, noise=noise, race_floor=55.0)
+    result = simulate(
+        space,
+        Strategy("race", "tpe", "none", {"startup_trials": 3}, race=2),
+        answers,
+        seed=0,
+        clean_threshold=49.22,
+        budget_epochs=120,
+        noise=noise,
+        race_floor=55.0,
+    )
     replicates = [t for t in result.trials if t.replicate]
     firsts = {t.number: t for t in result.trials if not t.replicate}
     assert len(replicates) == 2 and len({t.number for t in replicates}) == 2
     assert all(firsts[t.number].objectives[0] >= 55.0 and t.keys == firsts[t.number].keys for t in replicates)
-    assert all(t.objectives != firsts[t.number].objectives and t.truth == firsts[t.number].truth for t in replicates)
+    assert all(
+        t.objectives != firsts[t.number].objectives and t.truth == firsts[t.number].truth for t in replicates
+    )
     assert sum(t.epochs for t in result.trials) <= 120 + 12  # inside the budget (running trials finish)
 
 
@@ -249,7 +346,10 @@ def test_the_presets_prior_draws_near_the_presets_and_fades_as_the_study_grows(s
     prior = PriorSampler(optuna.samplers.RandomSampler(seed=0), space.presets, beta=1e6, seed=0)
     near, far = distances(prior), distances(random_sampler)
     assert sum(near) / len(near) < 0.6 * sum(far) / len(far)
-    assert distances(PriorSampler(optuna.samplers.RandomSampler(seed=0), space.presets, beta=1e6, seed=0)) == near
+    assert (
+        distances(PriorSampler(optuna.samplers.RandomSampler(seed=0), space.presets, beta=1e6, seed=0))
+        == near
+    )
     faded = PriorSampler(optuna.samplers.RandomSampler(seed=1), space.presets, beta=1.0, seed=1)
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=faded)
     for _ in range(40):
@@ -271,14 +371,32 @@ def test_the_table_guard_tells_identical_rows_from_noise_and_noise_from_a_change
     guard = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(guard)
     rows = synthetic_rows(space, n=6)
-    rows += [{**r, "id": r["id"].replace("-s0", "-s1"), "seed": 1,
-              "epochs": [{**e, **({c: e[c] + 1.0 for c in ("clean_acc", "pgd_acc", "aa_acc")} if "aa_acc" in e else {})}
-                         for e in r["epochs"]]} for r in rows if r["seed"] == 0]
+    rows += [
+        {
+            **r,
+            "id": r["id"].replace("-s0", "-s1"),
+            "seed": 1,
+            "epochs": [
+                {
+                    **e,
+                    **({c: e[c] + 1.0 for c in ("clean_acc", "pgd_acc", "aa_acc")} if "aa_acc" in e else {}),
+                }
+                for e in r["epochs"]
+            ],
+        }
+        for r in rows
+        if r["seed"] == 0
+    ]
     noise = NoiseModel(rows)  # sd 0.71 for every value
     row = rows[0]
 
     def moved(by: float) -> dict:
-        return {**row, "epochs": [{**e, **({"aa_acc": e["aa_acc"] + by} if "aa_acc" in e else {})} for e in row["epochs"]]}
+        return {
+            **row,
+            "epochs": [
+                {**e, **({"aa_acc": e["aa_acc"] + by} if "aa_acc" in e else {})} for e in row["epochs"]
+            ],
+        }
 
     assert guard.verdict(row, row, noise)[0] == "identical"
     assert guard.verdict(row, moved(1.0), noise)[0] == "within noise"

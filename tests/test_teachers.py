@@ -1,4 +1,5 @@
 """Teachers: checkpoints round-trip with metadata; unsafe or mismatched files give one clear line."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import sys
 import pytest
 import torch
 
+from derd.checkpoints import load_checkpoint, save_checkpoint
 from derd.errors import UserError
 from derd.models import create_model
-from derd.checkpoints import load_checkpoint, save_checkpoint
 from derd.teachers import train_teacher
 
 
@@ -27,7 +28,17 @@ def _model(info, arch="digits_cnn_small"):
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, digits_info):
     model = _model(digits_info)
-    save_checkpoint(tmp_path / "t.pt", model, {"arch": "digits_cnn_small", "dataset": "digits", "num_classes": 10, "kind": "natural", "table": {"clean_acc": 1.0}})
+    save_checkpoint(
+        tmp_path / "t.pt",
+        model,
+        {
+            "arch": "digits_cnn_small",
+            "dataset": "digits",
+            "num_classes": 10,
+            "kind": "natural",
+            "table": {"clean_acc": 1.0},
+        },
+    )
     loaded, meta = load_checkpoint(tmp_path / "t.pt", digits_info)
     assert meta["kind"] == "natural" and meta["table"] == {"clean_acc": 1.0}
     x = torch.rand(2, 1, 8, 8)
@@ -55,7 +66,11 @@ def test_wrong_arch_wrong_classes_corrupt_and_missing(tmp_path, digits_info):
     torch.save(_model(digits_info).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(UserError, match="does not fit a digits_cnn"):
         load_checkpoint(tmp_path / "plain.pt", digits_info, arch="digits_cnn")
-    save_checkpoint(tmp_path / "c100.pt", create_model("digits_cnn_small", 100, in_channels=1), {"arch": "digits_cnn_small", "num_classes": 100})
+    save_checkpoint(
+        tmp_path / "c100.pt",
+        create_model("digits_cnn_small", 100, in_channels=1),
+        {"arch": "digits_cnn_small", "num_classes": 100},
+    )
     with pytest.raises(UserError, match="has 100 classes but digits has 10"):
         load_checkpoint(tmp_path / "c100.pt", digits_info)
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 10)
@@ -71,12 +86,17 @@ def test_wrong_arch_wrong_classes_corrupt_and_missing(tmp_path, digits_info):
         (["derd.evaluate", "--dataset", "digits", "--checkpoint", "missing.pt"], "does not exist"),
         (["derd.evaluate", "--dataset", "svhn", "--checkpoint", "x.pt"], "unknown dataset 'svhn'"),
         (["derd.teachers", "--dataset", "cifar10", "--kind", "natural"], "--data-root"),
-        (["derd.evaluate", "--dataset", "digits", "--checkpoint", "evil.pt", "--arch", "digits_cnn"], "refusing"),
+        (
+            ["derd.evaluate", "--dataset", "digits", "--checkpoint", "evil.pt", "--arch", "digits_cnn"],
+            "refusing",
+        ),
     ],
 )
 def test_clis_report_one_line_and_exit_2(tmp_path, argv, message):
     torch.save({"x": Payload()}, tmp_path / "evil.pt")
-    proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
@@ -90,7 +110,15 @@ def test_adversarial_training_makes_a_more_robust_teacher(digits_info):
     accs = {}
     for kind in ("natural", "robust"):
         model = train_teacher(digits_info, kind, "digits_cnn_small", epochs=6, progress=False)
-        x_adv = pgd(model, x, y, eps=digits_info.eps, steps=10, step_size=digits_info.eps / 4, generator=torch.Generator().manual_seed(0))
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            eps=digits_info.eps,
+            steps=10,
+            step_size=digits_info.eps / 4,
+            generator=torch.Generator().manual_seed(0),
+        )
         with torch.no_grad():
             accs[kind] = (model(x_adv).argmax(1) == y).float().mean().item()
     assert accs["robust"] > accs["natural"] + 0.2
@@ -119,7 +147,9 @@ def test_a_model_that_normalises_itself_loads_with_normalize_none(tmp_path, digi
     theirs = _builder(10).eval()
     torch.save(theirs.state_dict(), tmp_path / "robustbench.pt")
     x = torch.rand(4, 1, 8, 8)
-    raw, _ = load_checkpoint(tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn", normalize="none")
+    raw, _ = load_checkpoint(
+        tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn", normalize="none"
+    )
     assert torch.allclose(raw(x), theirs(x), atol=1e-6)  # exactly the user's model
     twice, _ = load_checkpoint(tmp_path / "robustbench.pt", digits_info, arch="self_normalizing_cnn")
     assert not torch.allclose(twice(x), theirs(x), atol=1e-3)  # the default would normalise twice
@@ -136,14 +166,23 @@ def test_cached_teachers_are_found_for_any_dataset_by_name_and_kind(tmp_path, di
         existing.rename(tmp_path / existing.name)
     try:
         assert find_cached_teacher(digits_info, "robust") is None
-        save_checkpoint(folder / "robust_digits_cnn_small.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10})
+        save_checkpoint(
+            folder / "robust_digits_cnn_small.pt",
+            _model(digits_info),
+            {"arch": "digits_cnn_small", "num_classes": 10},
+        )
         assert find_cached_teacher(digits_info, "robust") == folder / "robust_digits_cnn_small.pt"
         assert find_cached_teacher(digits_info, "natural") is None
-        save_checkpoint(folder / "robust_other.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10})
+        save_checkpoint(
+            folder / "robust_other.pt", _model(digits_info), {"arch": "digits_cnn_small", "num_classes": 10}
+        )
         with pytest.raises(UserError, match="holds 2 robust teachers .*pass --teacher-robust FILE"):
             find_cached_teacher(digits_info, "robust")
-        save_checkpoint(teacher_path(digits_info, "robust", "digits_cnn"), _model(digits_info),
-                        {"arch": "digits_cnn_small", "num_classes": 10})
+        save_checkpoint(
+            teacher_path(digits_info, "robust", "digits_cnn"),
+            _model(digits_info),
+            {"arch": "digits_cnn_small", "num_classes": 10},
+        )
         assert find_cached_teacher(digits_info, "robust") == teacher_path(digits_info, "robust", "digits_cnn")
     finally:
         for made in folder.glob("*.pt"):

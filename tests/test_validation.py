@@ -1,24 +1,36 @@
 """The synthetic validation set (derd/validation.py): made from the teachers alone, labelled by their
 agreement, balanced, deterministic, stored and read back safely; what a run is scored on."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import train_quick
+
 from derd.config import apply_overrides, preset
 from derd.data import DatasetInfo, dataset_info
 from derd.errors import UserError
 from derd.experts import Experts
-from derd.validation import (load_validation_set, make_validation_set, save_validation_set, snapshot_steps,
-                             validation_data)
+from derd.validation import (
+    load_validation_set,
+    make_validation_set,
+    save_validation_set,
+    snapshot_steps,
+    validation_data,
+)
 
 INFO = dataset_info("digits")
 
 
 def _recipe(**overrides):
-    return apply_overrides(preset("digits"), {"synthetic_val.per_class": 6, "synthetic_val.steps": 30,
-                                              **{f"synthetic_val.{k}": v for k, v in overrides.items()}}).synthetic_val
+    return apply_overrides(
+        preset("digits"),
+        {
+            "synthetic_val.per_class": 6,
+            "synthetic_val.steps": 30,
+            **{f"synthetic_val.{k}": v for k, v in overrides.items()},
+        },
+    ).synthetic_val
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +73,15 @@ def test_the_stored_set_reads_back_as_it_was_and_a_wrong_file_is_one_line(expert
     assert len(validation_data(cfg, INFO)) == len(made.labels)
     with pytest.raises(UserError, match="made for 'digits', not colour_x"):
         load_validation_set(path, DatasetInfo("colour_x", 10, (1, 8, 8), 0.2, (0.5,), (0.5,)))
-    torch.save({"format": "derd-synthetic-val-1", "dataset": "digits", "images": torch.zeros(3, 1, 8, 8),
-                "labels": torch.zeros(3, dtype=torch.long)}, path)  # float images: not what we write
+    torch.save(
+        {
+            "format": "derd-synthetic-val-1",
+            "dataset": "digits",
+            "images": torch.zeros(3, 1, 8, 8),
+            "labels": torch.zeros(3, dtype=torch.long),
+        },
+        path,
+    )  # float images: not what we write
     with pytest.raises(UserError, match="is not a synthetic validation set of digits.*delete"):
         load_validation_set(path, INFO)
     with pytest.raises(UserError, match="needs synthetic_val.file"):

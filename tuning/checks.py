@@ -1,4 +1,5 @@
 """Preflight checks: everything a user can get wrong is caught before anything is written."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from tuning.store import MLFLOW_TABLES, READ_AS_IS, check_sqlite_store, first_line, read_search_record, sqlite_path
 from derd.errors import UserError, check_output_folder
 from tuning.records import SearchFolder
+from tuning.store import (
+    MLFLOW_TABLES,
+    READ_AS_IS,
+    check_sqlite_store,
+    first_line,
+    read_search_record,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -36,7 +44,9 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as err:
-        raise UserError(f"no Ray cluster answers at {address} ({err}); start one with 'ray start --head' or fix --address") from None
+        raise UserError(
+            f"no Ray cluster answers at {address} ({err}); start one with 'ray start --head' or fix --address"
+        ) from None
     if "://" not in address:  # a Ray Client address (ray://) is not the head's GCS
         join_token_auth(address, timeout)
 
@@ -51,13 +61,19 @@ def _local_head() -> str:
     try:
         return canonicalize_bootstrap_address_or_die("auto")
     except ConnectionError as err:
-        raise UserError(f"--address auto: {first_line(err)}; start one with 'ray start --head', or pass "
-                        f"--address HOST:PORT") from None
+        raise UserError(
+            f"--address auto: {first_line(err)}; start one with 'ray start --head', or pass "
+            f"--address HOST:PORT"
+        ) from None
 
 
-AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch: token | disabled; unset, Ray turns tokens on only for address auto
-HEAD_TOKEN = ("copy the head's ~/.ray/auth_token to this machine (print it on the head with 'ray get-auth-token') "
-              "or set RAY_AUTH_TOKEN to it")
+AUTH_MODE = (
+    "RAY_AUTH_MODE"  # Ray's switch: token | disabled; unset, Ray turns tokens on only for address auto
+)
+HEAD_TOKEN = (
+    "copy the head's ~/.ray/auth_token to this machine (print it on the head with 'ray get-auth-token') "
+    "or set RAY_AUTH_TOKEN to it"
+)
 
 
 def join_token_auth(address: str, timeout: float = 5.0) -> bool:
@@ -79,18 +95,24 @@ def join_token_auth(address: str, timeout: float = 5.0) -> bool:
     if _head_accepts(address, timeout):
         return mode == "token"
     if mode == "disabled":
-        raise UserError(f"the Ray cluster at {address} requires its token, but {AUTH_MODE}=disabled here; unset "
-                        f"{AUTH_MODE} (or set it to token) and {HEAD_TOKEN}")
+        raise UserError(
+            f"the Ray cluster at {address} requires its token, but {AUTH_MODE}=disabled here; unset "
+            f"{AUTH_MODE} (or set it to token) and {HEAD_TOKEN}"
+        )
     from ray._raylet import AuthenticationTokenLoader
 
     if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-        raise UserError(f"the Ray cluster at {address} requires a token (its token authentication is on) and this "
-                        f"machine has none; {HEAD_TOKEN}")
+        raise UserError(
+            f"the Ray cluster at {address} requires a token (its token authentication is on) and this "
+            f"machine has none; {HEAD_TOKEN}"
+        )
     if mode != "token":
         _use_token_auth()
         if _head_accepts(address, timeout):
             return True
-    raise UserError(f"the Ray cluster at {address} rejects this machine's token ({_token_source()}); {HEAD_TOKEN}")
+    raise UserError(
+        f"the Ray cluster at {address} rejects this machine's token ({_token_source()}); {HEAD_TOKEN}"
+    )
 
 
 def _head_accepts(address: str, timeout: float) -> bool:
@@ -102,7 +124,9 @@ def _head_accepts(address: str, timeout: float) -> bool:
     try:
         # a made-up cluster id: the client sends this one request without asking the head for its id
         # first (which it retries for 20 s); the head checks the token before the id
-        GcsClient(address=address, cluster_id="00" * 28).internal_kv_get(b"derd-token-check", None, timeout=timeout)
+        GcsClient(address=address, cluster_id="00" * 28).internal_kv_get(
+            b"derd-token-check", None, timeout=timeout
+        )
     except AuthenticationError as err:
         return "InvalidAuthToken" not in str(err)  # WrongClusterID: the token passed
     except Exception:  # noqa: BLE001 - not an answer about the token
@@ -141,7 +165,9 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
             f"lower it (fractions such as 0.5 share a GPU) or add GPU nodes"
         )
     if cpus_per_trial > max_cpus:
-        raise UserError(f"--cpus-per-trial {cpus_per_trial:g} is more than any node has ({max_cpus:g} CPUs); lower it")
+        raise UserError(
+            f"--cpus-per-trial {cpus_per_trial:g} is more than any node has ({max_cpus:g} CPUs); lower it"
+        )
 
 
 def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
@@ -150,18 +176,26 @@ def check_search_folder(folder: SearchFolder) -> dict[str, Any]:
     out, record_file = folder.root, folder.record
     if not record_file.is_file():
         if out.is_dir() and folder.space.is_file():
-            raise UserError(f"{out} holds a search from before search records ({record_file.name} is missing); "
-                            f"start a new search in another --out")
-        raise UserError(f"nothing to resume in {out}: no {record_file.name} (the search never started there); "
-                        f"start it without --resume")
+            raise UserError(
+                f"{out} holds a search from before search records ({record_file.name} is missing); "
+                f"start a new search in another --out"
+            )
+        raise UserError(
+            f"nothing to resume in {out}: no {record_file.name} (the search never started there); "
+            f"start it without --resume"
+        )
     record = read_search_record(folder)
     if Path(record["out"]).resolve() != out.resolve():
-        raise UserError(f"{out} was moved from {record['out']}; its MLflow store still points there: run "
-                        f"python analysis/relocate.py --out {out} first")
+        raise UserError(
+            f"{out} was moved from {record['out']}; its MLflow store still points there: run "
+            f"python analysis/relocate.py --out {out} first"
+        )
     pid = record.get("driver_pid")
     if driver_alive(pid):
-        raise UserError(f"a search driver (pid {pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
-                        f"then resume")
+        raise UserError(
+            f"a search driver (pid {pid}) is still running on this folder; stop it (Ctrl-C) or wait, "
+            f"then resume"
+        )
     return record
 
 
@@ -172,8 +206,9 @@ NEW_SEARCH = "start a new search in another --out (without --resume)"
 Unreadable = tuple[Path, str]
 
 
-def check_resumable(folder: SearchFolder, record: dict[str, Any], space: SearchSpace,
-                    num_trials_source: str) -> list[Unreadable]:
+def check_resumable(
+    folder: SearchFolder, record: dict[str, Any], space: SearchSpace, num_trials_source: str
+) -> list[Unreadable]:
     """What a resumed search continues from, checked before anything is written (after
     ``check_search_folder``; ``space`` is the folder's, with this resume's settings):
 
@@ -189,28 +224,36 @@ def check_resumable(folder: SearchFolder, record: dict[str, Any], space: SearchS
     from optuna.trial import TrialState
 
     if space.dataset != record["dataset"]:
-        raise UserError(f"{folder.record} is a search of {record['dataset']} but {folder.space} is for {space.dataset}; "
-                        f"one was edited: restore it, or {NEW_SEARCH}")
+        raise UserError(
+            f"{folder.record} is a search of {record['dataset']} but {folder.space} is for {space.dataset}; "
+            f"one was edited: restore it, or {NEW_SEARCH}"
+        )
     ran = bool(record.get("sessions")) or folder.trials.is_dir()
     stores = [(folder.optuna_db, "the study", OPTUNA_TABLES)]
     if record.get("tracking_uri") == folder.mlflow_uri:
         stores.append((sqlite_path(folder.mlflow_uri), "the MLflow store", MLFLOW_TABLES))
     for path, what, tables in stores:
         if not path.exists() and ran:
-            raise UserError(f"{what} {path} is missing, though this search ran: resuming would start over beside its "
-                            f"old records; restore it, or {NEW_SEARCH}")
+            raise UserError(
+                f"{what} {path} is missing, though this search ran: resuming would start over beside its "
+                f"old records; restore it, or {NEW_SEARCH}"
+            )
         if path.exists():
             check_sqlite_store(path, what, tables, f"restore it, or {NEW_SEARCH}")
     trials = study_trials(folder, record["name"]) if folder.optuna_db.exists() else []
     started = [t for t in trials if t.state != TrialState.WAITING]
     if space.num_trials < len(started):
-        raise UserError(f"{num_trials_source} {space.num_trials} is below the {len(started)} trials this search already "
-                        f"ran or started; pass --num-trials {len(started)} or more (or drop it)")
+        raise UserError(
+            f"{num_trials_source} {space.num_trials} is below the {len(started)} trials this search already "
+            f"ran or started; pass --num-trials {len(started)} or more (or drop it)"
+        )
     running = [t.number for t in trials if t.state == TrialState.RUNNING]
     for path in [folder.trials, *(folder.trial_checkpoint(n).parent for n in running)]:
         if path.is_dir() and not os.access(path, os.W_OK):
-            raise UserError(f"{path} is read-only, so the running trials cannot save their checkpoints; make it "
-                            f"writable (chmod -R u+w {folder.trials}) and resume again")
+            raise UserError(
+                f"{path} is read-only, so the running trials cannot save their checkpoints; make it "
+                f"writable (chmod -R u+w {folder.trials}) and resume again"
+            )
     return [bad for n in running if (bad := _unreadable(folder.trial_checkpoint(n))) is not None]
 
 
@@ -228,11 +271,19 @@ def study_trials(folder: SearchFolder, name: str) -> list:
         storage = RDBStorage(f"sqlite:///file:{path}?{READ_AS_IS}&uri=true", skip_table_creation=True)
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
-        raise UserError(f"the study {folder.optuna_db} holds no study {name!r} (the search's name); restore it, or "
-                        f"{NEW_SEARCH}") from None
-    except (SQLAlchemyError, RuntimeError, ValueError, OSError) as err:  # RuntimeError: a schema of another Optuna
-        raise UserError(f"the study {folder.optuna_db} cannot be read ({first_line(err)}); restore it, or "
-                        f"{NEW_SEARCH}") from None
+        raise UserError(
+            f"the study {folder.optuna_db} holds no study {name!r} (the search's name); restore it, or "
+            f"{NEW_SEARCH}"
+        ) from None
+    except (
+        SQLAlchemyError,
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as err:  # RuntimeError: a schema of another Optuna
+        raise UserError(
+            f"the study {folder.optuna_db} cannot be read ({first_line(err)}); restore it, or {NEW_SEARCH}"
+        ) from None
 
 
 def _unreadable(path: Path) -> Unreadable | None:
@@ -254,11 +305,22 @@ def set_aside(unreadable: list[Unreadable]) -> None:
     for path, why in unreadable:
         aside = path.with_name(f"{path.name}.unreadable")
         os.replace(path, aside)
-        print(f"warning: trial {path.parent.name} restarts from its start: {why}; moved it to {aside}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: trial {path.parent.name} restarts from its start: {why}; moved it to {aside}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # pyarrow's filesystems, Ray's storage
+STORAGE_SCHEMES = (
+    "s3",
+    "gs",
+    "gcs",
+    "hdfs",
+    "viewfs",
+    "abfs",
+    "abfss",
+)  # pyarrow's filesystems, Ray's storage
 
 
 def check_storage_path(path: str | None) -> None:
@@ -274,8 +336,10 @@ def check_storage_path(path: str | None) -> None:
     if parsed.scheme in ("", "file"):
         check_output_folder(unquote(parsed.path) if parsed.scheme else path, "--storage-path")
     elif parsed.scheme not in STORAGE_SCHEMES:
-        raise UserError(f"--storage-path {path}: unknown scheme {parsed.scheme}://; pass a shared folder or a URI of "
-                        f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+        raise UserError(
+            f"--storage-path {path}: unknown scheme {parsed.scheme}://; pass a shared folder or a URI of "
+            f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+        )
 
 
 def driver_alive(pid: int | None) -> bool:
@@ -288,8 +352,9 @@ def driver_alive(pid: int | None) -> bool:
         return False
 
 
-def teacher_preflight(plan, n_images: int = 256,
-                      val: Dataset | None = None) -> tuple[dict[str, dict[str, float]], float]:
+def teacher_preflight(
+    plan, n_images: int = 256, val: Dataset | None = None
+) -> tuple[dict[str, dict[str, float]], float]:
     """Each teacher's clean and PGD_S accuracy on the first ``n_images`` val images (of ``val``, the
     synthetic validation set, when given: its clean accuracy is 100 by construction), printed before
     any GPU-hour is spent, and the feasibility threshold: ``min_clean_fraction`` of the natural
@@ -313,13 +378,22 @@ def teacher_preflight(plan, n_images: int = 256,
     for kind in ("natural", "robust"):
         model = getattr(plan.experts, kind)
         if model is not None:
-            tables[kind] = evaluate(model.to(device), loader, protocol, eps=info.eps, device=device, seed=cfg.seed)
-    plan.experts.to(torch.device("cpu"))  # back in place: trials receive them pickled, and a CPU node has no CUDA
-    print(f"teachers on the first {len(val)} {'synthetic ' if cfg.eval.validation == 'synthetic' else ''}val images "
-          f"(eps {info.eps:.4f}):\n"
-          + markdown_table({f"{kind} teacher": t for kind, t in tables.items()}), flush=True)
+            tables[kind] = evaluate(
+                model.to(device), loader, protocol, eps=info.eps, device=device, seed=cfg.seed
+            )
+    plan.experts.to(
+        torch.device("cpu")
+    )  # back in place: trials receive them pickled, and a CPU node has no CUDA
+    print(
+        f"teachers on the first {len(val)} {'synthetic ' if cfg.eval.validation == 'synthetic' else ''}val images "
+        f"(eps {info.eps:.4f}):\n" + markdown_table({f"{kind} teacher": t for kind, t in tables.items()}),
+        flush=True,
+    )
     reference = tables.get("natural", tables.get("robust"))
     threshold = plan.space.min_clean_fraction * reference["clean_acc"]
-    print(f"feasible trials: val clean accuracy >= {threshold:.2f} ({plan.space.min_clean_fraction:g} x the "
-          f"{'natural' if 'natural' in tables else 'robust'} teacher's {reference['clean_acc']:.2f})", flush=True)
+    print(
+        f"feasible trials: val clean accuracy >= {threshold:.2f} ({plan.space.min_clean_fraction:g} x the "
+        f"{'natural' if 'natural' in tables else 'robust'} teacher's {reference['clean_acc']:.2f})",
+        flush=True,
+    )
     return tables, threshold

@@ -20,6 +20,7 @@ every 10 s (``benchmarks/bench_scale.py``). A driver killed with epochs in its b
 none: the resumed search's logger starts from what MLflow holds, and takes the missing epochs
 from the trial's checkpoint or from the trial that redoes them (``log_epoch``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,14 +30,22 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from tuning.store import runs_tagged
 from derd.config import apply_overrides, from_dict, to_flat
 from derd.methods import logged_prefixes, uses_key
 from derd.validation import val_protocol
-from tuning.records import (EPOCH_TIME, SAVED_EPOCH, TRIAL_CACHED_EPOCHS, TRIAL_DEVICE_HOURS, TRIAL_EPOCHS,
-                            TRIAL_WALL, SearchFolder, Tag, protocol_tags)
+from tuning.records import (
+    EPOCH_TIME,
+    SAVED_EPOCH,
+    TRIAL_CACHED_EPOCHS,
+    TRIAL_DEVICE_HOURS,
+    TRIAL_EPOCHS,
+    TRIAL_WALL,
+    SearchFolder,
+    Tag,
+    protocol_tags,
+)
 from tuning.searcher import TRIAL_NUMBER
-
+from tuning.store import runs_tagged
 
 FLUSH_S = 30.0  # seconds between writes of the buffered epochs
 MLFLOW_BATCH = 1000  # MLflow's most metrics per log_batch
@@ -53,11 +62,23 @@ def trial_run_name(number: int) -> str:
 class MLflowSearchLogger(Callback):
     """A Tune callback that mirrors trials into MLflow child runs of the search's parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict[str, Any],
-                 presets: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float, folder: SearchFolder,
-                 searcher=None, stopped_early: set[int] | None = None, scheduler: str = "asha",
-                 flush_s: float = FLUSH_S, clock: Callable[[], float] = time.monotonic,
-                 stop_reasons: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        base_config: dict[str, Any],
+        presets: list[dict[str, Any]],
+        cpus_per_trial: float,
+        gpus_per_trial: float,
+        folder: SearchFolder,
+        searcher=None,
+        stopped_early: set[int] | None = None,
+        scheduler: str = "asha",
+        flush_s: float = FLUSH_S,
+        clock: Callable[[], float] = time.monotonic,
+        stop_reasons: dict[int, str] | None = None,
+    ) -> None:
         from tuning.scheduler import scheduler_name
 
         self.scheduler_name = scheduler_name(scheduler)
@@ -82,7 +103,15 @@ class MLflowSearchLogger(Callback):
         self._prefixes = logged_prefixes()  # every registered method's metrics
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "_pending": {}, "_since": {}, "searcher": None}
+        return {
+            **self.__dict__,
+            "_client": None,
+            "_runs": {},
+            "_logged_epoch": {},
+            "_pending": {},
+            "_since": {},
+            "searcher": None,
+        }
 
     @property
     def client(self):
@@ -118,17 +147,35 @@ class MLflowSearchLogger(Callback):
         sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         cfg = apply_overrides(from_dict(self.base_config), sampled)
         protocol = val_protocol(cfg)
-        run = self.client.create_run(self.experiment_id, run_name=trial_run_name(number),
-                                     tags={Tag.PARENT: self.parent_run_id, Tag.TRIAL_NUMBER: str(number),
-                                           Tag.TRIAL_ID: trial_run_name(number), Tag.KIND: "trial",
-                                           Tag.METHOD: cfg.method, Tag.RAY_TRIAL_ID: ray_trial_id,
-                                           **protocol_tags(protocol)})  # what its val/* scores were measured under
-        params = [Param(k, _param_value(v)) for k, v in to_flat(cfg).items() if k != "origin" and uses_key(cfg.method, k)
-                  and (cfg.eval.validation == "synthetic" or not k.startswith("synthetic_val."))]  # only what it read
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_run_name(number),
+            tags={
+                Tag.PARENT: self.parent_run_id,
+                Tag.TRIAL_NUMBER: str(number),
+                Tag.TRIAL_ID: trial_run_name(number),
+                Tag.KIND: "trial",
+                Tag.METHOD: cfg.method,
+                Tag.RAY_TRIAL_ID: ray_trial_id,
+                **protocol_tags(protocol),
+            },
+        )  # what its val/* scores were measured under
+        params = [
+            Param(k, _param_value(v))
+            for k, v in to_flat(cfg).items()
+            if k != "origin"
+            and uses_key(cfg.method, k)
+            and (cfg.eval.validation == "synthetic" or not k.startswith("synthetic_val."))
+        ]  # only what it read
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
-        self.client.log_batch(run.info.run_id, tags=[RunTag(Tag.SEARCHED_KEYS, ",".join(sorted(sampled))),
-                                                      RunTag(Tag.PRESET, str(sampled in self.presets).lower())])
+        self.client.log_batch(
+            run.info.run_id,
+            tags=[
+                RunTag(Tag.SEARCHED_KEYS, ",".join(sorted(sampled))),
+                RunTag(Tag.PRESET, str(sampled in self.presets).lower()),
+            ],
+        )
         if self.searcher is not None:
             self.searcher.set_user_attr(number, "mlflow_run_id", run.info.run_id)
         return run.info.run_id
@@ -137,7 +184,9 @@ class MLflowSearchLogger(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.run_id(trial.config[TRIAL_NUMBER], trial.config, trial.trial_id)
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any
+    ) -> None:
         self.log_epoch(trial.config[TRIAL_NUMBER], result, trial.config)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -168,15 +217,22 @@ class MLflowSearchLogger(Callback):
         epoch = int((trial.last_result or {}).get("epoch", 0))
         saved = int((trial.last_result or {}).get(SAVED_EPOCH, 0))
         if saved and self.folder.trial_checkpoint(number).is_file():
-            redo = "" if saved >= epoch else f", redoing epoch {epoch}" if saved + 1 == epoch else \
-                f", redoing epochs {saved + 1}-{epoch}"
+            redo = (
+                ""
+                if saved >= epoch
+                else f", redoing epoch {epoch}"
+                if saved + 1 == epoch
+                else f", redoing epochs {saved + 1}-{epoch}"
+            )
             start = f"resumes from its epoch-{saved} checkpoint{redo}"
         else:
             start = "restarts from its start (no checkpoint yet)"
         limit = "unlimited" if trial.max_failures < 0 else str(trial.max_failures)
         when = f"after epoch {epoch}" if epoch else "before its first epoch ended"
-        return (f"{trial_run_name(number)}: {_failure_kind(trial)} {when}; {start} "
-                f"(retry {trial.num_failures} of {limit})")
+        return (
+            f"{trial_run_name(number)}: {_failure_kind(trial)} {when}; {start} "
+            f"(retry {trial.num_failures} of {limit})"
+        )
 
     # ---- the records ------------------------------------------------------------------------
     def log_epoch(self, number: int, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
@@ -204,9 +260,14 @@ class MLflowSearchLogger(Callback):
 
         step = int(result["epoch"])
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if k.startswith(self._prefixes) and isinstance(v, (int, float))]
-        if result.get("val_evaluated", any(k.startswith("val/") for k in result)):  # history entries: val/* iff evaluated
+        metrics = [
+            Metric(k, float(v), now, step)
+            for k, v in result.items()
+            if k.startswith(self._prefixes) and isinstance(v, (int, float))
+        ]
+        if result.get(
+            "val_evaluated", any(k.startswith("val/") for k in result)
+        ):  # history entries: val/* iff evaluated
             metrics += [Metric(k, float(v), now, step) for k, v in result.items() if k.startswith("val/")]
         if metrics:
             self._pending.setdefault(run_id, []).extend(metrics)
@@ -241,25 +302,39 @@ class MLflowSearchLogger(Callback):
         now = int(time.time() * 1000)
         compute = float(result.get("trial/compute_s", 0.0))
         units = self.gpus_per_trial if self.gpus_per_trial > 0 else self.cpus_per_trial
-        metrics = [] if TRIAL_WALL in run.data.metrics else [  # logged already by a driver killed before closing the run
-            Metric(TRIAL_WALL, compute, now, step), Metric(TRIAL_DEVICE_HOURS, compute / 3600 * units, now, step),
-            Metric(TRIAL_EPOCHS, float(step), now, step),
-            Metric(TRIAL_CACHED_EPOCHS, float(result.get(TRIAL_CACHED_EPOCHS, 0)), now, step)]
-        tags = [RunTag(Tag.STOPPED_EARLY, str(stopped_early).lower()),
-                RunTag(Tag.BUDGET, "partial" if stopped_early else "full"),
-                RunTag(Tag.FEASIBLE, str(bool(result.get("search/feasible", False))).lower()),
-                RunTag(Tag.DEVICE, str(result.get("device", ""))),
-                RunTag(Tag.NODE_ID, str(result.get("node_id", ""))),
-                RunTag(Tag.GPU_IDS, str(result.get("gpu_ids", ""))),
-                RunTag(Tag.DEVICE_UNIT, "gpu" if self.gpus_per_trial > 0 else "cpu-core")]
+        metrics = (
+            []
+            if TRIAL_WALL in run.data.metrics
+            else [  # logged already by a driver killed before closing the run
+                Metric(TRIAL_WALL, compute, now, step),
+                Metric(TRIAL_DEVICE_HOURS, compute / 3600 * units, now, step),
+                Metric(TRIAL_EPOCHS, float(step), now, step),
+                Metric(TRIAL_CACHED_EPOCHS, float(result.get(TRIAL_CACHED_EPOCHS, 0)), now, step),
+            ]
+        )
+        tags = [
+            RunTag(Tag.STOPPED_EARLY, str(stopped_early).lower()),
+            RunTag(Tag.BUDGET, "partial" if stopped_early else "full"),
+            RunTag(Tag.FEASIBLE, str(bool(result.get("search/feasible", False))).lower()),
+            RunTag(Tag.DEVICE, str(result.get("device", ""))),
+            RunTag(Tag.NODE_ID, str(result.get("node_id", ""))),
+            RunTag(Tag.GPU_IDS, str(result.get("gpu_ids", ""))),
+            RunTag(Tag.DEVICE_UNIT, "gpu" if self.gpus_per_trial > 0 else "cpu-core"),
+        ]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
         if stopped_early:
             why = self.stop_reasons.get(number) or f"score {result.get('search/score', float('nan')):.2f}"
-            print(f"{trial_run_name(number)}: stopped early by {self.scheduler_name} at epoch {step} of {total} "
-                  f"({why})", file=sys.stderr, flush=True)
+            print(
+                f"{trial_run_name(number)}: stopped early by {self.scheduler_name} at epoch {step} of {total} "
+                f"({why})",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    def fail(self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+    def fail(
+        self, number: int, reason: str, result: dict[str, Any], config: dict[str, Any] | None = None
+    ) -> None:
         run_id = self.run_id(number, config)
         self.flush(run_id)
         self.client.set_tag(run_id, Tag.ERROR, reason[:5000])
@@ -287,7 +362,11 @@ class MLflowSearchLogger(Callback):
             else:
                 results = history_result(self.folder.trial_checkpoint(t.number), objectives, clean_threshold)
                 if not results:
-                    self.fail(t.number, "finished, but its checkpoint is missing or unreadable: epochs not recorded", {})
+                    self.fail(
+                        t.number,
+                        "finished, but its checkpoint is missing or unreadable: epochs not recorded",
+                        {},
+                    )
                     closed += 1
                     continue
                 for result in results:
@@ -308,7 +387,13 @@ def _error_text(trial) -> str:
 
 
 # what Ray writes when a trial's process died (killed, lost with its node), not when its code raised
-WORKER_LOST = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "The actor died", "worker process has died")
+WORKER_LOST = (
+    "ActorDiedError",
+    "RayActorError",
+    "ActorUnavailableError",
+    "The actor died",
+    "worker process has died",
+)
 
 
 def _failure_kind(trial) -> str:

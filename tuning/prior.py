@@ -15,6 +15,7 @@ every other key from a normal distribution around the centre's value, with stand
 ``WIDTH`` of the key's range (on a log scale for log-uniform keys), truncated to the range;
 categorical keys keep the centre's value with probability ``KEEP``, else are drawn uniformly.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 WIDTH = 0.15  # the prior's standard deviation, as a fraction of a key's (log) range
-KEEP = 0.8    # a categorical key's probability of the centre's value
+KEEP = 0.8  # a categorical key's probability of the centre's value
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -68,7 +69,9 @@ class PriorSampler(BaseSampler):
         rng = self._rng(trial.number, param_name)
         if param_name == "method" and isinstance(param_distribution, CategoricalDistribution):
             method = rng.choice(list(param_distribution.choices))
-            self._center[trial.number] = next((c for c in self.centers if c.get("method") == method), self.centers[0])
+            self._center[trial.number] = next(
+                (c for c in self.centers if c.get("method") == method), self.centers[0]
+            )
             return method
         center = self._center.get(trial.number, self.centers[0]).get(param_name)
         return draw(param_distribution, center, rng)

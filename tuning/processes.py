@@ -18,6 +18,7 @@ is touched):
 * the driver writes its descendants into ``search.json``; ``--resume`` ends those still
   alive before it starts (if the reaper itself was killed too).
 """
+
 from __future__ import annotations
 
 import os
@@ -93,9 +94,13 @@ def start_reaper() -> subprocess.Popen:
     with ``stop_reaper`` once they have been shut down properly."""
     before = descendants()  # taken here, before Ray can start: those children are not Ray's
     os.environ[MARK] = f"{os.getpid()}-{time.time_ns()}"  # Ray's processes, started after this, inherit it
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid()), *map(str, before)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), *map(str, before)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop_reaper(reaper: subprocess.Popen) -> None:
@@ -109,7 +114,9 @@ def stop_reaper(reaper: subprocess.Popen) -> None:
 
 
 def _reap(driver: int, before: set[int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the driver's terminal is the driver's to handle
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # a Ctrl-C in the driver's terminal is the driver's to handle
     seen: Recorded = {}
     before = before | {os.getpid()}
 

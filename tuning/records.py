@@ -7,6 +7,7 @@ import cycle (``tuning.summary``, which writes the final report, is the one modu
 imports ``analysis``). Nothing here talks to MLflow or Ray: they are strings and paths. A run's own
 metric names (``val/clean_acc``, ...) are the library's: ``derd.evaluate``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ from derd.pareto import Objectives
 TRIAL_WALL = "trial/wall_time_s"
 TRIAL_DEVICE_HOURS = "trial/device_hours"
 TRIAL_EPOCHS = "trial/epochs"
-TRIAL_CACHED_EPOCHS = "trial/cached_epochs"  # stage-I epochs read from the shared cache, not run (and not in wall time)
+TRIAL_CACHED_EPOCHS = (
+    "trial/cached_epochs"  # stage-I epochs read from the shared cache, not run (and not in wall time)
+)
 SAVED_EPOCH = "checkpoint/epoch"  # the epoch a trial's run.pt held when it reported: where a retry starts
 EPOCH_TIME = "time/epoch_s"  # logged every epoch: the record of which epochs MLflow holds
 
@@ -43,11 +46,15 @@ class Tag:
     STOPPED_EARLY = "derd.stopped_early"
     ERROR = "derd.error"
     MIN_CLEAN = "derd.min_clean"  # on a search run: tuning/search.py --min-clean, as the user wrote it
-    RESTORES = "derd.restores"  # times the trial was restored from its checkpoint after its worker failed (if any)
+    RESTORES = (
+        "derd.restores"  # times the trial was restored from its checkpoint after its worker failed (if any)
+    )
     TRAIN_DIR = "derd.train_dir"
     PROTOCOL = "derd.protocol"  # on a final run: the protocol of its test/* scores; on a search or trial run: of val/*
     EPS = "derd.eps"  # that protocol's L-inf radius
-    ATTACKS = "derd.attacks"  # that protocol's attack per column, "; "-separated (derd.evaluate.column_attack)
+    ATTACKS = (
+        "derd.attacks"  # that protocol's attack per column, "; "-separated (derd.evaluate.column_attack)
+    )
     MAX_IMAGES = "derd.max_images"  # the images that protocol is limited to ("all" when none)
     VALIDATION = "derd.validation"  # on a search or trial run: what val/* was scored on (real or synthetic)
     ORIGIN_RUN_ID = "derd.origin_run_id"
@@ -68,8 +75,12 @@ class Tag:
 def protocol_tags(record: dict) -> dict[str, str]:
     """A recorded protocol (``derd.evaluate.protocol_record``) as the MLflow tags of the run whose scores
     it measured."""
-    tags = {Tag.PROTOCOL: record["name"], Tag.EPS: repr(float(record["eps"])), Tag.ATTACKS: "; ".join(record["attacks"]),
-            Tag.MAX_IMAGES: str(record["max_images"] if record.get("max_images") is not None else "all")}
+    tags = {
+        Tag.PROTOCOL: record["name"],
+        Tag.EPS: repr(float(record["eps"])),
+        Tag.ATTACKS: "; ".join(record["attacks"]),
+        Tag.MAX_IMAGES: str(record["max_images"] if record.get("max_images") is not None else "all"),
+    }
     return {**tags, Tag.VALIDATION: record["validation"]} if record.get("validation") else tags
 
 
@@ -83,8 +94,12 @@ def protocol_of_tags(tags: dict[str, str]) -> dict | None:
         eps, max_images = float(tags[Tag.EPS]), None if limit == "all" else int(limit)
     except ValueError:  # a tag edited by hand: as good as none
         return None
-    record = {"name": tags[Tag.PROTOCOL], "eps": eps, "attacks": [a for a in tags.get(Tag.ATTACKS, "").split("; ") if a],
-              "max_images": max_images}
+    record = {
+        "name": tags[Tag.PROTOCOL],
+        "eps": eps,
+        "attacks": [a for a in tags.get(Tag.ATTACKS, "").split("; ") if a],
+        "max_images": max_images,
+    }
     return {**record, "validation": tags[Tag.VALIDATION]} if Tag.VALIDATION in tags else record
 
 
@@ -135,11 +150,21 @@ def trials_view(objectives: Objectives) -> dict:
     columns a user compares trials by."""
     metric, mode = objectives[-1]
     shown = (VAL_CLEAN, VAL_PGD, VAL_AA, VAL_WORST_AA)
-    columns = ["params.`method`", *(f"metrics.`{m}`" for m in shown),
-               *(f"metrics.`{m}`" for m, _ in objectives if m not in shown),
-               f"tags.`{Tag.PARETO_FRONT}`", f"tags.`{Tag.FEASIBLE}`", f"tags.`{Tag.BUDGET}`", f"tags.`{Tag.PRESET}`"]
-    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
-            "selectedColumns": columns}
+    columns = [
+        "params.`method`",
+        *(f"metrics.`{m}`" for m in shown),
+        *(f"metrics.`{m}`" for m, _ in objectives if m not in shown),
+        f"tags.`{Tag.PARETO_FRONT}`",
+        f"tags.`{Tag.FEASIBLE}`",
+        f"tags.`{Tag.BUDGET}`",
+        f"tags.`{Tag.PRESET}`",
+    ]
+    return {
+        "searchFilter": "",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": mode == "min",
+        "selectedColumns": columns,
+    }
 
 
 class SearchFolder:
@@ -227,9 +252,13 @@ def parse_floor(text: str, flag: str) -> Floor:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0 or (not relative and value > 100):
-        raise UserError(f"{flag} {text!r}: expected points of accuracy in [0, 100] (e.g. 80) or a factor of the "
-                        f"teacher's score (e.g. 0.9x)")
+        raise UserError(
+            f"{flag} {text!r}: expected points of accuracy in [0, 100] (e.g. 80) or a factor of the "
+            f"teacher's score (e.g. 0.9x)"
+        )
     if not relative and 0 < value < 1:
-        raise UserError(f"{flag} {text}: {value:g} points is no floor; for a factor of the teacher's score write "
-                        f"{s}x, for points a number from 1 to 100")
+        raise UserError(
+            f"{flag} {text}: {value:g} points is no floor; for a factor of the teacher's score write "
+            f"{s}x, for points a number from 1 to 100"
+        )
     return Floor(text.strip(), value, relative)

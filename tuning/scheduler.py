@@ -17,6 +17,7 @@ scores recorded there so far: below it the trial stops; either way its score is 
 ``search/score`` is the mean of the (signed) objectives, minus 100 while the trial is
 infeasible (``tuning.trainable.search_score``).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,29 +54,54 @@ def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: f
     base_cfg = from_dict(base_config)
     grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
     presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
-    settings = dict(protected=presets, max_t=max_epochs, grace_period=max(1, min(grace, max_epochs)),
-                    reduction_factor=space.reduction_factor)
+    settings = dict(
+        protected=presets,
+        max_t=max_epochs,
+        grace_period=max(1, min(grace, max_epochs)),
+        reduction_factor=space.reduction_factor,
+    )
     if space.scheduler == "moasha":
-        history = {t.number: {int(e): rung_point(values, space.objectives, clean_threshold)
-                              for e, values in t.user_attrs.get("intermediate", {}).items()} for t in study.trials}
-        return ResumableMOASHA(objectives=space.objectives, clean_threshold=clean_threshold, history=history,
-                               noise_aware=space.noise_aware, **settings)
+        history = {
+            t.number: {
+                int(e): rung_point(values, space.objectives, clean_threshold)
+                for e, values in t.user_attrs.get("intermediate", {}).items()
+            }
+            for t in study.trials
+        }
+        return ResumableMOASHA(
+            objectives=space.objectives,
+            clean_threshold=clean_threshold,
+            history=history,
+            noise_aware=space.noise_aware,
+            **settings,
+        )
     history = {t.number: {int(e): s for e, s in t.user_attrs.get("scores", {}).items()} for t in study.trials}
     return ResumableASHA(history=history, **settings)
 
 
 class ResumableASHA(FIFOScheduler):
     key = "asha"  # its name in a space's search.scheduler
-    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
-                 history: dict[int, dict[int, float]] | None = None, protected: set[int] = frozenset()) -> None:
+
+    def __init__(
+        self,
+        *,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        history: dict[int, dict[int, float]] | None = None,
+        protected: set[int] = frozenset(),
+    ) -> None:
         super().__init__()
         if not 0 < grace_period <= max_t or reduction_factor <= 1:
-            raise ValueError(f"ASHA needs 0 < grace_period ({grace_period}) <= max_t ({max_t}) and reduction_factor > 1")
+            raise ValueError(
+                f"ASHA needs 0 < grace_period ({grace_period}) <= max_t ({max_t}) and reduction_factor > 1"
+            )
         self.max_t, self.reduction_factor = max_t, reduction_factor
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
         # (milestone, {trial number: score recorded there}), the highest milestone first
         self.rungs: list[tuple[float, dict[int, float]]] = [
-            (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+            (grace_period * reduction_factor**k, {}) for k in reversed(range(count))
+        ]
         self.stopped_early: set[int] = set()
         self.stop_reasons: dict[int, str] = {}  # trial number -> what the rule decided on, for the console
         self.protected = set(protected)  # the paper's presets: always run the full budget
@@ -102,8 +128,10 @@ class ResumableASHA(FIFOScheduler):
     def why(self, recorded: dict[int, Any], value: Any) -> str:
         """What the rule decided on, in words (the console's stop line)."""
         cutoff = self.cutoff(recorded)
-        return (f"score {value:.2f} below the rung's cutoff {cutoff:.2f}, the top 1/{self.reduction_factor:g} "
-                f"of {len(recorded) + 1} trials there")
+        return (
+            f"score {value:.2f} below the rung's cutoff {cutoff:.2f}, the top 1/{self.reduction_factor:g} "
+            f"of {len(recorded) + 1} trials there"
+        )
 
     def record(self, number: int, epoch: int, value: Any) -> str:
         """One result: record its value at the rung it reaches first, STOP if the rung does not keep it."""
@@ -137,8 +165,10 @@ class ResumableASHA(FIFOScheduler):
     def debug_string(self) -> str:
         """The line Ray's status table prints under the trials (FIFO's would say "FIFO scheduling")."""
         rungs = ", ".join(f"{milestone:g}" for milestone, _ in self.rungs)
-        return (f"Using {scheduler_name(self.key)} (resumable): rungs at epochs {rungs}; "
-                f"{len(self.stopped_early)} trials stopped early")
+        return (
+            f"Using {scheduler_name(self.key)} (resumable): rungs at epochs {rungs}; "
+            f"{len(self.stopped_early)} trials stopped early"
+        )
 
 
 RungPoint = tuple[bool, tuple[float, ...]]  # (feasible, the objectives signed so that larger is better)
@@ -189,8 +219,14 @@ class ResumableMOASHA(ResumableASHA):
 
     key = "moasha"
 
-    def __init__(self, *, objectives: list[tuple[str, str]], clean_threshold: float, noise_aware: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        objectives: list[tuple[str, str]],
+        clean_threshold: float,
+        noise_aware: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.objectives, self.clean_threshold, self.noise_aware = objectives, clean_threshold, noise_aware
         super().__init__(**kwargs)
 
@@ -228,5 +264,7 @@ class ResumableMOASHA(ResumableASHA):
         n = len(recorded) + 1
         where = "infeasible" if infeasible else "feasible"
         noise = ", ranked one standard error up" if self.noise_aware else ""
-        return (f"{where}, Pareto rank {rank + 1} {'among the infeasible' if infeasible else 'among the feasible'}, "
-                f"place {place + 1} of {n} trials at the rung, where the top {kept} go on{noise}")
+        return (
+            f"{where}, Pareto rank {rank + 1} {'among the infeasible' if infeasible else 'among the feasible'}, "
+            f"place {place + 1} of {n} trials at the rung, where the top {kept} go on{noise}"
+        )

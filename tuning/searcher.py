@@ -24,6 +24,7 @@ takes no feasibility constraint. Here:
 * feasibility: the user attribute ``constraint`` = [threshold - val/clean_acc] (<= 0 is
   feasible) feeds TPE's and NSGA-II's ``constraints_func``.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,18 +62,33 @@ def make_sampler(space: SearchSpace):
     (presets included), behind the presets' prior when ``search.prior_weight`` > 0."""
     import optuna
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # constant_liar, constraints_func
+    warnings.filterwarnings(
+        "ignore", category=optuna.exceptions.ExperimentalWarning
+    )  # constant_liar, constraints_func
     if space.sampler == "tpe":
         conditional = len(space.methods) > 1
-        sampler = optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=conditional, constant_liar=True,
-                                             n_startup_trials=space.startup_trials, constraints_func=trial_constraint)
+        sampler = optuna.samplers.TPESampler(
+            seed=space.seed,
+            multivariate=True,
+            group=conditional,
+            constant_liar=True,
+            n_startup_trials=space.startup_trials,
+            constraints_func=trial_constraint,
+        )
     elif space.sampler == "gp":
         # conditional keys (one method's own) fall back to random sampling, which is what they need
-        sampler = optuna.samplers.GPSampler(seed=space.seed, n_startup_trials=space.startup_trials,
-                                            constraints_func=trial_constraint, warn_independent_sampling=False)
+        sampler = optuna.samplers.GPSampler(
+            seed=space.seed,
+            n_startup_trials=space.startup_trials,
+            constraints_func=trial_constraint,
+            warn_independent_sampling=False,
+        )
     elif space.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=space.seed, population_size=max(4, space.max_concurrent * 2),
-                                                constraints_func=trial_constraint)
+        sampler = optuna.samplers.NSGAIISampler(
+            seed=space.seed,
+            population_size=max(4, space.max_concurrent * 2),
+            constraints_func=trial_constraint,
+        )
     else:
         sampler = optuna.samplers.RandomSampler(seed=space.seed)
     if space.prior_weight > 0:
@@ -88,8 +104,13 @@ def open_study(space: SearchSpace, storage, name: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(space), load_if_exists=True,
-                                directions=["maximize" if mode == "max" else "minimize" for _, mode in space.objectives])
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(space),
+        load_if_exists=True,
+        directions=["maximize" if mode == "max" else "minimize" for _, mode in space.objectives],
+    )
     if study.metric_names is None:
         study.set_metric_names(space.objective_names())
     return study
@@ -115,7 +136,9 @@ class StudyRecords:
         self.name = name
 
     def trial_id(self, number: int) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self.storage.get_study_id_from_name(self.name), number)
+        return self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.name), number
+        )
 
     def handle(self, study, number: int):
         """A live ``optuna.trial.Trial`` of trial ``number`` (to set attributes and tell it later)."""
@@ -130,8 +153,14 @@ class StudyRecords:
 class StudySearcher(Searcher):
     """Suggests Ray trials from an Optuna study (define-by-run over the space) and tells it results."""
 
-    def __init__(self, space: SearchSpace, storage_url: Any, study_name: str, clean_threshold: float,
-                 stopped_early: set[int]) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        storage_url: Any,
+        study_name: str,
+        clean_threshold: float,
+        stopped_early: set[int],
+    ) -> None:
         super().__init__(metric=None, mode=None)
         self.space, self.storage_url, self.study_name = space, storage_url, study_name
         self.clean_threshold = clean_threshold
@@ -167,7 +196,9 @@ class StudySearcher(Searcher):
         from optuna.trial import TrialState
 
         if self._orphans is None:
-            self._orphans = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            self._orphans = [
+                t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            ]
         return self._orphans
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -176,7 +207,9 @@ class StudySearcher(Searcher):
             frozen = self.study.trials[orphans.pop(0)]
             ot = self.records.handle(self.study, frozen.number)
             params = dict(frozen.params)
-            self._attrs[frozen.number] = {k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")}
+            self._attrs[frozen.number] = {
+                k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")
+            }
         else:
             self._share_stage1()
             ot = self.study.ask()
@@ -216,7 +249,9 @@ class StudySearcher(Searcher):
         if result.get("val_evaluated"):
             self._set(ot, "intermediate", result["epoch"], [result[m] for m in self.space.objective_names()])
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         from optuna.trial import TrialState
 
         ot = self._live.pop(trial_id, None)

@@ -5,6 +5,7 @@ Each session of a search (the first run, each ``--resume`` that runs trials) is 
 it starts, so a session whose driver is killed still counts; ``SessionClock`` keeps its wall
 time current while it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ class SessionClock(Callback):
         write_record(self.path, self.record)
         self.written = time.time()
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if time.time() - self.written > self.every:
             self.write()
 

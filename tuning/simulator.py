@@ -19,6 +19,7 @@ trials have spent ``budget_epochs``, or after ``num_trials``.
 A strategy is a few lines: a ``Strategy`` names the sampler and the scheduler as a search space
 does (``search.sampler``, ``search.scheduler``), with any other space setting in ``settings``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,8 @@ from ray.tune.schedulers import TrialScheduler
 from derd.config import apply_overrides, to_dict
 from derd.methods import total_epochs
 from derd.pareto import hypervolume, signed
-from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
 from tuning.scheduler import make_scheduler
+from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets
 from tuning.space import SearchSpace
 from tuning.stage1_pool import Stage1Pool, stage1_part
 from tuning.tabular import NoiseModel, TableAnswers, epoch_results
@@ -72,8 +73,8 @@ class SimTrial:
 
     number: int
     keys: dict[str, Any]
-    epochs: int           # epochs it ran itself (a restored stage I excluded)
-    finished_at: float    # simulated seconds since the search started
+    epochs: int  # epochs it ran itself (a restored stage I excluded)
+    finished_at: float  # simulated seconds since the search started
     full_budget: bool
     feasible: bool
     objectives: list[float]  # what the search saw (noisy), signed: larger is better (derd.pareto.signed)
@@ -113,13 +114,17 @@ class SimResult:
         values = [(t.truth or t.objectives)[index] for t in self.trials if t.feasible and t.full_budget]
         return max(values) if values else None
 
-    def exported(self, floor: float, budget: float | None = None, clean: int = 0, robust: int = 1) -> SimTrial | None:
+    def exported(
+        self, floor: float, budget: float | None = None, clean: int = 0, robust: int = 1
+    ) -> SimTrial | None:
         """The trial ``export --select best-robust --min-clean floor`` chooses after ``budget``
         trial-epochs: among full-budget trials whose observed clean (the mean over its runs, race
         replicates included) meets the floor, the highest mean observed robust value."""
         return self.exports(floor, [math.inf if budget is None else budget], clean, robust)[0]
 
-    def exports(self, floor: float, budgets: list[float], clean: int = 0, robust: int = 1) -> list[SimTrial | None]:
+    def exports(
+        self, floor: float, budgets: list[float], clean: int = 0, robust: int = 1
+    ) -> list[SimTrial | None]:
         """``exported`` at each of ``budgets`` (ascending), in one pass over the runs."""
         runs: dict[int, list[SimTrial]] = {}
         order, out, k = self.in_order(), [], 0
@@ -128,7 +133,10 @@ class SimResult:
                 if order[k][1].full_budget:
                     runs.setdefault(order[k][1].number, []).append(order[k][1])
                 k += 1
-            means = {n: [statistics.mean(t.objectives[i] for t in ts) for i in (clean, robust)] for n, ts in runs.items()}
+            means = {
+                n: [statistics.mean(t.objectives[i] for t in ts) for i in (clean, robust)]
+                for n, ts in runs.items()
+            }
             chosen = [n for n, (c, _) in means.items() if c >= floor]
             out.append(runs[max(chosen, key=lambda n: (means[n][1], means[n][0]))][0] if chosen else None)
         return out
@@ -150,8 +158,14 @@ class SimResult:
 
     def best_truth(self, floor: float) -> float:
         """The best noise-free robust value among this search's runs whose noise-free clean meets ``floor``."""
-        return max(((t.truth or t.objectives)[1] for t in self.trials if t.full_budget
-                    and (t.truth or t.objectives)[0] >= floor), default=0.0)
+        return max(
+            (
+                (t.truth or t.objectives)[1]
+                for t in self.trials
+                if t.full_budget and (t.truth or t.objectives)[0] >= floor
+            ),
+            default=0.0,
+        )
 
 
 @dataclass
@@ -162,14 +176,24 @@ class _Running:
     truth: list[dict[str, Any]]  # the same epochs, noise-free
     reports: Reports
     cost: list[int]  # 1 per epoch the trial runs itself, 0 for a restored one
-    warmup: int      # epochs of its cacheable stage I (0: none)
+    warmup: int  # epochs of its cacheable stage I (0: none)
     history: list[dict[str, Any]] = field(default_factory=list)
     replicate: int = 0
 
 
-def simulate(space: SearchSpace, strategy: Strategy, answers: TableAnswers, *, seed: int, clean_threshold: float,
-             num_trials: int = 10_000, budget_epochs: float | None = None, max_concurrent: int | None = None,
-             noise: NoiseModel | None = None, race_floor: float | None = None) -> SimResult:
+def simulate(
+    space: SearchSpace,
+    strategy: Strategy,
+    answers: TableAnswers,
+    *,
+    seed: int,
+    clean_threshold: float,
+    num_trials: int = 10_000,
+    budget_epochs: float | None = None,
+    max_concurrent: int | None = None,
+    noise: NoiseModel | None = None,
+    race_floor: float | None = None,
+) -> SimResult:
     """One search of ``strategy`` at ``seed`` against the table; its finished trials. ``noise``: the
     search sees every answer with a seed-to-seed draw (trial ``n`` of search ``seed``, run ``r``, gets
     draw (seed, n, r)); None: it sees the noise-free answers. ``race_floor``: the clean floor (points)
@@ -177,13 +201,17 @@ def simulate(space: SearchSpace, strategy: Strategy, answers: TableAnswers, *, s
     space = strategy.apply(space, seed, num_trials, max_concurrent or space.max_concurrent)
     base_config = to_dict(space.base_config())
     answers.reset()
-    storage = optuna.storages.InMemoryStorage()  # the same study API as a search's optuna.db, without the disk
+    storage = (
+        optuna.storages.InMemoryStorage()
+    )  # the same study API as a search's optuna.db, without the disk
     stopped: set[int] = set()
     searcher = StudySearcher(space, storage, f"sim-{strategy.name}-{seed}", clean_threshold, stopped)
     enqueue_presets(searcher.study, space)
     scheduler = make_scheduler(space, base_config, searcher.study, clean_threshold)
     searcher.stopped_early = stopped = getattr(scheduler, "stopped_early", stopped)
-    loop = _EventLoop(space, answers, searcher, scheduler, stopped, clean_threshold, budget_epochs, noise, seed)
+    loop = _EventLoop(
+        space, answers, searcher, scheduler, stopped, clean_threshold, budget_epochs, noise, seed
+    )
     if strategy.race:
         if race_floor is None:
             raise ValueError(f"strategy {strategy.name} races: give the export's floor (race_floor)")
@@ -196,9 +224,17 @@ class _EventLoop:
     """Tune's controller on a simulated clock: workers, the sampler's suggestions, the scheduler's
     decisions, and (racing) re-runs of the best candidates when the budget left is theirs."""
 
-    def __init__(self, space, answers, searcher, scheduler, stopped, threshold, budget_epochs, noise, seed) -> None:
+    def __init__(
+        self, space, answers, searcher, scheduler, stopped, threshold, budget_epochs, noise, seed
+    ) -> None:
         self.space, self.answers, self.searcher, self.scheduler = space, answers, searcher, scheduler
-        self.stopped, self.threshold, self.budget, self.noise, self.seed = stopped, threshold, budget_epochs, noise, seed
+        self.stopped, self.threshold, self.budget, self.noise, self.seed = (
+            stopped,
+            threshold,
+            budget_epochs,
+            noise,
+            seed,
+        )
         self.race: tuple[int, float] | None = None
         self.raced: list[int] = []
         self.events: list[tuple[float, int, str]] = []
@@ -221,7 +257,9 @@ class _EventLoop:
         """The budget left, after what running trials will still spend, is the race's: k trial budgets."""
         if self.race is None or self.budget is None:
             return False
-        committed = self.spent + sum(len(t.results) - len(t.history) for t in self.running.values() if not t.replicate)
+        committed = self.spent + sum(
+            len(t.results) - len(t.history) for t in self.running.values() if not t.replicate
+        )
         return self.budget - committed <= self.race[0] * self.max_epochs
 
     def start_next(self) -> bool:
@@ -245,8 +283,11 @@ class _EventLoop:
         k, floor = self.race
         if len(self.raced) >= k:
             return None
-        pool = [t for t in self.finished if t.full_budget and not t.replicate and t.objectives[0] >= floor
-                and t.number not in self.raced]
+        pool = [
+            t
+            for t in self.finished
+            if t.full_budget and not t.replicate and t.objectives[0] >= floor and t.number not in self.raced
+        ]
         if not pool:
             return None
         best = max(pool, key=lambda t: (t.objectives[1], t.objectives[0]))
@@ -256,14 +297,22 @@ class _EventLoop:
     def launch(self, trial_id: str, config: dict[str, Any], replicate: int = 0) -> None:
         keys = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
         truth = self.answers.row_for(keys)
-        seen = self.noise.perturb(truth, (self.seed, config[TRIAL_NUMBER], replicate)) if self.noise else truth
+        seen = (
+            self.noise.perturb(truth, (self.seed, config[TRIAL_NUMBER], replicate)) if self.noise else truth
+        )
         cached = warmup_id(keys) in self.trained_warmups and not replicate
         results = epoch_results(seen, cached_warmup=cached)
         cfg = apply_overrides(self.space.base_config(), keys)
-        trial = _Running(trial_id, SimpleNamespace(config=config, trial_id=trial_id), results,
-                         epoch_results(truth, cached_warmup=cached),
-                         Reports(self.space.objectives, self.threshold, total_epochs(cfg)),
-                         [0 if r["cached"] else 1 for r in results], truth["warmup_epochs"], replicate=replicate)
+        trial = _Running(
+            trial_id,
+            SimpleNamespace(config=config, trial_id=trial_id),
+            results,
+            epoch_results(truth, cached_warmup=cached),
+            Reports(self.space.objectives, self.threshold, total_epochs(cfg)),
+            [0 if r["cached"] else 1 for r in results],
+            truth["warmup_epochs"],
+            replicate=replicate,
+        )
         self.running[trial_id] = trial
         heapq.heappush(self.events, (self.clock + _duration(results[0]), self.seq, trial_id))
         self.seq += 1
@@ -279,7 +328,9 @@ class _EventLoop:
             decision = TrialScheduler.CONTINUE
         else:
             if trial.warmup and len(trial.history) == trial.warmup and not result["cached"]:
-                self.trained_warmups.add(warmup_id(trial.shim.config))  # the run loop writes the stage-I cache here
+                self.trained_warmups.add(
+                    warmup_id(trial.shim.config)
+                )  # the run loop writes the stage-I cache here
             decision = self.scheduler.on_trial_result(None, trial.shim, metrics)
             if decision != TrialScheduler.STOP:
                 self.searcher.on_trial_result(trial.trial_id, metrics)
@@ -290,20 +341,30 @@ class _EventLoop:
             self.finished.append(self.finish(trial, metrics))
             del self.running[trial.trial_id]
         else:
-            heapq.heappush(self.events, (self.clock + _duration(trial.results[len(trial.history)]), self.seq,
-                                         trial.trial_id))
+            heapq.heappush(
+                self.events,
+                (self.clock + _duration(trial.results[len(trial.history)]), self.seq, trial.trial_id),
+            )
             self.seq += 1
 
     def finish(self, trial: _Running, metrics: dict[str, Any]) -> SimTrial:
         objectives = self.space.objectives
         truth = Reports(objectives, self.threshold, metrics["total_epochs"])
-        for i, entry in enumerate(trial.truth[:len(trial.history)]):
-            noise_free = truth.next(entry, trial.truth[:i + 1])
+        for i, entry in enumerate(trial.truth[: len(trial.history)]):
+            noise_free = truth.next(entry, trial.truth[: i + 1])
         number = trial.shim.config[TRIAL_NUMBER]
-        return SimTrial(number, {k: v for k, v in trial.shim.config.items() if k != TRIAL_NUMBER},
-                        sum(trial.cost[:len(trial.history)]), self.clock, metrics["epoch"] >= metrics["total_epochs"],
-                        bool(metrics["search/feasible"]), signed(metrics, objectives),
-                        number in self.stopped and not trial.replicate, signed(noise_free, objectives), trial.replicate)
+        return SimTrial(
+            number,
+            {k: v for k, v in trial.shim.config.items() if k != TRIAL_NUMBER},
+            sum(trial.cost[: len(trial.history)]),
+            self.clock,
+            metrics["epoch"] >= metrics["total_epochs"],
+            bool(metrics["search/feasible"]),
+            signed(metrics, objectives),
+            number in self.stopped and not trial.replicate,
+            signed(noise_free, objectives),
+            trial.replicate,
+        )
 
 
 def _duration(result: dict[str, Any]) -> float:

@@ -38,6 +38,7 @@ for dafl. The paper preset is one point per searched method: the dataset's publi
 weights for that method (``derd.config.preset``) and the base config's value of every other
 searched key.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,22 +52,46 @@ import yaml
 from derd.config import RunConfig, apply_overrides, preset, to_flat
 from derd.data import available_datasets
 from derd.errors import UserError
-from derd.inputs import expect, read_yaml
 from derd.evaluate import PROTOCOLS, VAL_CLEAN, val
+from derd.inputs import expect, read_yaml
 from derd.methods import available_methods, get_method, method_sections, total_epochs, uses_key
-from tuning.records import DEFAULT_OBJECTIVES
 from derd.pareto import Objectives
 from derd.settings import DISTRIBUTIONS, SEED_MAX, SearchRange, as_number, declared_ranges
+from tuning.records import DEFAULT_OBJECTIVES
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
 SCHEDULERS = ("asha", "moasha", "none")
-SEARCH_KEYS = ("num_trials", "max_concurrent", "sampler", "scheduler", "grace_period", "reduction_factor", "seed",
-               "share_stage1", "startup_trials", "prior_weight", "noise_aware")
+SEARCH_KEYS = (
+    "num_trials",
+    "max_concurrent",
+    "sampler",
+    "scheduler",
+    "grace_period",
+    "reduction_factor",
+    "seed",
+    "share_stage1",
+    "startup_trials",
+    "prior_weight",
+    "noise_aware",
+)
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 CONSTRAINT_KEYS = ("min_clean_fraction",)
-RANGES = ("listed", "declared")  # which keys a space searches: those under space:, or also the methods' declared ones
-TOP_KEYS = {"dataset", "base", "ranges", "space", "presets", "objectives", "constraints", "search", "resources",
-            "description"}
+RANGES = (
+    "listed",
+    "declared",
+)  # which keys a space searches: those under space:, or also the methods' declared ones
+TOP_KEYS = {
+    "dataset",
+    "base",
+    "ranges",
+    "space",
+    "presets",
+    "objectives",
+    "constraints",
+    "search",
+    "resources",
+    "description",
+}
 MAX_TRIALS = 100_000  # trials (and concurrent trials) of one search
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -152,7 +177,9 @@ class SearchSpace:
         _require(ranges in RANGES, f"{path}: ranges", f"{ranges!r} is not one of {', '.join(RANGES)}")
         listed, unsearched = _parse_params(raw, path, base_cfg, required=ranges == "listed")
         space = cls(dataset, base, listed, source=str(path), description=str(raw.get("description") or ""))
-        space.params = _choose_methods(space, methods, path, base_cfg, unsearched if ranges == "declared" else None)
+        space.params = _choose_methods(
+            space, methods, path, base_cfg, unsearched if ranges == "declared" else None
+        )
         space.presets = _parse_presets(raw, path, space, only)
         space.objectives = _parse_objectives(raw, path, base_cfg)
         _parse_settings(raw, path, space)
@@ -205,6 +232,7 @@ class SearchSpace:
 
     def validate_settings(self, where: str = "settings") -> None:
         """Check the search and resource settings (after command-line overrides too)."""
+
         def whole(value: Any, lo: int, hi: int) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
@@ -212,39 +240,76 @@ class SearchSpace:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
 
         for ok, key, msg in (
-            (whole(self.num_trials, 1, MAX_TRIALS), "search.num_trials", f"must be an integer in [1, {MAX_TRIALS}]"),
-            (whole(self.max_concurrent, 1, MAX_TRIALS), "search.max_concurrent",
-             f"must be an integer in [1, {MAX_TRIALS}]"),
-            (self.sampler in SAMPLERS, "search.sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}"),
-            (self.scheduler in SCHEDULERS, "search.scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"),
+            (
+                whole(self.num_trials, 1, MAX_TRIALS),
+                "search.num_trials",
+                f"must be an integer in [1, {MAX_TRIALS}]",
+            ),
+            (
+                whole(self.max_concurrent, 1, MAX_TRIALS),
+                "search.max_concurrent",
+                f"must be an integer in [1, {MAX_TRIALS}]",
+            ),
+            (
+                self.sampler in SAMPLERS,
+                "search.sampler",
+                f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}",
+            ),
+            (
+                self.scheduler in SCHEDULERS,
+                "search.scheduler",
+                f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}",
+            ),
             (real(self.reduction_factor, 2, 100), "search.reduction_factor", "must be a number in [2, 100]"),
-            (real(self.share_stage1, 0, 1e6), "search.share_stage1",
-             "must be a number in [0, 1e6] (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)"),
-            (whole(self.startup_trials, 0, MAX_TRIALS), "search.startup_trials",
-             f"must be an integer in [0, {MAX_TRIALS}] (finished trials, presets included, before the sampler models)"),
-            (real(self.prior_weight, 0, 1e6), "search.prior_weight",
-             "must be a number in [0, 1e6] (0: off; the presets' prior weight: tuning/prior.py)"),
+            (
+                real(self.share_stage1, 0, 1e6),
+                "search.share_stage1",
+                "must be a number in [0, 1e6] (0: off; alpha of the stage-I pool: tuning/stage1_pool.py)",
+            ),
+            (
+                whole(self.startup_trials, 0, MAX_TRIALS),
+                "search.startup_trials",
+                f"must be an integer in [0, {MAX_TRIALS}] (finished trials, presets included, before the sampler models)",
+            ),
+            (
+                real(self.prior_weight, 0, 1e6),
+                "search.prior_weight",
+                "must be a number in [0, 1e6] (0: off; the presets' prior weight: tuning/prior.py)",
+            ),
             (isinstance(self.noise_aware, bool), "search.noise_aware", "must be true or false"),
-            (self.grace_period is None or whole(self.grace_period, 1, 10**6), "search.grace_period",
-             "must be an integer in [1, 1000000]"),
+            (
+                self.grace_period is None or whole(self.grace_period, 1, 10**6),
+                "search.grace_period",
+                "must be an integer in [1, 1000000]",
+            ),
             (whole(self.seed, 0, SEED_MAX), "search.seed", f"must be an integer in [0, {SEED_MAX}]"),
-            (real(self.cpus_per_trial, 1e-3, 4096) , "resources.cpus_per_trial", "must be a number in (0, 4096]"),
+            (
+                real(self.cpus_per_trial, 1e-3, 4096),
+                "resources.cpus_per_trial",
+                "must be a number in (0, 4096]",
+            ),
             (real(self.gpus_per_trial, 0, 1024), "resources.gpus_per_trial", "must be a number in [0, 1024]"),
         ):
             _require(ok, f"{where}: {key}", msg)
-        _require(self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), f"{where}: resources.gpus_per_trial",
-                 "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs")
+        _require(
+            self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(),
+            f"{where}: resources.gpus_per_trial",
+            "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs",
+        )
 
 
 def default_space_path(dataset: str) -> Path:
     path = SPACES_DIR / f"{dataset}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-        raise UserError(f"unknown dataset {dataset!r}: no search space {path.name}; choose one of {known} or pass --space FILE")
+        raise UserError(
+            f"unknown dataset {dataset!r}: no search space {path.name}; choose one of {known} or pass --space FILE"
+        )
     return path
 
 
 # ---- the parsers (each checks one part of the YAML and names the key it rejects) -------------
+
 
 def _require(cond: bool, where: str, msg: str) -> None:
     if not cond:
@@ -258,7 +323,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise SpaceError(str(err)) from None
     _require(isinstance(raw, dict), str(path), "expected a mapping at the top level")
     unknown = set(raw) - TOP_KEYS
-    _require(not unknown, str(path), f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}")
+    _require(
+        not unknown,
+        str(path),
+        f"unknown key {min(unknown, default='')!r}; known keys: {', '.join(sorted(TOP_KEYS))}",
+    )
     return raw
 
 
@@ -268,16 +337,27 @@ def _parse_methods(methods: list[str] | None) -> list[str] | None:
         return None
     methods = available_methods() if methods == ["all"] else list(dict.fromkeys(methods))
     bad = [m for m in methods if m not in available_methods()]
-    _require(not bad, "--method", f"{bad[0] if bad else ''!r} is not one of {', '.join(available_methods())} or all")
+    _require(
+        not bad,
+        "--method",
+        f"{bad[0] if bad else ''!r} is not one of {', '.join(available_methods())} or all",
+    )
     return methods
 
 
 def _parse_base(raw: dict[str, Any], path: Path, method: str | None) -> tuple[str, dict[str, Any], RunConfig]:
     """(dataset, base overrides, the base config they give)."""
     dataset = raw.get("dataset")
-    _require(dataset in available_datasets(), f"{path}: dataset",
-             f"{dataset!r} is not one of {', '.join(available_datasets())}")
-    _require(isinstance(raw.get("base") or {}, dict), f"{path}: base", "expected a mapping of config keys to values")
+    _require(
+        dataset in available_datasets(),
+        f"{path}: dataset",
+        f"{dataset!r} is not one of {', '.join(available_datasets())}",
+    )
+    _require(
+        isinstance(raw.get("base") or {}, dict),
+        f"{path}: base",
+        "expected a mapping of config keys to values",
+    )
     base = dict(raw.get("base") or {})
     if method is not None:
         base["method"] = method
@@ -316,7 +396,11 @@ def _parse_param(key: str, spec: Any, where: str, base_cfg: RunConfig, known: di
         _require(isinstance(choices, list) and choices, where, "categorical needs a non-empty list 'choices'")
         if key == "method":
             bad = [c for c in choices if c not in available_methods()]
-            _require(not bad, where, f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}")
+            _require(
+                not bad,
+                where,
+                f"{bad[0] if bad else ''!r} is not a method; choose from {', '.join(available_methods())}",
+            )
         else:
             _check_values(base_cfg, key, choices, where)
         return Param(key, dist, choices=tuple(choices))
@@ -327,17 +411,25 @@ def _parse_param(key: str, spec: Any, where: str, base_cfg: RunConfig, known: di
         _require(low > 0, where, f"a log range needs low > 0 (got {low})")
     current = known[key]
     if isinstance(current, (int, float)) and not isinstance(current, bool):
-        wanted = "whole numbers: use distribution int" if isinstance(current, int) else "real numbers: use uniform or loguniform"
+        wanted = (
+            "whole numbers: use distribution int"
+            if isinstance(current, int)
+            else "real numbers: use uniform or loguniform"
+        )
         _require(isinstance(current, int) == (dist == "int"), where, f"{key} takes {wanted}")
     _check_values(base_cfg, key, [int(low), int(high)] if dist == "int" else [low, high], where)
     return Param(key, dist, low, high)
 
 
-def _parse_params(raw: dict[str, Any], path: Path, base_cfg: RunConfig, required: bool) -> tuple[list[Param], set[str]]:
+def _parse_params(
+    raw: dict[str, Any], path: Path, base_cfg: RunConfig, required: bool
+) -> tuple[list[Param], set[str]]:
     """(the listed params, the keys listed as ``null``: not searched)."""
     space = raw.get("space")
     if required:
-        _require(isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys")
+        _require(
+            isinstance(space, dict) and space, f"{path}: space", "expected a non-empty mapping of config keys"
+        )
     space = space or {}
     _require(isinstance(space, dict), f"{path}: space", "expected a mapping of config keys")
     known = to_flat(base_cfg)
@@ -345,16 +437,21 @@ def _parse_params(raw: dict[str, Any], path: Path, base_cfg: RunConfig, required
     for key, spec in space.items():
         key = "method" if key == "variant" else key  # 'variant': the old name of the method dimension
         if spec is None:
-            _require(key in known and key != "method", f"{path}: space.{key}", "unknown config key (use dotted keys "
-                     "such as stage1.lambda_adv); null leaves a declared key out of the search")
+            _require(
+                key in known and key != "method",
+                f"{path}: space.{key}",
+                "unknown config key (use dotted keys "
+                "such as stage1.lambda_adv); null leaves a declared key out of the search",
+            )
             unsearched.add(key)
         else:
             params.append(_parse_param(key, spec, f"{path}: space.{key}", base_cfg, known))
     return params, unsearched
 
 
-def _with_declared(params: list[Param], methods: list[str], path: Path, base_cfg: RunConfig,
-                   unsearched: set[str]) -> list[Param]:
+def _with_declared(
+    params: list[Param], methods: list[str], path: Path, base_cfg: RunConfig, unsearched: set[str]
+) -> list[Param]:
     """The method dimension, then every range the searched methods' sections declare (the space's own
     range where it lists the key; none where it lists ``null``), then the space's other keys."""
     listed = {p.key: p for p in params}
@@ -366,13 +463,23 @@ def _with_declared(params: list[Param], methods: list[str], path: Path, base_cfg
             out.append(listed[key])
             continue
         param = Param.declared(key, search)
-        _check_values(base_cfg, key, list(param.choices) or [param.low, param.high], f"{path}: the declared range of {key}")
+        _check_values(
+            base_cfg,
+            key,
+            list(param.choices) or [param.low, param.high],
+            f"{path}: the declared range of {key}",
+        )
         out.append(param)
     return out + [p for p in params if p not in out]
 
 
-def _choose_methods(space: SearchSpace, methods: list[str] | None, path: Path, base_cfg: RunConfig,
-                    unsearched: set[str] | None) -> list[Param]:
+def _choose_methods(
+    space: SearchSpace,
+    methods: list[str] | None,
+    path: Path,
+    base_cfg: RunConfig,
+    unsearched: set[str] | None,
+) -> list[Param]:
     """The params after ``--method`` (and, with ``unsearched`` given, ``ranges: declared``: the searched
     methods' declared ranges), keeping only keys some searched method reads (a space may list every
     method's keys)."""
@@ -385,19 +492,26 @@ def _choose_methods(space: SearchSpace, methods: list[str] | None, path: Path, b
     if unsearched is not None:
         params = space.params = _with_declared(params, space.methods, path, base_cfg, unsearched)
     kept = [p for p in params if p.key == "method" or any(uses_key(m, p.key) for m in space.methods)]
-    _require(any(p.key != "method" for p in kept) or len(space.methods) > 1, f"{path}: space",
-             f"no searched key is read by {', '.join(space.methods)}")
+    _require(
+        any(p.key != "method" for p in kept) or len(space.methods) > 1,
+        f"{path}: space",
+        f"no searched key is read by {', '.join(space.methods)}",
+    )
     return kept
 
 
-def _parse_presets(raw: dict[str, Any], path: Path, space: SearchSpace, only: str | None) -> list[dict[str, Any]]:
+def _parse_presets(
+    raw: dict[str, Any], path: Path, space: SearchSpace, only: str | None
+) -> list[dict[str, Any]]:
     """Points evaluated first: 'paper' expands to one point per searched method."""
     has_dim = any(p.key == "method" for p in space.params)
     base = space.base_config()
     points: list[dict[str, Any]] = []
     for i, item in enumerate(expect(raw.get("presets") or [], list, f"{path}: presets")):
         where = f"{path}: presets[{i}]"
-        _require(item == "paper" or isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys")
+        _require(
+            item == "paper" or isinstance(item, dict), where, "expected 'paper' or a mapping of searched keys"
+        )
         candidates = [{"method": m} for m in space.methods] if item == "paper" else [dict(item)]
         for point in candidates:
             point = {("method" if k == "variant" else k): v for k, v in point.items()}
@@ -407,15 +521,23 @@ def _parse_presets(raw: dict[str, Any], path: Path, space: SearchSpace, only: st
             defaults = to_flat(apply_overrides(base, {"method": chosen}))
             if item == "paper":  # the method's published values, where the space's base sets none
                 own = get_method(chosen).sections
-                defaults.update({k: v for k, v in to_flat(preset(space.dataset, chosen)).items()
-                                 if k.split(".")[0] in own and k not in space.base})
+                defaults.update(
+                    {
+                        k: v
+                        for k, v in to_flat(preset(space.dataset, chosen)).items()
+                        if k.split(".")[0] in own and k not in space.base
+                    }
+                )
             full = {"method": chosen} if has_dim else {}
             for p in space.params:
                 if p.key != "method" and uses_key(chosen, p.key):
                     full[p.key] = point.get(p.key, defaults[p.key])
             for key, value in point.items():
-                _require(key in full or (key == "method" and not has_dim and value == base.method),
-                         where, f"{key} is not a searched key of method {chosen}")
+                _require(
+                    key in full or (key == "method" and not has_dim and value == base.method),
+                    where,
+                    f"{key} is not a searched key of method {chosen}",
+                )
             for p in space.params:
                 if p.key in full:
                     _require(p.contains(full[p.key]), where, f"{p.key}={full[p.key]} lies outside its range")
@@ -434,23 +556,40 @@ def _parse_objectives(raw: dict[str, Any], path: Path, base_cfg: RunConfig) -> O
     expect(given, list, f"{path}: objectives")
     for i, obj in enumerate(given):
         where = f"{path}: objectives[{i}]"
-        _require(isinstance(obj, dict) and set(obj) == {"metric", "mode"}, where, "expected {metric: ..., mode: max|min}")
-        _require(obj["metric"] in computed, where,
-                 f"{obj['metric']!r} is not computed by the {base_cfg.eval.protocol!r} protocol on val; "
-                 f"choose from {', '.join(computed)}")
+        _require(
+            isinstance(obj, dict) and set(obj) == {"metric", "mode"},
+            where,
+            "expected {metric: ..., mode: max|min}",
+        )
+        _require(
+            obj["metric"] in computed,
+            where,
+            f"{obj['metric']!r} is not computed by the {base_cfg.eval.protocol!r} protocol on val; "
+            f"choose from {', '.join(computed)}",
+        )
         _require(obj["mode"] in ("max", "min"), where, "mode must be max or min")
         objectives.append((obj["metric"], obj["mode"]))
-    _require(VAL_CLEAN in [m for m, _ in objectives], f"{path}: objectives",
-             f"{VAL_CLEAN} must be an objective (the front and the feasibility constraint read it)")
+    _require(
+        VAL_CLEAN in [m for m, _ in objectives],
+        f"{path}: objectives",
+        f"{VAL_CLEAN} must be an objective (the front and the feasibility constraint read it)",
+    )
     return objectives
 
 
 def _parse_settings(raw: dict[str, Any], path: Path, space: SearchSpace) -> None:
     """constraints, search and resources: each a mapping of known keys."""
-    for section, keys in (("constraints", CONSTRAINT_KEYS), ("search", SEARCH_KEYS), ("resources", RESOURCE_KEYS)):
+    for section, keys in (
+        ("constraints", CONSTRAINT_KEYS),
+        ("search", SEARCH_KEYS),
+        ("resources", RESOURCE_KEYS),
+    ):
         values = raw.get(section) or {}
-        _require(isinstance(values, dict) and not set(values) - set(keys), f"{path}: {section}",
-                 f"unknown key; known keys: {', '.join(sorted(keys))}")
+        _require(
+            isinstance(values, dict) and not set(values) - set(keys),
+            f"{path}: {section}",
+            f"unknown key; known keys: {', '.join(sorted(keys))}",
+        )
         for key, value in values.items():
             setattr(space, key, value)
     fraction = _number(space.min_clean_fraction, f"{path}: constraints.min_clean_fraction")

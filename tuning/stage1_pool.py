@@ -14,6 +14,7 @@ still sees every trial's full configuration. Only finished stage-I runs are offe
 reports stage 2 only after its stage I was written), so a reusing trial always finds the file.
 ``alpha = 0`` turns sharing off.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from derd.pareto import pareto_ranks, signed
 
 STAGE1_PREFIX = "stage1."
 SHARED_FROM = "stage1_shared_from"  # Optuna user attribute: the trial whose stage I a trial reused
-TRAINED = "stage1_trained"          # Optuna user attribute: this trial finished a stage I
+TRAINED = "stage1_trained"  # Optuna user attribute: this trial finished a stage I
 
 
 def stage1_part(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,8 +43,8 @@ class Stage1Pool:
         self.alpha, self.objectives = alpha, objectives
         self.rng = random.Random(seed)
         self.trained: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> (first trial, its stage-I part)
-        self.latest: dict[int, tuple[str, list[float]]] = {}       # trial -> (its stage-I key, signed objectives)
-        self.in_stage1: set[int] = set()                            # trials seen training a stage I
+        self.latest: dict[int, tuple[str, list[float]]] = {}  # trial -> (its stage-I key, signed objectives)
+        self.in_stage1: set[int] = set()  # trials seen training a stage I
 
     @staticmethod
     def key(part: dict[str, Any]) -> str:
@@ -62,7 +63,10 @@ class Stage1Pool:
                 self._note(t.number, part, latest[max(latest, key=int)])
 
     def _note(self, number: int, part: dict[str, Any], values: list[float]) -> None:
-        self.latest[number] = (self.key(part), signed(dict(zip((m for m, _ in self.objectives), values)), self.objectives))
+        self.latest[number] = (
+            self.key(part),
+            signed(dict(zip((m for m, _ in self.objectives), values)), self.objectives),
+        )
 
     def observe(self, number: int, params: dict[str, Any], result: dict[str, Any]) -> bool:
         """A trial's report; True when it shows the trial's stage I finished for the first time."""
@@ -73,7 +77,9 @@ class Stage1Pool:
             self._note(number, part, [result[m] for m, _ in self.objectives])
         if result.get("stage") == 1:
             self.in_stage1.add(number)
-        elif number in self.in_stage1 and self.key(part) not in self.trained:  # a method with a stage I, now past it
+        elif (
+            number in self.in_stage1 and self.key(part) not in self.trained
+        ):  # a method with a stage I, now past it
             self.trained[self.key(part)] = (number, part)
             return True
         return False

@@ -10,6 +10,7 @@ copied or moved search folder (whose store still names the old artifact folder) 
 with the command that relocates it. ``runs_tagged`` is the one way the project searches
 runs by tag: MLflow's filter grammar has no escapes, so values are quoted here.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,21 @@ LOCAL_UI = "http://127.0.0.1:5000"
 ENV_URI = "MLFLOW_TRACKING_URI"
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-MLFLOW_TABLES = ("experiments", "runs", "tags", "alembic_version")  # what MLflow's migrations leave in its store
+MLFLOW_TABLES = (
+    "experiments",
+    "runs",
+    "tags",
+    "alembic_version",
+)  # what MLflow's migrations leave in its store
 # SQLite opened to read only, as the file is: no lock, no journal rolled back (mode=ro cannot read a file that a
 # killed driver left with a hot journal; the store's own library rolls it back when it opens the file)
 READ_AS_IS = "immutable=1"
 SERVER_SCHEMES = ("http", "https")
-DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow's SQL stores besides SQLite; reachable only by trying
+DATABASE_SCHEMES = (
+    "postgresql",
+    "mysql",
+    "mssql",
+)  # MLflow's SQL stores besides SQLite; reachable only by trying
 URI_HELP = "pass http(s)://HOST:PORT, sqlite:///PATH/mlflow.db or a database URI (postgresql://, mysql://)"
 
 
@@ -57,7 +67,9 @@ def check_sqlite_store(path: Path, what: str, tables: tuple[str, ...], fix: str)
         raise UserError(f"{what} {path} is not an SQLite database; {fix}")
     expected = _sqlite_size(header)
     if expected is None or expected > size:
-        raise UserError(f"{what} {path} is cut short ({size} bytes of {expected or 'a 100-byte header'}); {fix}")
+        raise UserError(
+            f"{what} {path} is cut short ({size} bytes of {expected or 'a 100-byte header'}); {fix}"
+        )
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?{READ_AS_IS}", uri=True)
         try:
@@ -68,7 +80,9 @@ def check_sqlite_store(path: Path, what: str, tables: tuple[str, ...], fix: str)
         raise UserError(f"{what} {path} is damaged ({err}); {fix}") from None
     missing = [t for t in tables if t not in found]
     if missing:
-        raise UserError(f"{what} {path} is an SQLite database of something else (no {missing[0]} table); {fix}")
+        raise UserError(
+            f"{what} {path} is an SQLite database of something else (no {missing[0]} table); {fix}"
+        )
 
 
 def _sqlite_size(header: bytes) -> int | None:
@@ -90,8 +104,9 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
-def check_mlflow_uri(uri: str | None, source: str = "--tracking-uri", *, existing: bool = False,
-                     timeout: float = 5.0) -> None:
+def check_mlflow_uri(
+    uri: str | None, source: str = "--tracking-uri", *, existing: bool = False, timeout: float = 5.0
+) -> None:
     """A tracking URI MLflow can record in, refused in one line (naming ``source``: the flag or
     ``$MLFLOW_TRACKING_URI``) before anything is written. SQLite: an existing file must be a whole
     MLflow store; a missing one is refused when ``existing`` (the analysis CLIs and a resumed search
@@ -121,18 +136,25 @@ def check_mlflow_uri(uri: str | None, source: str = "--tracking-uri", *, existin
 def _check_sqlite_uri(uri: str, source: str, existing: bool) -> None:
     path, where = sqlite_path(uri), f"{source} {uri}"
     if path is None or not str(path) or str(path) == ":memory:":
-        raise UserError(f"{where} names no SQLite file; pass sqlite:///PATH/mlflow.db (four slashes for an "
-                        f"absolute path)")
+        raise UserError(
+            f"{where} names no SQLite file; pass sqlite:///PATH/mlflow.db (four slashes for an absolute path)"
+        )
     if path.exists():
-        fix = "pass the search's mlflow.db" + ("" if existing else ", or the path of a new file for a new store")
+        fix = "pass the search's mlflow.db" + (
+            "" if existing else ", or the path of a new file for a new store"
+        )
         check_sqlite_store(path, f"{where}:", MLFLOW_TABLES, fix)
         return
     if existing:
-        raise UserError(f"no MLflow store at {uri} ({source}); pass the search's store with "
-                        f"--tracking-uri, or run the search first")
+        raise UserError(
+            f"no MLflow store at {uri} ({source}); pass the search's store with "
+            f"--tracking-uri, or run the search first"
+        )
     folder = path.parent
     if not folder.is_dir():
-        raise UserError(f"{where}: the folder {folder} does not exist; create it or pass a file in an existing folder")
+        raise UserError(
+            f"{where}: the folder {folder} does not exist; create it or pass a file in an existing folder"
+        )
     if not os.access(folder, os.W_OK):
         raise UserError(f"{where}: the folder {folder} is not writable; pass a file in a writable folder")
 
@@ -143,8 +165,10 @@ def _check_server(uri: str, source: str, timeout: float) -> None:
             if resp.status >= 400:
                 raise OSError(f"HTTP {resp.status}")
     except (OSError, urllib.error.URLError, ValueError) as err:
-        raise UserError(f"MLflow tracking server {uri} ({source}) is unreachable ({err}); start it, or drop "
-                        f"--mlflow-uri / --tracking-uri / ${ENV_URI} to use the local SQLite store") from None
+        raise UserError(
+            f"MLflow tracking server {uri} ({source}) is unreachable ({err}); start it, or drop "
+            f"--mlflow-uri / --tracking-uri / ${ENV_URI} to use the local SQLite store"
+        ) from None
 
 
 def resolve_uri(name: str, tracking_uri: str | None) -> tuple[str, str]:
@@ -169,9 +193,16 @@ def open_experiment(name: str, tracking_uri: str | None):
     try:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(name)
-    except (MlflowException, SQLAlchemyError, sqlite3.Error, OSError) as err:  # a store the checks could not see into
-        raise UserError(f"cannot read the MLflow store {uri} ({first_line(err)}); pass the search's store with "
-                        f"--tracking-uri") from None
+    except (
+        MlflowException,
+        SQLAlchemyError,
+        sqlite3.Error,
+        OSError,
+    ) as err:  # a store the checks could not see into
+        raise UserError(
+            f"cannot read the MLflow store {uri} ({first_line(err)}); pass the search's store with "
+            f"--tracking-uri"
+        ) from None
     if exp is None:
         raise UserError(f"no experiment {name!r} in {uri}; pass the search's --name")
     path = sqlite_path(uri)
@@ -188,14 +219,23 @@ def first_line(err: BaseException) -> str:
 # ---- search.json ---------------------------------------------------------------------------
 # the keys of a search's record (tuning.search writes it) and their types; every reader checks it here
 RECORD_SHAPE: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": ((str,), "a string"), "dataset": ((str,), "a string"), "out": ((str,), "a string"),
-    "tracking_uri": ((str,), "a string"), "sessions": ((list,), "a list"), "driver_pid": ((int, type(None)), "a pid or null"),
-    "ray_processes": ((dict,), "an object"), "created": ((int, float), "a time"), "clean_threshold": ((int, float), "a number"),
-    "teachers": ((dict,), "an object")}
+    "name": ((str,), "a string"),
+    "dataset": ((str,), "a string"),
+    "out": ((str,), "a string"),
+    "tracking_uri": ((str,), "a string"),
+    "sessions": ((list,), "a list"),
+    "driver_pid": ((int, type(None)), "a pid or null"),
+    "ray_processes": ((dict,), "an object"),
+    "created": ((int, float), "a time"),
+    "clean_threshold": ((int, float), "a number"),
+    "teachers": ((dict,), "an object"),
+}
 RECORD_FIX = "restore it, or start a new search in another --out"
 
 
-def read_search_record(folder: SearchFolder, required: tuple[str, ...] = ("name", "dataset", "out")) -> dict[str, Any]:
+def read_search_record(
+    folder: SearchFolder, required: tuple[str, ...] = ("name", "dataset", "out")
+) -> dict[str, Any]:
     """A search folder's ``search.json``, its shape checked in one place (a resumed search and
     ``analysis/relocate.py`` read it): a JSON object holding ``required``, each known key of its type
     (``RECORD_SHAPE``), sessions with their wall time, Ray processes by pid. One line naming the key
@@ -206,8 +246,10 @@ def read_search_record(folder: SearchFolder, required: tuple[str, ...] = ("name"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path} is unreadable ({first_line(err)}); {RECORD_FIX}") from None
     if not isinstance(record, dict):
-        raise UserError(f"{path} holds a JSON {type(record).__name__}, not a search record (an object with "
-                        f"{', '.join(required)}); {RECORD_FIX}")
+        raise UserError(
+            f"{path} holds a JSON {type(record).__name__}, not a search record (an object with "
+            f"{', '.join(required)}); {RECORD_FIX}"
+        )
     for key in required:
         if key not in record:
             raise UserError(f"{path} has no {key!r}; {RECORD_FIX}")
@@ -216,15 +258,21 @@ def read_search_record(folder: SearchFolder, required: tuple[str, ...] = ("name"
         if key in record and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise UserError(f"{path}: its {key!r} is {json.dumps(value)[:60]}, not {kind}; {RECORD_FIX}")
     if "out" in record and not Path(record["out"]).is_absolute():
-        raise UserError(f"{path}: its 'out' is {record['out']!r}, not the absolute path of the search folder; "
-                        f"{RECORD_FIX}")
+        raise UserError(
+            f"{path}: its 'out' is {record['out']!r}, not the absolute path of the search folder; "
+            f"{RECORD_FIX}"
+        )
     for i, session in enumerate(record.get("sessions", [])):
         if not isinstance(session, dict) or not _is_number(session.get("wall_s")):
-            raise UserError(f"{path}: its 'sessions'[{i}] is not a session ({{\"start\", \"wall_s\"}}); {RECORD_FIX}")
+            raise UserError(
+                f'{path}: its \'sessions\'[{i}] is not a session ({{"start", "wall_s"}}); {RECORD_FIX}'
+            )
     for pid, started in record.get("ray_processes", {}).items():
         if not pid.isdigit() or not _is_number(started):
-            raise UserError(f"{path}: its 'ray_processes' holds {pid!r}: {json.dumps(started)[:40]}, not a pid and its "
-                            f"start time; {RECORD_FIX}")
+            raise UserError(
+                f"{path}: its 'ray_processes' holds {pid!r}: {json.dumps(started)[:40]}, not a pid and its "
+                f"start time; {RECORD_FIX}"
+            )
     return record
 
 
@@ -263,8 +311,14 @@ def tag_clause(key: str, value: str) -> tuple[str, bool]:
     return f"tags.`{key}` LIKE '{UNQUOTABLE.sub('_', value)}'", False
 
 
-def runs_tagged(client, experiment_ids: list[str], tags: dict[str, str], *, status: str | None = None,
-                max_results: int = SEARCH_PAGE) -> list:
+def runs_tagged(
+    client,
+    experiment_ids: list[str],
+    tags: dict[str, str],
+    *,
+    status: str | None = None,
+    max_results: int = SEARCH_PAGE,
+) -> list:
     """The runs of ``experiment_ids`` whose tags equal ``tags`` (and whose status is ``status``), newest
     first: the one way the project finds runs by a tag, so that any value (a folder named ``o'brien``)
     matches exactly, never breaks MLflow's filter parser, and never matches another run."""
@@ -281,10 +335,14 @@ def check_artifact_root(experiment, folder: Path) -> None:
     write there (``analysis/relocate.py`` rewrites it)."""
     location, search = experiment.artifact_location or "", SearchFolder(folder)
     if location.startswith("file://") and search.record.is_file():
-        recorded = Path(unquote(urlparse(location).path)).resolve()  # the search writes Path.as_uri(): %-encoded
+        recorded = Path(
+            unquote(urlparse(location).path)
+        ).resolve()  # the search writes Path.as_uri(): %-encoded
         if recorded != search.artifacts.resolve():
-            raise UserError(f"the MLflow store in {folder} keeps its artifacts in {recorded} (the folder was copied or "
-                            f"moved); run python analysis/relocate.py --out {folder} first")
+            raise UserError(
+                f"the MLflow store in {folder} keeps its artifacts in {recorded} (the folder was copied or "
+                f"moved); run python analysis/relocate.py --out {folder} first"
+            )
 
 
 def ui_instructions(tracking_uri: str, experiment_id: str, parent_run_id: str | None) -> list[str]:
@@ -293,7 +351,10 @@ def ui_instructions(tracking_uri: str, experiment_id: str, parent_run_id: str | 
     if urlparse(tracking_uri).scheme in ("http", "https"):
         base, lines = tracking_uri, [f"MLflow UI: {tracking_uri}"]
     else:
-        base, lines = LOCAL_UI, [f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"]
+        base, lines = (
+            LOCAL_UI,
+            [f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"],
+        )
     lines.append(f"  every trial: {ui_url(base, experiment_link(experiment_id))}")
     if parent_run_id:
         lines.append(f"  the front:   {ui_url(base, run_link(experiment_id, parent_run_id, FRONT_PAGE))}")

@@ -5,6 +5,7 @@ configurations of the default digits space, each trained through the real run lo
 space's trial budget: per row the keys, the val curve (clean, PGD_S, AA under the ``search``
 protocol at each evaluation epoch) and the compute seconds of every epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,10 +77,18 @@ class TableAnswers:
     ``reset()`` starts a new simulation (``nearest`` forgets the rows it used).
     """
 
-    def __init__(self, rows: list[dict[str, Any]], space, mode: str = "surrogate", seed: int = 0,
-                 kind: str = "extra-trees") -> None:
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        space,
+        mode: str = "surrogate",
+        seed: int = 0,
+        kind: str = "extra-trees",
+    ) -> None:
         if mode not in ("surrogate", "nearest") or kind not in SURROGATES:
-            raise ValueError(f"mode {mode!r}: surrogate or nearest; kind {kind!r}: one of {', '.join(SURROGATES)}")
+            raise ValueError(
+                f"mode {mode!r}: surrogate or nearest; kind {kind!r}: one of {', '.join(SURROGATES)}"
+            )
         self.space, self.mode = space, mode
         self.rows = [r for r in rows if r["seed"] == seed]
         if not self.rows:
@@ -94,7 +103,9 @@ class TableAnswers:
 
     @staticmethod
     def _key(keys: dict[str, Any]) -> str:
-        return json.dumps({k: (round(v, 12) if isinstance(v, float) else v) for k, v in keys.items()}, sort_keys=True)
+        return json.dumps(
+            {k: (round(v, 12) if isinstance(v, float) else v) for k, v in keys.items()}, sort_keys=True
+        )
 
     def reset(self) -> None:
         self.used = set()
@@ -107,7 +118,11 @@ class TableAnswers:
             return self.rows[i]
         point = features(self.space, keys)
         if self.mode == "nearest":
-            free = [j for j in range(len(self.rows)) if j not in self.used and self.rows[j]["method"] == keys["method"]]
+            free = [
+                j
+                for j in range(len(self.rows))
+                if j not in self.used and self.rows[j]["method"] == keys["method"]
+            ]
             free = free or [j for j in range(len(self.rows)) if self.rows[j]["method"] == keys["method"]]
             j = min(free, key=lambda j: sum((a - b) ** 2 for a, b in zip(self.x[j], point)))
             self.used.add(j)
@@ -122,21 +137,36 @@ class TableAnswers:
         epochs = []
         for k, entry in enumerate(self.template["epochs"]):
             e = entry["epoch"]
-            made = {"epoch": e, "stage": entry["stage"], "cached": False, "epoch_s": float(max(seconds[k], 0.0)),
-                    "eval_s": float(max(seconds[n + k], 0.0)) if e in curve else 0.0}
+            made = {
+                "epoch": e,
+                "stage": entry["stage"],
+                "cached": False,
+                "epoch_s": float(max(seconds[k], 0.0)),
+                "eval_s": float(max(seconds[n + k], 0.0)) if e in curve else 0.0,
+            }
             if e in curve:
                 made.update({c: float(min(100.0, max(0.0, v))) for c, v in zip(CURVE, curve[e])})
             epochs.append(made)
-        return {**self.template, "id": "surrogate", "keys": dict(keys), "method": keys["method"], "epochs": epochs,
-                "stage1_keys": {k: v for k, v in keys.items() if k.startswith("stage1.")}, "preset": False}
+        return {
+            **self.template,
+            "id": "surrogate",
+            "keys": dict(keys),
+            "method": keys["method"],
+            "epochs": epochs,
+            "stage1_keys": {k: v for k, v in keys.items() if k.startswith("stage1.")},
+            "preset": False,
+        }
 
     def best_feasible_aa(self, clean_threshold: float, samples: int = 2048) -> float:
         """The best final val AA a feasible configuration gets from these answers: over the table's
         rows (``nearest``: every answer is one), or (``surrogate``) over the predictions at
         ``samples`` Sobol points of the space per method (a power of two: Sobol's balance), the best a search can be answered."""
+
         def best(rows):
-            return max((r["epochs"][-1]["aa_acc"] for r in rows if r["epochs"][-1]["clean_acc"] >= clean_threshold),
-                       default=0.0)
+            return max(
+                (r["epochs"][-1]["aa_acc"] for r in rows if r["epochs"][-1]["clean_acc"] >= clean_threshold),
+                default=0.0,
+            )
 
         if self.mode == "nearest":
             return best(self.rows)
@@ -153,6 +183,7 @@ class TableAnswers:
 
 
 # ---- noise: what a re-run at another seed would report ------------------------------------
+
 
 def replicate_sets(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The configurations the table holds at every one of its seeds (presets included): their rows,
@@ -188,7 +219,7 @@ class NoiseModel:
             deviations.extend(x - x.mean(axis=0))
         d = np.array(deviations)
         dof = len(d) - len(sets)
-        self.covariance = (d.T @ d) / dof * scale ** 2
+        self.covariance = (d.T @ d) / dof * scale**2
         self.sd = np.sqrt(np.diag(self.covariance))
         self.factor = np.linalg.cholesky(self.covariance + 1e-9 * np.eye(len(self.covariance)))
         self.n_configs, self.n_seeds = len(sets), len(sets[0])
@@ -211,8 +242,13 @@ class NoiseModel:
 SURROGATES = ("extra-trees", "forest")  # chosen by grouped cross-validation (benchmarks/tabular/simulate.py)
 
 
-def fit_models(x: list[list[float]], rows: list[dict[str, Any]], eval_epochs: list[int], seed: int = 0,
-               kind: str = "extra-trees"):
+def fit_models(
+    x: list[list[float]],
+    rows: list[dict[str, Any]],
+    eval_epochs: list[int],
+    seed: int = 0,
+    kind: str = "extra-trees",
+):
     """({evaluation epoch: forest predicting (clean, PGD_S, AA) there}, forest predicting every
     epoch's training seconds and then every epoch's evaluation seconds). ``kind``: extremely
     randomised trees (the default: the best held-out Kendall tau with folds grouped by stage-I
@@ -226,7 +262,9 @@ def fit_models(x: list[list[float]], rows: list[dict[str, Any]], eval_epochs: li
 
     per_epoch = {}
     for e in eval_epochs:
-        per_epoch[e] = forest([[next(d for d in r["epochs"] if d["epoch"] == e)[c] for c in CURVE] for r in rows])
+        per_epoch[e] = forest(
+            [[next(d for d in r["epochs"] if d["epoch"] == e)[c] for c in CURVE] for r in rows]
+        )
     times = forest([[d["epoch_s"] for d in r["epochs"]] + [d["eval_s"] for d in r["epochs"]] for r in rows])
     return per_epoch, times
 
@@ -246,8 +284,12 @@ def epoch_results(row: dict[str, Any], cached_warmup: bool = False) -> list[dict
     the stage-I cache (marked cached, as the run loop marks it)."""
     out = []
     for entry in row["epochs"]:
-        result = {"epoch": entry["epoch"], "stage": entry["stage"], "time/epoch_s": entry["epoch_s"],
-                  "cached": bool(cached_warmup and entry["epoch"] <= row["warmup_epochs"])}
+        result = {
+            "epoch": entry["epoch"],
+            "stage": entry["stage"],
+            "time/epoch_s": entry["epoch_s"],
+            "cached": bool(cached_warmup and entry["epoch"] <= row["warmup_epochs"]),
+        }
         if "aa_acc" in entry:
             result.update({f"val/{c}": entry[c] for c in CURVE})
             result["val/n_images"] = row["n_val"]
@@ -256,9 +298,17 @@ def epoch_results(row: dict[str, Any], cached_warmup: bool = False) -> list[dict
     return out
 
 
-def table_trainable(config: dict[str, Any], *, base_config: dict[str, Any], experts: Any, out: str,
-                    objectives: list[tuple[str, str]], clean_threshold: float, cpus_per_trial: float,
-                    answers: "TableAnswers") -> None:
+def table_trainable(
+    config: dict[str, Any],
+    *,
+    base_config: dict[str, Any],
+    experts: Any,
+    out: str,
+    objectives: list[tuple[str, str]],
+    clean_threshold: float,
+    cpus_per_trial: float,
+    answers: "TableAnswers",
+) -> None:
     """A stand-in for ``tuning.trainable.derd_trainable`` that trains nothing: it reports, epoch by
     epoch, what the table answers for the sampled configuration, through the same ``Reports``.
     (``answers`` must be in ``surrogate`` mode: the ``nearest`` mode's memory of used rows lives
@@ -271,7 +321,9 @@ def table_trainable(config: dict[str, Any], *, base_config: dict[str, Any], expe
     from tuning.trainable import Reports
 
     keys = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
-    reports = Reports(objectives, clean_threshold, total_epochs(apply_overrides(from_dict(base_config), keys)))
+    reports = Reports(
+        objectives, clean_threshold, total_epochs(apply_overrides(from_dict(base_config), keys))
+    )
     history: list[dict[str, Any]] = []
     for result in epoch_results(answers.row_for(keys)):
         history.append(result)

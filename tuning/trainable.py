@@ -11,6 +11,7 @@ would copy into its storage path once more per report. Each report says which ep
 file holds (``checkpoint/epoch``). The stage-I cache lives in the search's folder, shared
 by all trials.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,18 +25,20 @@ import torch
 from derd.cadence import CheckpointCadence, checkpoint_every_s
 from derd.config import apply_overrides, from_dict
 from derd.errors import UserError
+from derd.evaluate import VAL_CLEAN
 from derd.experts import Experts
 from derd.methods import total_epochs
-from tuning.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, SearchFolder
-from derd.evaluate import VAL_CLEAN
 from derd.run import DistillationRun
+from tuning.records import SAVED_EPOCH, TRIAL_CACHED_EPOCHS, SearchFolder
 from tuning.searcher import TRIAL_NUMBER
 
 PLACEHOLDER = 0.0  # val/* before a trial's first evaluation (flagged by val_evaluated = False)
 INFEASIBLE_PENALTY = 100.0
 
 
-def search_score(metrics: dict[str, float], objectives: list[tuple[str, str]], clean_threshold: float) -> float:
+def search_score(
+    metrics: dict[str, float], objectives: list[tuple[str, str]], clean_threshold: float
+) -> float:
     """ASHA's single score: the mean of the objectives, each signed so that larger is better,
     minus 100 while val clean accuracy is below the feasibility threshold.
 
@@ -77,8 +80,9 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _open_run(config: dict[str, Any], base_config: dict[str, Any], experts: Experts, out: str,
-              device: torch.device) -> DistillationRun:
+def _open_run(
+    config: dict[str, Any], base_config: dict[str, Any], experts: Experts, out: str, device: torch.device
+) -> DistillationRun:
     """Continue from the trial's own file (a worker retry and a driver restart alike), else start
     the sampled config."""
     folder = SearchFolder(out)
@@ -87,7 +91,9 @@ def _open_run(config: dict[str, Any], base_config: dict[str, Any], experts: Expe
     if own.is_file():
         return DistillationRun.resume(own, experts, device=device, stage1_cache=cache)
     sampled = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
-    return DistillationRun(apply_overrides(from_dict(base_config), sampled), experts, device=device, stage1_cache=cache)
+    return DistillationRun(
+        apply_overrides(from_dict(base_config), sampled), experts, device=device, stage1_cache=cache
+    )
 
 
 def derd_trainable(
@@ -104,27 +110,40 @@ def derd_trainable(
     import ray
     from ray import tune
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" line per epoch
+    logging.getLogger("ray.train").setLevel(
+        logging.WARNING
+    )  # no "Checkpoint successfully created" line per epoch
     quiet_actor_exit()
     torch.set_num_threads(max(1, int(cpus_per_trial)))
     device = trial_device()
     run = _open_run(config, base_config, experts, out, device)
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
-             "device": str(device)}
+    where = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+        "device": str(device),
+    }
     own = SearchFolder(out).trial_checkpoint(config[TRIAL_NUMBER])
     reports = Reports(objectives, clean_threshold, run.total_epochs, run.history)
-    if run.epoch >= run.total_epochs and run.history:  # finished before the driver recorded it: report the end again
+    if (
+        run.epoch >= run.total_epochs and run.history
+    ):  # finished before the driver recorded it: report the end again
         results = [run.history[-1]]
     else:
         results = run.epochs()
-    cadence = CheckpointCadence(checkpoint_every_s(run.cfg.train.checkpoint_every_s, device),
-                                saved_epoch=run.epoch if own.is_file() else 0)
+    cadence = CheckpointCadence(
+        checkpoint_every_s(run.cfg.train.checkpoint_every_s, device),
+        saved_epoch=run.epoch if own.is_file() else 0,
+    )
     for result in results:
         if cadence.due(result, run.total_epochs) and cadence.saved_epoch != run.epoch:
             run.save(own)
             cadence.wrote(run.epoch)
-        metrics = {**reports.next(result, run.history), **where, "wall_clock": time.time(),
-                   SAVED_EPOCH: cadence.saved_epoch}
+        metrics = {
+            **reports.next(result, run.history),
+            **where,
+            "wall_clock": time.time(),
+            SAVED_EPOCH: cadence.saved_epoch,
+        }
         tune.report(metrics)
     run.close()
 
@@ -133,8 +152,13 @@ class Reports:
     """Turns a run's epoch results into what a trial reports: the objectives (the latest val
     values held between evaluations), the ASHA score, feasibility and compute time."""
 
-    def __init__(self, objectives: list[tuple[str, str]], clean_threshold: float, total_epochs: int,
-                 past: list[dict[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        objectives: list[tuple[str, str]],
+        clean_threshold: float,
+        total_epochs: int,
+        past: list[dict[str, Any]] = (),
+    ) -> None:
         self.objectives, self.clean_threshold, self.total_epochs = objectives, clean_threshold, total_epochs
         self.latest = {m: PLACEHOLDER for m, _ in objectives}
         self.latest[VAL_CLEAN] = PLACEHOLDER
@@ -147,18 +171,27 @@ class Reports:
         done = [h for h in history if h["epoch"] <= result["epoch"]]
         return {
             # the console's trial table shows these first
-            VAL_CLEAN: self.latest[VAL_CLEAN], **{m: self.latest[m] for m, _ in self.objectives},
-            "search/score": search_score(self.latest, self.objectives, self.clean_threshold), "stage": result["stage"],
-            "epoch": result["epoch"], **result, **self.latest, "val_evaluated": bool(evaluated),
-            "search/feasible": self.latest[VAL_CLEAN] >= self.clean_threshold, "total_epochs": self.total_epochs,
+            VAL_CLEAN: self.latest[VAL_CLEAN],
+            **{m: self.latest[m] for m, _ in self.objectives},
+            "search/score": search_score(self.latest, self.objectives, self.clean_threshold),
+            "stage": result["stage"],
+            "epoch": result["epoch"],
+            **result,
+            **self.latest,
+            "val_evaluated": bool(evaluated),
+            "search/feasible": self.latest[VAL_CLEAN] >= self.clean_threshold,
+            "total_epochs": self.total_epochs,
             # what this trial ran itself: stage-I epochs read from the shared cache cost it nothing
-            "trial/compute_s": sum(h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done
-                                   if not h.get("cached")),
+            "trial/compute_s": sum(
+                h.get("time/epoch_s", 0.0) + h.get("time/eval_s", 0.0) for h in done if not h.get("cached")
+            ),
             TRIAL_CACHED_EPOCHS: sum(1 for h in done if h.get("cached")),
         }
 
 
-def history_result(path: Path, objectives: list[tuple[str, str]], clean_threshold: float) -> list[dict[str, Any]]:
+def history_result(
+    path: Path, objectives: list[tuple[str, str]], clean_threshold: float
+) -> list[dict[str, Any]]:
     """The reports a trial made, rebuilt from its checkpoint (for runs a killed driver left open)."""
     state = checkpoint_state(path)
     if state is None:

@@ -23,6 +23,7 @@ ran), and what made it (commit, torch, machine, threads). Rows are appended to
 most the group it was running, a rerun skips every row already there, and ``--shard i/k`` builds
 every k-th group so that k processes (or machines sharing the file) split the work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from derd.config import apply_overrides  # noqa: E402
 from tuning.space import SearchSpace, default_space_path  # noqa: E402
-from tuning.tabular import TABLE, ROW_FORMAT, read_rows, unit_to_value  # noqa: E402
+from tuning.tabular import ROW_FORMAT, TABLE, read_rows, unit_to_value  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
@@ -54,19 +55,43 @@ def plan_rows(space: SearchSpace, groups: int, seed_groups: int) -> list[list[di
     methods = space.methods
     stage1 = [p for p in space.params if p.key.startswith("stage1.")]
     stage2 = [p for p in space.params if p.key.startswith("stage2.")]
-    n = 2 ** math.ceil(math.log2(2 * max(groups, 1)))  # a power of two (Sobol's balance); the table takes a prefix
+    n = 2 ** math.ceil(
+        math.log2(2 * max(groups, 1))
+    )  # a power of two (Sobol's balance); the table takes a prefix
     s1 = qmc.Sobol(len(stage1), scramble=True, seed=1).random(n)
     s2 = qmc.Sobol(len(stage2), scramble=True, seed=2).random(n)
+
     def presets(seed: int) -> list[list[dict[str, Any]]]:
-        return [[{"id": f"preset-{p['method']}-s{seed}", "group": f"preset-{p['method']}", "seed": seed, "preset": True,
-                  "keys": dict(p)}] for p in space.presets]
+        return [
+            [
+                {
+                    "id": f"preset-{p['method']}-s{seed}",
+                    "group": f"preset-{p['method']}",
+                    "seed": seed,
+                    "preset": True,
+                    "keys": dict(p),
+                }
+            ]
+            for p in space.presets
+        ]
 
     def group(g: int, seed: int) -> list[dict[str, Any]]:
         method = methods[g % len(methods)]
         shared = {p.key: unit_to_value(p, u) for p, u in zip(stage1, s1[g])}
-        return [{"id": f"g{g:03d}-{j}-s{seed}", "group": f"g{g:03d}", "seed": seed, "preset": False,
-                 "keys": {"method": method, **shared, **{p.key: unit_to_value(p, u) for p, u in zip(stage2, s2[2 * g + j])}}}
-                for j in range(2)]
+        return [
+            {
+                "id": f"g{g:03d}-{j}-s{seed}",
+                "group": f"g{g:03d}",
+                "seed": seed,
+                "preset": False,
+                "keys": {
+                    "method": method,
+                    **shared,
+                    **{p.key: unit_to_value(p, u) for p, u in zip(stage2, s2[2 * g + j])},
+                },
+            }
+            for j in range(2)
+        ]
 
     # the noise floor's groups at every seed first, so that a partial table already has it
     repeated = min(seed_groups, groups)
@@ -77,18 +102,29 @@ def plan_rows(space: SearchSpace, groups: int, seed_groups: int) -> list[list[di
 
 def provenance(threads: int) -> dict[str, Any]:
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     import torch
 
-    return {"commit": commit, "torch": torch.__version__, "machine": f"{platform.machine()} {platform.processor() or ''}"
-            f" {os.cpu_count()} CPUs".replace("  ", " "), "threads": threads}
+    return {
+        "commit": commit,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace(
+            "  ", " "
+        ),
+        "threads": threads,
+    }
 
 
-def run_row(space: SearchSpace, row: dict[str, Any], experts, cache: Path, made: dict[str, Any],
-            threshold: float) -> dict[str, Any]:
+def run_row(
+    space: SearchSpace, row: dict[str, Any], experts, cache: Path, made: dict[str, Any], threshold: float
+) -> dict[str, Any]:
     """Train one configuration at the space's trial budget; its row of the table."""
     from derd.run import DistillationRun
 
@@ -97,15 +133,37 @@ def run_row(space: SearchSpace, row: dict[str, Any], experts, cache: Path, made:
     start = time.time()
     epochs = []
     for result in run.epochs():
-        epochs.append({"epoch": result["epoch"], "stage": result["stage"], "cached": bool(result.get("cached")),
-                       "epoch_s": round(result["time/epoch_s"], 4), "eval_s": round(result.get("time/eval_s", 0.0), 4),
-                       **({k.removeprefix("val/"): v for k, v in result.items()
-                           if k in ("val/clean_acc", "val/pgd_acc", "val/aa_acc")})})
+        epochs.append(
+            {
+                "epoch": result["epoch"],
+                "stage": result["stage"],
+                "cached": bool(result.get("cached")),
+                "epoch_s": round(result["time/epoch_s"], 4),
+                "eval_s": round(result.get("time/eval_s", 0.0), 4),
+                **(
+                    {
+                        k.removeprefix("val/"): v
+                        for k, v in result.items()
+                        if k in ("val/clean_acc", "val/pgd_acc", "val/aa_acc")
+                    }
+                ),
+            }
+        )
     run.close()
     stage1 = {k: v for k, v in row["keys"].items() if k.startswith("stage1.")}
-    return {"format": ROW_FORMAT, **row, "method": row["keys"]["method"], "stage1_keys": stage1,
-            "total_epochs": run.total_epochs, "warmup_epochs": run.warmup_epochs, "n_val": len(run.val_loader.dataset),
-            "clean_threshold": threshold, "epochs": epochs, "wall_s": round(time.time() - start, 2), "made": made}
+    return {
+        "format": ROW_FORMAT,
+        **row,
+        "method": row["keys"]["method"],
+        "stage1_keys": stage1,
+        "total_epochs": run.total_epochs,
+        "warmup_epochs": run.warmup_epochs,
+        "n_val": len(run.val_loader.dataset),
+        "clean_threshold": threshold,
+        "epochs": epochs,
+        "wall_s": round(time.time() - start, 2),
+        "made": made,
+    }
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
@@ -131,8 +189,12 @@ def natural_threshold(space: SearchSpace, experts) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shard", default="0/1", help="i/k: build every k-th unit starting at i (default 0/1: all)")
-    p.add_argument("--groups", type=int, default=100, help="stage-I groups at seed 0 (two configurations each)")
+    p.add_argument(
+        "--shard", default="0/1", help="i/k: build every k-th unit starting at i (default 0/1: all)"
+    )
+    p.add_argument(
+        "--groups", type=int, default=100, help="stage-I groups at seed 0 (two configurations each)"
+    )
     p.add_argument("--seed-groups", type=int, default=15, help="groups repeated at seeds 1 and 2")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--table", default=str(TABLE))
@@ -164,8 +226,11 @@ def main(argv: list[str] | None = None) -> None:
             result = run_row(space, row, experts, cache, made, threshold)
             append_row(table, result)
             final = result["epochs"][-1]
-            print(f"{row['id']} {row['keys']['method']}: clean {final.get('clean_acc', float('nan')):.2f} "
-                  f"AA {final.get('aa_acc', float('nan')):.2f} in {result['wall_s']:.0f} s", flush=True)
+            print(
+                f"{row['id']} {row['keys']['method']}: clean {final.get('clean_acc', float('nan')):.2f} "
+                f"AA {final.get('aa_acc', float('nan')):.2f} in {result['wall_s']:.0f} s",
+                flush=True,
+            )
         done_units += bool(todo)
         if args.limit is not None and done_units >= args.limit:
             break

@@ -11,6 +11,7 @@ them (``NoiseModel``, 200 draws), i.e. what a surrogate that knew every configur
 exactly would score against one real run, at these keys. ``bench_search_efficiency.py`` prints
 the same figures for every search it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,12 @@ def finished_trials(folder: Path) -> list[tuple[dict[str, Any], list[float]]]:
     for t in study.trials:
         intermediate = t.user_attrs.get("intermediate", {})
         last = max((int(e) for e in intermediate), default=0)
-        if t.state.name == "COMPLETE" and not t.user_attrs.get("stopped_early") and last and not t.user_attrs.get("preset"):
+        if (
+            t.state.name == "COMPLETE"
+            and not t.user_attrs.get("stopped_early")
+            and last
+            and not t.user_attrs.get("preset")
+        ):
             out.append((dict(t.params), list(intermediate[str(last)])))
     return out
 
@@ -51,8 +57,12 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
-def faithfulness(trials: list[tuple[dict[str, Any], list[float]]], answers: TableAnswers,
-                 noise: NoiseModel | None = None, draws: int = 200) -> dict[str, float]:
+def faithfulness(
+    trials: list[tuple[dict[str, Any], list[float]]],
+    answers: TableAnswers,
+    noise: NoiseModel | None = None,
+    draws: int = 200,
+) -> dict[str, float]:
     """Kendall tau and mean absolute error of the answers against the real values, per metric, and
     (``noise``) the tau a perfect surrogate of the mean would get against one noisy run."""
     answers.reset()
@@ -65,19 +75,26 @@ def faithfulness(trials: list[tuple[dict[str, Any], list[float]]], answers: Tabl
         out[f"mae {name}"] = statistics.mean(abs(a - b) for a, b in zip(real, said))
         if noise is not None:
             out[f"ceiling {name}"] = statistics.mean(
-                kendall(said, [noise.perturb(row, (k, i))["epochs"][-1][name] for i, row in enumerate(answered)])
-                for k in range(draws))
+                kendall(
+                    said, [noise.perturb(row, (k, i))["epochs"][-1][name] for i, row in enumerate(answered)]
+                )
+                for k in range(draws)
+            )
     return out
 
 
 def line(label: str, figures: dict[str, float]) -> str:
-    return (f"| {label} | {figures['n']:.0f} | {figures['tau aa_acc']:.3f} | {figures.get('ceiling aa_acc', float('nan')):.3f} "
-            f"| {figures['mae aa_acc']:.2f} | {figures['tau clean_acc']:.3f} | "
-            f"{figures.get('ceiling clean_acc', float('nan')):.3f} | {figures['mae clean_acc']:.2f} |")
+    return (
+        f"| {label} | {figures['n']:.0f} | {figures['tau aa_acc']:.3f} | {figures.get('ceiling aa_acc', float('nan')):.3f} "
+        f"| {figures['mae aa_acc']:.2f} | {figures['tau clean_acc']:.3f} | "
+        f"{figures.get('ceiling clean_acc', float('nan')):.3f} | {figures['mae clean_acc']:.2f} |"
+    )
 
 
-HEADER = ("| search | trials | tau AA | noise ceiling AA | MAE AA | tau clean | noise ceiling clean | MAE clean |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| search | trials | tau AA | noise ceiling AA | MAE AA | tau clean | noise ceiling clean | MAE clean |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 def report(folders: list[Path], surrogate: str = SURROGATES[0]) -> None:

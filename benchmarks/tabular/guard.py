@@ -19,6 +19,7 @@ compares every val value (clean, PGD_S, AA at every evaluation epoch) with the t
 About 70 s on 2 CPU cores (one 12-epoch digits trial), so it is a benchmark, not a test; the
 verdict logic is tested in ``tests/test_simulator.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ from tuning.tabular import CURVE, NoiseModel, read_rows  # noqa: E402
 SIGMAS = 3.0
 
 
-def verdict(table_row: dict[str, Any], fresh_row: dict[str, Any], noise: NoiseModel,
-            sigmas: float = SIGMAS) -> tuple[str, list[str]]:
+def verdict(
+    table_row: dict[str, Any], fresh_row: dict[str, Any], noise: NoiseModel, sigmas: float = SIGMAS
+) -> tuple[str, list[str]]:
     """("identical" | "within noise" | "stale", a line per evaluated value: table, now, difference in sd)."""
     lines, worst, same = [], 0.0, True
     k = 0
@@ -49,7 +51,9 @@ def verdict(table_row: dict[str, Any], fresh_row: dict[str, Any], noise: NoiseMo
             z = abs(now - entry[c]) / max(noise.sd[k], 1e-9)
             same &= now == entry[c]
             worst = max(worst, z)
-            lines.append(f"epoch {entry['epoch']:>2} {c:<9} table {entry[c]:6.2f}  now {now:6.2f}  ({z:.1f} sd)")
+            lines.append(
+                f"epoch {entry['epoch']:>2} {c:<9} table {entry[c]:6.2f}  now {now:6.2f}  ({z:.1f} sd)"
+            )
             k += 1
     return ("identical" if same else "within noise" if worst <= sigmas else "stale"), lines
 
@@ -71,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = f"preset-{args.preset}-s{args.seed}"
     table_row = next((r for r in rows if r["id"] == wanted), None)
     if table_row is None:
-        print(f"the table has no row {wanted}; presets: "
-              f"{', '.join(sorted({r['id'] for r in rows if r['preset']}))}", file=sys.stderr)
+        print(
+            f"the table has no row {wanted}; presets: "
+            f"{', '.join(sorted({r['id'] for r in rows if r['preset']}))}",
+            file=sys.stderr,
+        )
         return 2
     space = SearchSpace.from_yaml(default_space_path("digits"))
     experts = load_experts(space.base_config(), progress=False, methods=space.methods)
@@ -81,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as cache:
         fresh = run_row(space, unit, experts, Path(cache), provenance(args.threads), threshold)
     result, lines = verdict(table_row, fresh, NoiseModel(rows))
-    print(f"{wanted}: table made by {table_row['made']['commit']} ({table_row['made']['torch']}, "
-          f"{table_row['made']['machine']}); now {fresh['made']['commit']} ({fresh['made']['torch']}, "
-          f"{fresh['made']['machine']})")
+    print(
+        f"{wanted}: table made by {table_row['made']['commit']} ({table_row['made']['torch']}, "
+        f"{table_row['made']['machine']}); now {fresh['made']['commit']} ({fresh['made']['torch']}, "
+        f"{fresh['made']['machine']})"
+    )
     print("\n".join(lines))
-    print(f"verdict: {result}" + (" -- rebuild the table (benchmarks/tabular/build.py)" if result == "stale" else ""))
+    print(
+        f"verdict: {result}"
+        + (" -- rebuild the table (benchmarks/tabular/build.py)" if result == "stale" else "")
+    )
     return 1 if result == "stale" else 0
 
 

@@ -13,6 +13,7 @@ ours: grace period 8, reduction factor 2, max 12 epochs. Beside it the project's
 MO-ASHA`` (the same sampler, random, and our MO-ASHA) and the project's default, read from the
 cache ``simulate.py`` writes (run that first). The figures are those of ``simulate.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ def config_space(space: SearchSpace) -> dict[str, Any]:
 def keys_of(space: SearchSpace, configuration: dict[str, Any]) -> dict[str, Any]:
     """A Syne Tune configuration as our keys: only the keys its method reads (as ``space.sample``)."""
     method = configuration["method"]
-    return {"method": method, **{p.key: configuration[p.key] for p in space.params
-                                 if p.key != "method" and uses_key(method, p.key)}}
+    return {
+        "method": method,
+        **{
+            p.key: configuration[p.key] for p in space.params if p.key != "method" and uses_key(method, p.key)
+        },
+    }
 
 
 def make_blackbox(space: SearchSpace, answers: TableAnswers, noise: NoiseModel, search_seed: int):
@@ -68,8 +73,11 @@ def make_blackbox(space: SearchSpace, answers: TableAnswers, noise: NoiseModel, 
         """Every epoch's (observed clean, observed AA, noise-free clean, noise-free AA, cumulative seconds)."""
 
         def __init__(self) -> None:
-            super().__init__(config_space(space), {"epoch": cs.randint(1, epochs)},
-                             ["clean", "aa", "true_clean", "true_aa", "time"])
+            super().__init__(
+                config_space(space),
+                {"epoch": cs.randint(1, epochs)},
+                ["clean", "aa", "true_clean", "true_aa", "time"],
+            )
             self.draws = 0
 
         @property
@@ -79,7 +87,7 @@ def make_blackbox(space: SearchSpace, answers: TableAnswers, noise: NoiseModel, 
         def _objective_function(self, configuration, fidelity=None, seed=None):
             keys = keys_of(space, configuration)
             truth = answers.row_for(keys)
-            key = abs(hash(tuple(sorted((k, str(v)) for k, v in keys.items())))) % (2 ** 31)
+            key = abs(hash(tuple(sorted((k, str(v)) for k, v in keys.items())))) % (2**31)
             seen = noise.perturb(truth, (search_seed, key, 0))
             out, latest, clock = [], [0.0] * 4, 0.0
             for s, t in zip(seen["epochs"], truth["epochs"]):
@@ -95,9 +103,11 @@ def make_blackbox(space: SearchSpace, answers: TableAnswers, noise: NoiseModel, 
     return TableBlackbox()
 
 
-def syne_tune_search(space: SearchSpace, answers: TableAnswers, noise: NoiseModel, seed: int, budget: int,
-                     threshold: float) -> SimResult:
+def syne_tune_search(
+    space: SearchSpace, answers: TableAnswers, noise: NoiseModel, seed: int, budget: int, threshold: float
+) -> SimResult:
     """One Syne Tune MOASHA search of ``budget`` trial-epochs, as a ``SimResult`` (scored as ours)."""
+    import logging
     import os
 
     from syne_tune import StoppingCriterion, Tuner
@@ -106,30 +116,53 @@ def syne_tune_search(space: SearchSpace, answers: TableAnswers, noise: NoiseMode
     from syne_tune.experiments import load_experiment
     from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 
-    import logging
-
     logging.getLogger("syne_tune").setLevel(logging.WARNING)
     blackbox = make_blackbox(space, answers, noise, seed)
     epochs = max(space.total_epochs().values())
     with tempfile.TemporaryDirectory() as folder:
         os.environ["SYNETUNE_FOLDER"] = folder
         backend = UserBlackboxBackend(blackbox=blackbox, elapsed_time_attr="time")
-        scheduler = MOASHA(config_space=blackbox.configuration_space, metrics=["clean", "aa"], do_minimize=False,
-                           time_attr="epoch", max_t=epochs, grace_period=space.grace_period or 8,
-                           reduction_factor=space.reduction_factor, random_seed=seed)
-        tuner = Tuner(trial_backend=backend, scheduler=scheduler, n_workers=space.max_concurrent, sleep_time=0,
-                      stop_criterion=StoppingCriterion(max_num_evaluations=budget), callbacks=[SimulatorCallback()],
-                      results_update_interval=10 ** 6, print_update_interval=10 ** 6, save_tuner=False,
-                      tuner_name=f"st-moasha-{seed}")
+        scheduler = MOASHA(
+            config_space=blackbox.configuration_space,
+            metrics=["clean", "aa"],
+            do_minimize=False,
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=space.grace_period or 8,
+            reduction_factor=space.reduction_factor,
+            random_seed=seed,
+        )
+        tuner = Tuner(
+            trial_backend=backend,
+            scheduler=scheduler,
+            n_workers=space.max_concurrent,
+            sleep_time=0,
+            stop_criterion=StoppingCriterion(max_num_evaluations=budget),
+            callbacks=[SimulatorCallback()],
+            results_update_interval=10**6,
+            print_update_interval=10**6,
+            save_tuner=False,
+            tuner_name=f"st-moasha-{seed}",
+        )
         tuner.run()
         frame = load_experiment(tuner.name).results
     trials = []
     for trial_id, rows in frame.groupby("trial_id"):
         last = rows.sort_values("epoch").iloc[-1]
         finished = float(rows["st_tuner_time"].max())
-        trials.append(SimTrial(int(trial_id), {}, int(last["epoch"]), finished, int(last["epoch"]) >= epochs,
-                               bool(last["clean"] >= threshold), [float(last["clean"]), float(last["aa"])],
-                               int(last["epoch"]) < epochs, [float(last["true_clean"]), float(last["true_aa"])]))
+        trials.append(
+            SimTrial(
+                int(trial_id),
+                {},
+                int(last["epoch"]),
+                finished,
+                int(last["epoch"]) >= epochs,
+                bool(last["clean"] >= threshold),
+                [float(last["clean"]), float(last["aa"])],
+                int(last["epoch"]) < epochs,
+                [float(last["true_clean"]), float(last["true_aa"])],
+            )
+        )
     return SimResult("Syne Tune MOASHA (random)", seed, trials, 0.0)
 
 
@@ -154,23 +187,44 @@ def main() -> None:
         for seed in range(args.seeds):
             key = sim.cache_key(ours[name], seed, None, setup)
             if key not in cache:
-                cache[key] = sim.simulate(space, ours[name], answers, seed=seed, clean_threshold=threshold,
-                                          budget_epochs=budget, noise=noise)
+                cache[key] = sim.simulate(
+                    space,
+                    ours[name],
+                    answers,
+                    seed=seed,
+                    clean_threshold=threshold,
+                    budget_epochs=budget,
+                    noise=noise,
+                )
                 sim.store(Path(args.cache), key, cache[key])
             results.setdefault(name, []).append(cache[key])
-    results["Syne Tune MOASHA (random)"] = [syne_tune_search(space, answers, noise, seed, budget, threshold)
-                                            for seed in range(args.seeds)]
+    results["Syne Tune MOASHA (random)"] = [
+        syne_tune_search(space, answers, noise, seed, budget, threshold) for seed in range(args.seeds)
+    ]
     reference = {r.seed: r.curve()[-1] for r in results[sim.REFERENCE.name]}
     print(f"{args.seeds} seeds, {budget} trial-epochs each, two workers; median [IQR]\n")
-    print("| strategy | P1 | final hypervolume | regret | " + " | ".join(f"{f}x at {a:g}" for f in sim.FLOORS
-                                                                    for a in sim.AT) + " | trials |")
+    print(
+        "| strategy | P1 | final hypervolume | regret | "
+        + " | ".join(f"{f}x at {a:g}" for f in sim.FLOORS for a in sim.AT)
+        + " | trials |"
+    )
     print("|---|---|---|---|" + "---|" * (len(sim.FLOORS) * len(sim.AT)) + "---|")
     for name, runs in results.items():
-        p1 = [sim.epochs_to_reach(r.curve(), sim.TARGET * reference[r.seed][1]) / reference[r.seed][0] for r in runs]
+        p1 = [
+            sim.epochs_to_reach(r.curve(), sim.TARGET * reference[r.seed][1]) / reference[r.seed][0]
+            for r in runs
+        ]
         regret = [best_in_table - (r.best(1) if r.best(1) is not None else 0.0) for r in runs]
-        cells = [sim.fmt([r.regret(floors[f], best_at[f], a * budget) for r in runs]) for f in sim.FLOORS for a in sim.AT]
-        print(f"| {name} | {sim.fmt(p1)} | {sim.fmt([r.curve()[-1][1] for r in runs], 0)} | {sim.fmt(regret)} | "
-              + " | ".join(cells) + f" | {sim.fmt([len(r.trials) for r in runs], 0)} |")
+        cells = [
+            sim.fmt([r.regret(floors[f], best_at[f], a * budget) for r in runs])
+            for f in sim.FLOORS
+            for a in sim.AT
+        ]
+        print(
+            f"| {name} | {sim.fmt(p1)} | {sim.fmt([r.curve()[-1][1] for r in runs], 0)} | {sim.fmt(regret)} | "
+            + " | ".join(cells)
+            + f" | {sim.fmt([len(r.trials) for r in runs], 0)} |"
+        )
 
 
 if __name__ == "__main__":

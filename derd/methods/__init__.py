@@ -11,11 +11,33 @@ its top, and importing ``derd.methods.registry`` runs this file first, so nothin
 lead back to the config. The parts a method composes live in ``derd.context``,
 ``derd.synthesis``, ``derd.objectives`` and ``derd.methods.base``.
 """
+
 from __future__ import annotations
 
-from derd.methods.registry import (available_methods, display_name, footnotes, get_method, logged_prefixes,
-                                   method_sections, needed_teachers, register_method, total_epochs,
-                                   unregister_method, uses_key)
+from derd.methods.registry import (
+    available_methods,
+    display_name,
+    footnotes,
+    get_method,
+    logged_prefixes,
+    method_sections,
+    needed_teachers,
+    register_method,
+    total_epochs,
+    unregister_method,
+    uses_key,
+)
 
-__all__ = ["available_methods", "display_name", "footnotes", "get_method", "logged_prefixes",
-           "method_sections", "needed_teachers", "register_method", "total_epochs", "unregister_method", "uses_key"]
+__all__ = [
+    "available_methods",
+    "display_name",
+    "footnotes",
+    "get_method",
+    "logged_prefixes",
+    "method_sections",
+    "needed_teachers",
+    "register_method",
+    "total_epochs",
+    "unregister_method",
+    "uses_key",
+]

@@ -8,6 +8,7 @@ owns the loop: for each phase it sets up the student's optimiser and calls
 ``end_epoch``. Methods never read a tensor on the host inside ``iteration``: they return
 0-dim tensors, which the run reads once per epoch.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -102,9 +103,11 @@ class Method:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"modules": {k: m.state_dict() for k, m in self.modules.items()},
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "extra": self.extra_state()}
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "extra": self.extra_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Modules and extra state always; optimiser states where the file has them (not a stage-I cache)."""
@@ -147,4 +150,3 @@ class GeneratorMethod(Method):
 
     def sample(self, n: int) -> torch.Tensor:
         return self.synth.sample(n)
-

@@ -30,6 +30,7 @@ synthesis rounds on top (CMI costs more per student update). CMI's round 161 of 
 run draws no cached row once its bank is exactly full (a NaN loss that keeps an unoptimised
 batch); this ring draws from every held row instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,12 +52,22 @@ class CMIConfig:
     lambda_adv: float = setting(0.5, lo=0, hi=WEIGHT_MAX, search=loguniform(0.05, 5))
     lambda_cr: float = setting(0.8, lo=0, hi=WEIGHT_MAX, search=loguniform(0.08, 8))
     cr_tau: float = setting(0.2, lo=1e-3, hi=TEMPERATURE_MAX, doc="temperature of the contrastive loss")
-    synthesis_steps: int = setting(200, lo=1, hi=100_000, doc="optimisation steps per synthesis round (CMI's g_steps)")
-    synthesis_every: int = setting(400, lo=1, hi=1_000_000, doc="student iterations per synthesis round (CMI's kd_steps)")
-    feature_bank: int = setting(40960, lo=2, hi=10_000_000, doc="raw feature rows the contrastive memory keeps (a ring)")
-    negatives: int = setting(4096, lo=1, hi=1_000_000, doc="memory rows drawn, without replacement, at each synthesis step")
+    synthesis_steps: int = setting(
+        200, lo=1, hi=100_000, doc="optimisation steps per synthesis round (CMI's g_steps)"
+    )
+    synthesis_every: int = setting(
+        400, lo=1, hi=1_000_000, doc="student iterations per synthesis round (CMI's kd_steps)"
+    )
+    feature_bank: int = setting(
+        40960, lo=2, hi=10_000_000, doc="raw feature rows the contrastive memory keeps (a ring)"
+    )
+    negatives: int = setting(
+        4096, lo=1, hi=1_000_000, doc="memory rows drawn, without replacement, at each synthesis step"
+    )
     head_dim: int = setting(256, lo=2, hi=65_536, doc="the projection head's output size")
-    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the generator and its noise, and of the head")
+    lr_g: float = setting(
+        1e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the generator and its noise, and of the head"
+    )
 
 
 @register_method

@@ -28,6 +28,7 @@ Kept, with the reason:
   attacks' eps-ball lives); DAFL's ends in tanh and an affine-free BatchNorm, for teachers that
   take normalised inputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class DAFLConfig:
 
     lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
     lambda_act: float = setting(0.1, lo=0, hi=WEIGHT_MAX, search=loguniform(0.001, 1))
-    lambda_ie: float = setting(5.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 information entropy",
-                              search=loguniform(0.5, 50))
+    lambda_ie: float = setting(
+        5.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 information entropy", search=loguniform(0.5, 50)
+    )
     lr_g: float = setting(0.2, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.9, 0.999)")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
 
@@ -63,9 +65,24 @@ class DAFL(GeneratorMethod):
     sections = {"dafl": DAFLConfig, "robust": RobustConfig}
     metric_prefixes = ("kd/",)
     presets = {
-        "cifar10": {**_CIFAR, "dafl.lambda_oh": 0.05, "dafl.lambda_ie": 5.0, "dafl.lambda_act": 0.01},  # README l. 29
-        "cifar100": {**_CIFAR, "dafl.lambda_oh": 0.5, "dafl.lambda_ie": 20.0, "dafl.lambda_act": 0.1},  # README l. 35
-        "imagenet100": {**_CIFAR, "dafl.lambda_oh": 0.5, "dafl.lambda_ie": 20.0, "dafl.lambda_act": 0.1},  # CIFAR-100's
+        "cifar10": {
+            **_CIFAR,
+            "dafl.lambda_oh": 0.05,
+            "dafl.lambda_ie": 5.0,
+            "dafl.lambda_act": 0.01,
+        },  # README l. 29
+        "cifar100": {
+            **_CIFAR,
+            "dafl.lambda_oh": 0.5,
+            "dafl.lambda_ie": 20.0,
+            "dafl.lambda_act": 0.1,
+        },  # README l. 35
+        "imagenet100": {
+            **_CIFAR,
+            "dafl.lambda_oh": 0.5,
+            "dafl.lambda_ie": 20.0,
+            "dafl.lambda_act": 0.1,
+        },  # CIFAR-100's
     }  # digits: the section's defaults, DAFL-train.py's MNIST defaults
 
     def generator_settings(self) -> dict[str, Any]:

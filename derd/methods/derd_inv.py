@@ -8,6 +8,7 @@ stage II's share of the budget (``budget.epochs - stage1.epochs``), as DERD's st
 the paper's variant replaces the generator, not the warm-up's length. Costlier per step
 than DERD; the paper finds it weaker.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ class DERDInv(Method):
         w, inv = self.cfg.stage1, self.cfg.derd_inv
         weights = {"oh": 1.0, "adv": w.lambda_adv, "bn": w.lambda_bn, "ie": w.lambda_ie}
         natural = self.ctx.experts.natural
-        terms = self.synth.step(phase.batch_size, weights, teacher=natural, tau=w.tau, steps=inv.steps, lr=inv.lr)
+        terms = self.synth.step(
+            phase.batch_size, weights, teacher=natural, tau=w.tau, steps=inv.steps, lr=inv.lr
+        )
         terms.update(expert_step(self.ctx, self.synth.last, natural))
         return terms
 

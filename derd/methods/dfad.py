@@ -16,6 +16,7 @@ data-free methods with robust distillation; the generator's step decay (x0.1 at 
 sigmoid, as DAFL's note says. Budget: the shared ``budget`` of student iterations (DFAD's k
 counts inside it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ from derd.synthesis import DEFAULT_BETAS
 class DFADConfig:
     """DFAD's adversarial generator."""
 
-    student_steps: int = setting(5, lo=1, hi=1000, doc="student iterations per generator step (DFAD's k)",
-                                search=integer(1, 10))
+    student_steps: int = setting(
+        5, lo=1, hi=1000, doc="student iterations per generator step (DFAD's k)", search=integer(1, 10)
+    )
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
 
 
@@ -55,6 +57,8 @@ class DFAD(GeneratorMethod):
         terms: Terms = {}
         if step % self.cfg.dfad.student_steps == 0:
             teacher = self.ctx.experts.robust
-            terms, _ = self.synth.step(phase.batch_size, {"adv_l1": 1.0}, prior=teacher, natural=teacher, tau=1.0)
+            terms, _ = self.synth.step(
+                phase.batch_size, {"adv_l1": 1.0}, prior=teacher, natural=teacher, tau=1.0
+            )
         terms.update(rslad(self.ctx, self.synth.sample(phase.batch_size)))
         return terms

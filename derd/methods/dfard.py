@@ -30,6 +30,7 @@ per epoch), whether the generator sees the natural or the adversarial discrepanc
 generator's optimiser and schedule (here DERD's: Adam, betas (0.5, 0.999)). Every table,
 report and summary marks the method "DFARD*" with this reconstruction's footnote (``note``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,9 +47,19 @@ class DFARDConfig:
     """DFARD's generator with adaptive balance and interactive temperature."""
 
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX)
-    tau_min: float = setting(1.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when the student agrees with T_rob everywhere")
-    tau_max: float = setting(4.0, lo=1e-3, hi=TEMPERATURE_MAX, doc="ITA: the temperature when it agrees nowhere",
-                            search=loguniform(1.5, 16))
+    tau_min: float = setting(
+        1.0,
+        lo=1e-3,
+        hi=TEMPERATURE_MAX,
+        doc="ITA: the temperature when the student agrees with T_rob everywhere",
+    )
+    tau_max: float = setting(
+        4.0,
+        lo=1e-3,
+        hi=TEMPERATURE_MAX,
+        doc="ITA: the temperature when it agrees nowhere",
+        search=loguniform(1.5, 16),
+    )
 
 
 def balanced(terms: Terms) -> Any:
@@ -61,8 +72,10 @@ def balanced(terms: Terms) -> Any:
 class DFARD(GeneratorMethod):
     name = "dfard"
     label = "DFARD*"
-    note = ("reconstructed from the paper's abstract (Wang et al., AAAI 2024; the full text was not available): "
-            "its AGB and ITA rules are this project's (derd/methods/dfard.py)")
+    note = (
+        "reconstructed from the paper's abstract (Wang et al., AAAI 2024; the full text was not available): "
+        "its AGB and ITA rules are this project's (derd/methods/dfard.py)"
+    )
     order = 8
     sections = {"dfard": DFARDConfig, "robust": RobustConfig}
     metric_prefixes = ("kd/", "dfard/")
@@ -76,8 +89,14 @@ class DFARD(GeneratorMethod):
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         teacher = self.ctx.experts.robust
-        terms, _ = self.synth.step(phase.batch_size, {"adv": 1.0, "bn": 1.0}, prior=teacher, natural=teacher,
-                                   tau=1.0, combine=balanced)
+        terms, _ = self.synth.step(
+            phase.batch_size,
+            {"adv": 1.0, "bn": 1.0},
+            prior=teacher,
+            natural=teacher,
+            tau=1.0,
+            combine=balanced,
+        )
         terms.update(rslad(self.ctx, self.synth.sample(phase.batch_size), tau=self.tau))
         return terms
 

@@ -47,6 +47,7 @@ Deviations forced by the harness, each tested in ``tests/test_fidelity.py``:
 ``dfhl_rs.teacher_access: logits`` is **not the paper's method**: the student then fits T_rob's
 softmax on x_hee (KL, batch mean) instead of its hard label, for comparison only.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,24 +71,42 @@ ACCESS = ("hard_labels", "logits")
 class DFHLRSConfig:
     """DFHL-RS's generator, memory and high-entropy queries; defaults: ``train.py``'s (CIFAR-10)."""
 
-    student_steps: int = setting(500, lo=1, hi=1_000_000, doc="student iterations per generation round (N_C)",
-                                 search=integer(20, 500))
+    student_steps: int = setting(
+        500, lo=1, hi=1_000_000, doc="student iterations per generation round (N_C)", search=integer(20, 500)
+    )
     generator_steps: int = setting(10, lo=1, hi=100_000, doc="generator steps per round (N_G)")
-    lr_g: float = setting(2e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the generator, betas (0.5, 0.999), fresh each round",
-                          search=loguniform(2e-4, 2e-2))
+    lr_g: float = setting(
+        2e-3,
+        lo=1e-12,
+        hi=LR_MAX,
+        doc="Adam of the generator, betas (0.5, 0.999), fresh each round",
+        search=loguniform(2e-4, 2e-2),
+    )
     lr_z: float = setting(1e-2, lo=1e-12, hi=LR_MAX, doc="Adam of the round's noise z")
-    lam: float = setting(3.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 batch-entropy term",
-                         search=loguniform(0.3, 30))
-    label_smoothing: float = setting(0.2, lo=0, hi=0.999, doc="mass off the pseudo label (CIFAR-10 0.2, CIFAR-100 0.02)",
-                                     search=uniform(0.0, 0.5))
+    lam: float = setting(
+        3.0, lo=0, hi=WEIGHT_MAX, doc="weight of the base-10 batch-entropy term", search=loguniform(0.3, 30)
+    )
+    label_smoothing: float = setting(
+        0.2,
+        lo=0,
+        hi=0.999,
+        doc="mass off the pseudo label (CIFAR-10 0.2, CIFAR-100 0.02)",
+        search=uniform(0.0, 0.5),
+    )
     hee_steps: int = setting(10, lo=0, hi=1000, doc="signed entropy-ascent steps of a high-entropy example")
-    hee_step: float = setting(0.03, lo=0, hi=1.0, doc="their step size, in [0, 1] pixels", search=loguniform(0.003, 0.1))
+    hee_step: float = setting(
+        0.03, lo=0, hi=1.0, doc="their step size, in [0, 1] pixels", search=loguniform(0.003, 0.1)
+    )
     latent_dim: int = setting(256, lo=2, hi=65_536, doc="the generator's noise size")
-    lr_s: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="the student's SGD, momentum 0.9, cosine",
-                          search=loguniform(0.01, 1.0))
+    lr_s: float = setting(
+        0.1, lo=1e-12, hi=LR_MAX, doc="the student's SGD, momentum 0.9, cosine", search=loguniform(0.01, 1.0)
+    )
     weight_decay: float = setting(1e-4, lo=0, hi=1.0, doc="the student's SGD weight decay")
-    teacher_access: str = setting("hard_labels", choices=ACCESS,
-                                  doc="hard_labels (the paper's); logits: fit T_rob's softmax, not the paper's method")
+    teacher_access: str = setting(
+        "hard_labels",
+        choices=ACCESS,
+        doc="hard_labels (the paper's); logits: fit T_rob's softmax, not the paper's method",
+    )
 
 
 def smooth_labels(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
@@ -125,8 +144,9 @@ def strong_augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def high_entropy_examples(model: torch.nn.Module, x: torch.Tensor, steps: int, step: float,
-                          rng: torch.Generator) -> torch.Tensor:
+def high_entropy_examples(
+    model: torch.nn.Module, x: torch.Tensor, steps: int, step: float, rng: torch.Generator
+) -> torch.Tensor:
     """``generate_hee``: from x + 0.001 N(0, I), ``steps`` signed ascent steps of ``step`` on the model's mean
     prediction entropy (eval mode), clamped to [0, 1], no eps-ball."""
     was_training = model.training
@@ -135,7 +155,7 @@ def high_entropy_examples(model: torch.nn.Module, x: torch.Tensor, steps: int, s
     for _ in range(steps):
         x_hee.requires_grad_(True)
         with torch.enable_grad():
-            grad, = torch.autograd.grad(entropy(model(x_hee)), [x_hee])
+            (grad,) = torch.autograd.grad(entropy(model(x_hee)), [x_hee])
         x_hee = (x_hee.detach() + step * grad.sign()).clamp(0, 1)
     model.train(was_training)
     return x_hee.detach()
@@ -172,7 +192,7 @@ class ImageMemory:
         """The next batch of this pass; a new shuffled pass when it is spent."""
         if self.cursor >= len(self.shuffled):
             self._new_pass()
-        idx = self.shuffled[self.cursor:self.cursor + n]
+        idx = self.shuffled[self.cursor : self.cursor + n]
         self.cursor += len(idx)
         return self.images[idx]
 
@@ -196,13 +216,17 @@ class DFHLRS(Method):
     order = 10
     sections = {"dfhl_rs": DFHLRSConfig}
     metric_prefixes = ("dfhl/",)
-    presets = {"cifar100": {"dfhl_rs.label_smoothing": 0.02}, "imagenet100": {"dfhl_rs.label_smoothing": 0.02}}
+    presets = {
+        "cifar100": {"dfhl_rs.label_smoothing": 0.02},
+        "imagenet100": {"dfhl_rs.label_smoothing": 0.02},
+    }
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         d = self.cfg.dfhl_rs
-        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, d.latent_dim,
-                                                       self.cfg.student.generator_width))
+        self.generator = ctx.compute.prepare(
+            Generator(ctx.info.image_shape, d.latent_dim, self.cfg.student.generator_width)
+        )
         self.modules["generator"] = self.generator
         self.memory = ImageMemory(ctx)
         self.queries = 0
@@ -219,8 +243,11 @@ class DFHLRS(Method):
         z = torch.randn(batch_size, d.latent_dim, generator=ctx.rng, device=ctx.device).requires_grad_(True)
         y = torch.randint(0, ctx.info.num_classes, (batch_size,), generator=ctx.rng, device=ctx.device)
         targets = smooth_labels(y, ctx.info.num_classes, d.label_smoothing)
-        opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z], "lr": d.lr_z}], lr=d.lr_g,
-                               betas=GAN_BETAS)
+        opt = torch.optim.Adam(
+            [{"params": self.generator.parameters()}, {"params": [z], "lr": d.lr_z}],
+            lr=d.lr_g,
+            betas=GAN_BETAS,
+        )
         was_training = student.training
         student.eval()
         self.generator.train()
@@ -235,7 +262,9 @@ class DFHLRS(Method):
             opt.step()
         student.zero_grad(set_to_none=True)
         student.train(was_training)
-        best = int(torch.stack(losses_seen).argmin())  # the first of equal ones, as ``best_loss > loss`` keeps
+        best = int(
+            torch.stack(losses_seen).argmin()
+        )  # the first of equal ones, as ``best_loss > loss`` keeps
         self.memory.append(batches[best])
         return {"dfhl/G": losses_seen[best]}
 

@@ -59,6 +59,7 @@ Deviations, each tested in ``tests/test_fidelity.py``:
 * unused in FERD's loss and so not built: the local view and the CMI projection head (stepped by an
   optimiser but in no term), the memory's labels in the student's pairwise term (identically 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,34 +86,48 @@ from derd.synthesis import GAN_BETAS
 class FERDConfig:
     """FERD's class-reweighted generator and fair robust distillation; defaults: README's CIFAR-10 command."""
 
-    student_steps: int = setting(400, lo=1, hi=1_000_000, doc="student iterations per round (N_S)",
-                                 search=integer(20, 400))
-    generator_steps: int = setting(200, lo=1, hi=100_000, doc="generator steps per round (N_G)",
-                                   search=integer(20, 200))
-    warmup_share: float = setting(0.1, lo=0, hi=100, doc="rounds before the student's first update, per round of the "
-                                  "budget (FERD: 20 per 200)")
-    lr_g: float = setting(2e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the re-initialised generator, betas (0.5, 0.999)")
+    student_steps: int = setting(
+        400, lo=1, hi=1_000_000, doc="student iterations per round (N_S)", search=integer(20, 400)
+    )
+    generator_steps: int = setting(
+        200, lo=1, hi=100_000, doc="generator steps per round (N_G)", search=integer(20, 200)
+    )
+    warmup_share: float = setting(
+        0.1,
+        lo=0,
+        hi=100,
+        doc="rounds before the student's first update, per round of the budget (FERD: 20 per 200)",
+    )
+    lr_g: float = setting(
+        2e-3, lo=1e-12, hi=LR_MAX, doc="Adam of the re-initialised generator, betas (0.5, 0.999)"
+    )
     lr_z: float = setting(0.015, lo=1e-12, hi=LR_MAX, doc="Adam of the round's noise z")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
     lambda_bn: float = setting(5.0, lo=0, hi=WEIGHT_MAX, search=loguniform(0.05, 50))
     lambda_adv: float = setting(1.0, lo=0, hi=WEIGHT_MAX, search=loguniform(0.1, 10))
     lambda_oh: float = setting(1.0, lo=0, hi=WEIGHT_MAX)
-    lambda_uni: float = setting(5.0, lo=0, hi=WEIGHT_MAX, doc="weight of KL(uniform || T_nr(x))",
-                                search=loguniform(0.5, 50))
-    ifd_steps: int = setting(50, lo=0, hi=100_000, doc="Adam steps of the per-channel noise scales",
-                             search=integer(5, 50))
+    lambda_uni: float = setting(
+        5.0, lo=0, hi=WEIGHT_MAX, doc="weight of KL(uniform || T_nr(x))", search=loguniform(0.5, 50)
+    )
+    ifd_steps: int = setting(
+        50, lo=0, hi=100_000, doc="Adam steps of the per-channel noise scales", search=integer(5, 50)
+    )
     ifd_lr: float = setting(0.1, lo=1e-12, hi=LR_MAX)
     ifd_beta: float = setting(0.3, lo=0, hi=WEIGHT_MAX, doc="weight of the noise's KL to the features")
     class_min: float = setting(0.05, lo=0, hi=1, doc="class probability before normalising, least risk")
     class_max: float = setting(0.2, lo=0, hi=1, doc="and most risk")
-    natural_weight: float = setting(5 / 6, lo=0, hi=1, doc="weight of DKL(S(x), T(x)) beside the adversarial one")
-    lr_s: float = setting(0.1, lo=1e-12, hi=LR_MAX, doc="the student's SGD, momentum 0.9, cosine",
-                          search=loguniform(0.01, 1.0))
+    natural_weight: float = setting(
+        5 / 6, lo=0, hi=1, doc="weight of DKL(S(x), T(x)) beside the adversarial one"
+    )
+    lr_s: float = setting(
+        0.1, lo=1e-12, hi=LR_MAX, doc="the student's SGD, momentum 0.9, cosine", search=loguniform(0.01, 1.0)
+    )
     weight_decay: float = setting(5e-4, lo=0, hi=1.0)
 
 
-def decoupled_kl(student: torch.Tensor, teacher: torch.Tensor, prior: torch.Tensor | None = None,
-                 t2: float = 100.0) -> torch.Tensor:
+def decoupled_kl(
+    student: torch.Tensor, teacher: torch.Tensor, prior: torch.Tensor | None = None, t2: float = 100.0
+) -> torch.Tensor:
     """FERD's ``dkl_loss`` (gamma 1): 0.25 * sum w (dt - ds)^2 / sum w + CE(softmax teacher, student), the
     pairwise weights w the outer product of ``prior`` (GI) or of softmax(teacher / t2)."""
     dt = teacher.unsqueeze(2) - teacher.unsqueeze(1)
@@ -184,8 +199,16 @@ class FeatureSplice:
         self.handle.remove()
 
 
-def robust_channels(splice: FeatureSplice, x: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, steps: int,
-                    lr: float, beta: float, rng: torch.Generator) -> torch.Tensor:
+def robust_channels(
+    splice: FeatureSplice,
+    x: torch.Tensor,
+    f: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float,
+    beta: float,
+    rng: torch.Generator,
+) -> torch.Tensor:
     """``find_features``' robust index, [B, C, 1, 1]: 1 where softplus(l)^2 > the largest spatial variance."""
     f = f.detach()
     scale = torch.zeros(*f.shape[:2], 1, 1, device=f.device, requires_grad=True)
@@ -220,8 +243,9 @@ class FERD(Method):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         f = self.cfg.ferd
-        self.generator = ctx.compute.prepare(Generator(ctx.info.image_shape, f.latent_dim,
-                                                       self.cfg.student.generator_width))
+        self.generator = ctx.compute.prepare(
+            Generator(ctx.info.image_shape, f.latent_dim, self.cfg.student.generator_width)
+        )
         self.modules["generator"] = self.generator
         self.splice = FeatureSplice(ctx.experts.robust)
         self.bn = ctx.hooks(losses.BatchNormStatistics, ctx.experts.robust)
@@ -242,8 +266,11 @@ class FERD(Method):
         labels = torch.multinomial(self.probs, batch_size, replacement=True, generator=ctx.rng).sort().values
         reset_generator(self.generator, ctx.rng)
         z = torch.randn(batch_size, f.latent_dim, generator=ctx.rng, device=ctx.device).requires_grad_(True)
-        opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z], "lr": f.lr_z}], lr=f.lr_g,
-                               betas=GAN_BETAS)
+        opt = torch.optim.Adam(
+            [{"params": self.generator.parameters()}, {"params": [z], "lr": f.lr_z}],
+            lr=f.lr_g,
+            betas=GAN_BETAS,
+        )
         was_training = student.training
         student.eval()
         self.generator.train()
@@ -253,14 +280,23 @@ class FERD(Method):
             x_view = standard_augment(x, ctx.rng)
             with self.bn.recording():
                 feats, t_logits = self.splice.features(x_view)
-            keep = robust_channels(self.splice, x_view, feats, labels, f.ifd_steps, f.ifd_lr, f.ifd_beta, ctx.rng)
+            keep = robust_channels(
+                self.splice, x_view, feats, labels, f.ifd_steps, f.ifd_lr, f.ifd_beta, ctx.rng
+            )
             t_nonrobust = self.splice.tail(x_view, feats * (1 - keep))
             uniform = torch.full_like(t_nonrobust, 1.0 / classes)
-            terms = {"bn": self.bn.loss(), "adv": -decoupled_kl(student(x_view), t_logits),
-                     "oh": F.cross_entropy(t_logits, labels),
-                     "uni": F.kl_div(F.log_softmax(t_nonrobust, 1), uniform, reduction="batchmean")}
-            total = (f.lambda_bn * terms["bn"] + f.lambda_adv * terms["adv"] + f.lambda_oh * terms["oh"]
-                     + f.lambda_uni * terms["uni"])
+            terms = {
+                "bn": self.bn.loss(),
+                "adv": -decoupled_kl(student(x_view), t_logits),
+                "oh": F.cross_entropy(t_logits, labels),
+                "uni": F.kl_div(F.log_softmax(t_nonrobust, 1), uniform, reduction="batchmean"),
+            }
+            total = (
+                f.lambda_bn * terms["bn"]
+                + f.lambda_adv * terms["adv"]
+                + f.lambda_oh * terms["oh"]
+                + f.lambda_uni * terms["uni"]
+            )
             value = float(total.detach())  # FERD's loss.item(): one host read per generator step
             if value < best or best_x is None:
                 best, best_x = value, x.detach()
@@ -270,13 +306,23 @@ class FERD(Method):
         student.zero_grad(set_to_none=True)
         student.train(was_training)
         eps = ctx.info.eps
-        x_adv = pgd(teacher, x_view.detach(), labels, eps=eps, steps=20, step_size=eps / 4, start="uniform",
-                    generator=ctx.rng)
+        x_adv = pgd(
+            teacher,
+            x_view.detach(),
+            labels,
+            eps=eps,
+            steps=20,
+            step_size=eps / 4,
+            start="uniform",
+            generator=ctx.rng,
+        )
         with torch.no_grad():
             risk = class_risk(teacher(x_adv), labels, classes)
         self.probs = class_probabilities(risk, f.class_min, f.class_max)
         self.memory.append(best_x)
-        return {f"ferd/{k}": v.detach() for k, v in terms.items()} | {"ferd/G": torch.tensor(best, device=ctx.device)}
+        return {f"ferd/{k}": v.detach() for k, v in terms.items()} | {
+            "ferd/G": torch.tensor(best, device=ctx.device)
+        }
 
     # ---- the student ------------------------------------------------------------------
     def iteration(self, phase: Phase, step: int) -> Terms:
@@ -291,10 +337,22 @@ class FERD(Method):
         teacher, student, eps = ctx.experts.robust, ctx.student, ctx.info.eps
         with torch.no_grad():
             target = teacher(x)
-        x_adv = pgd(student, x, target, eps=eps, steps=10, step_size=eps / 4, start="normal",
-                    start_scale=0.001 * eps / REFERENCE_EPS, loss_fn=losses.kl_attack_loss(1.0), generator=ctx.rng)
+        x_adv = pgd(
+            student,
+            x,
+            target,
+            eps=eps,
+            steps=10,
+            step_size=eps / 4,
+            start="normal",
+            start_scale=0.001 * eps / REFERENCE_EPS,
+            loss_fn=losses.kl_attack_loss(1.0),
+            generator=ctx.rng,
+        )
         student.train()
-        prior = F.one_hot(target.argmax(1), ctx.info.num_classes).float()  # the pairwise term is 0 under any one-hot
+        prior = F.one_hot(
+            target.argmax(1), ctx.info.num_classes
+        ).float()  # the pairwise term is 0 under any one-hot
         nat, rob = decoupled_kl(student(x), target, prior), decoupled_kl(student(x_adv), target, prior)
         loss = f.natural_weight * nat + (1 - f.natural_weight) * rob
         ctx.trainer.update(loss)

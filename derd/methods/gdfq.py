@@ -30,6 +30,7 @@ inputs), as DAFL's note says; G's lr stays constant (GDFQ: x0.1 at epochs 100, 2
 Published settings exist for CIFAR-100 and ImageNet only, and agree on every generator setting,
 so every dataset takes the section's defaults.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,10 +46,16 @@ from derd.settings import LR_MAX, WEIGHT_MAX, loguniform, setting
 class GDFQConfig:
     """GDFQ's conditional generator; defaults: its hocon files, L_bn's weight on this project's scale."""
 
-    lambda_bn: float = setting(1e-3, lo=0, hi=WEIGHT_MAX, search=loguniform(1e-5, 0.1),
-                               doc="weight of L_bn (sum of norms) beside CE on the drawn labels; GDFQ's 0.1 on its "
-                                   "mean of MSEs")
-    lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, search=loguniform(1e-4, 1e-2), doc="Adam, betas (0.5, 0.999)")
+    lambda_bn: float = setting(
+        1e-3,
+        lo=0,
+        hi=WEIGHT_MAX,
+        search=loguniform(1e-5, 0.1),
+        doc="weight of L_bn (sum of norms) beside CE on the drawn labels; GDFQ's 0.1 on its mean of MSEs",
+    )
+    lr_g: float = setting(
+        1e-3, lo=1e-12, hi=LR_MAX, search=loguniform(1e-4, 1e-2), doc="Adam, betas (0.5, 0.999)"
+    )
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
 
 
@@ -68,6 +75,8 @@ class GDFQ(GeneratorMethod):
 
     def iteration(self, phase: Phase, step: int) -> Terms:
         weights = {"cls": 1.0, "bn": self.cfg.gdfq.lambda_bn}
-        terms, x = self.synth.step(phase.batch_size, weights, prior=self.ctx.experts.robust, natural=None, tau=1.0)
+        terms, x = self.synth.step(
+            phase.batch_size, weights, prior=self.ctx.experts.robust, natural=None, tau=1.0
+        )
         terms.update(rslad(self.ctx, x))
         return terms

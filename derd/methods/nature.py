@@ -4,6 +4,7 @@ DERD's generator schedule (stage I unchanged, so it shares DERD's stage-I cache;
 generator step with lambda_gen), but stage II's student step is KL(T_nat(x) || S(x)) on
 clean pseudo images: no adversary, no robust teacher. Shows what robustness DERD adds.
 """
+
 from __future__ import annotations
 
 import torch

@@ -17,6 +17,7 @@ in ``$DERD_PLUGINS``), not when this module is imported: a method file imports t
 composes (``derd.context``, ``derd.synthesis``, ...), which may name the run config, which
 imports this module.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -26,6 +26,7 @@ robust distillation and SGD, as for every baseline; the batch is the shared
 ``budget.batch_size`` (ZSKT: 128); the generator ends in a sigmoid (ZSKT's in a BatchNorm, for
 teachers that take normalised inputs), as DAFL's note says.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +47,21 @@ from derd.synthesis import DEFAULT_BETAS
 class ZSKTConfig:
     """ZSKT's adversarial generator and attention transfer (main0.sh's values)."""
 
-    student_steps: int = setting(10, lo=1, hi=1000, doc="student iterations per generator step (ZSKT's n_S)",
-                                search=integer(1, 20))
-    lambda_at: float = setting(250.0, lo=0, hi=WEIGHT_MAX, doc="attention transfer weight per layer (ZSKT's beta)",
-                               search=loguniform(2.5, 2500))
+    student_steps: int = setting(
+        10, lo=1, hi=1000, doc="student iterations per generator step (ZSKT's n_S)", search=integer(1, 20)
+    )
+    lambda_at: float = setting(
+        250.0,
+        lo=0,
+        hi=WEIGHT_MAX,
+        doc="attention transfer weight per layer (ZSKT's beta)",
+        search=loguniform(2.5, 2500),
+    )
     lr_g: float = setting(1e-3, lo=1e-12, hi=LR_MAX, doc="Adam, betas (0.9, 0.999), cosine to 0")
     latent_dim: int = setting(100, lo=2, hi=65_536, doc="the generator's noise size")
-    max_grad_norm: float = setting(5.0, lo=1e-6, hi=1e6, doc="the generator's and the student's gradient-norm clip")
+    max_grad_norm: float = setting(
+        5.0, lo=1e-6, hi=1e6, doc="the generator's and the student's gradient-norm clip"
+    )
 
 
 @register_method
@@ -74,7 +83,12 @@ class ZSKT(GeneratorMethod):
 
     def generator_settings(self) -> dict[str, Any]:
         z = self.cfg.zskt
-        return {"latent_dim": z.latent_dim, "betas": DEFAULT_BETAS, "max_grad_norm": z.max_grad_norm, "student_train": True}
+        return {
+            "latent_dim": z.latent_dim,
+            "betas": DEFAULT_BETAS,
+            "max_grad_norm": z.max_grad_norm,
+            "student_train": True,
+        }
 
     def generator_lr(self, phase: Phase) -> float:
         return self.cfg.zskt.lr_g
@@ -89,15 +103,19 @@ class ZSKT(GeneratorMethod):
         if step % self.cfg.zskt.student_steps == 0 or self.batch is None:
             teacher = self.ctx.experts.robust
             z = self.synth.noise(phase.batch_size)
-            terms, _ = self.synth.step(phase.batch_size, {"adv": 1.0}, prior=teacher, natural=teacher, tau=1.0, z=z)
+            terms, _ = self.synth.step(
+                phase.batch_size, {"adv": 1.0}, prior=teacher, natural=teacher, tau=1.0, z=z
+            )
             self.schedule.step()
             self.batch = self.synth.render(z)  # the updated generator on the same z
         terms.update(rslad(self.ctx, self.batch, attention_weight=self.cfg.zskt.lambda_at))
         return terms
 
     def extra_state(self) -> dict[str, Any]:
-        return {"batch": None if self.batch is None else self.batch.cpu(),
-                "schedule": None if self.schedule is None else self.schedule.state_dict()}
+        return {
+            "batch": None if self.batch is None else self.batch.cpu(),
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         batch = state.get("batch")

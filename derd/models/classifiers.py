@@ -1,4 +1,5 @@
 """Classifier networks: CIFAR-style ResNets, WRN, MobileNetV2, torchvision ResNets, digits CNNs."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,13 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 def digits_cnn(num_classes: int, in_channels: int = 1) -> nn.Module:
     """Teacher-sized CNN for 8x8 digits (about 100k parameters, BatchNorm for L_bn)."""
     return nn.Sequential(
-        *_conv_bn(in_channels, 32), *_conv_bn(32, 64), nn.MaxPool2d(2),
-        *_conv_bn(64, 128), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128 * 4, num_classes),
+        *_conv_bn(in_channels, 32),
+        *_conv_bn(32, 64),
+        nn.MaxPool2d(2),
+        *_conv_bn(64, 128),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 4, num_classes),
     )
 
 
@@ -25,8 +31,14 @@ def digits_cnn(num_classes: int, in_channels: int = 1) -> nn.Module:
 def digits_cnn_small(num_classes: int, in_channels: int = 1) -> nn.Module:
     """Student-sized CNN for 8x8 digits (about 14k parameters)."""
     return nn.Sequential(
-        *_conv_bn(in_channels, 16), nn.MaxPool2d(2), *_conv_bn(16, 32), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4, 64), nn.ReLU(inplace=True), nn.Linear(64, num_classes),
+        *_conv_bn(in_channels, 16),
+        nn.MaxPool2d(2),
+        *_conv_bn(16, 32),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4, 64),
+        nn.ReLU(inplace=True),
+        nn.Linear(64, num_classes),
     )
 
 
@@ -67,7 +79,9 @@ class PreActBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs (3x3 stem, no max-pool), as used across robustness papers."""
 
-    def __init__(self, block: type, num_blocks: list[int], num_classes: int, in_channels: int, preact: bool) -> None:
+    def __init__(
+        self, block: type, num_blocks: list[int], num_classes: int, in_channels: int, preact: bool
+    ) -> None:
         super().__init__()
         self.preact = preact
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

@@ -12,6 +12,7 @@ the running statistics and the affine map, so those statistics are recovered exa
 folded convolution's output: mean(x) = (mean(y) - b) / a, var(x) = var(y) / a^2
 (``derd.losses.BatchNormStatistics`` reads it like a BatchNorm).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,9 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
             pairs.append((found[1], names[id(module)]))
 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles += [
+        m.register_forward_pre_hook(before_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
     observed_forward(model, example, handles)
     return pairs
 
@@ -80,7 +83,9 @@ def _fold_into(folded: nn.Module, conv_name: str, bn_name: str) -> Callable[[], 
     old_bias = bias.detach() if bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
         conv.weight.mul_(scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((old_bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(
+        (old_bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=conv.weight.requires_grad
+    )
     setattr(owner, child, FoldedBatchNorm(bn))
 
     def undo() -> None:

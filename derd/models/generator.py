@@ -1,4 +1,5 @@
 """The DCGAN-style generator of data-free distillation (DAFL, DFAD), sized from the image shape."""
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,9 @@ class Generator(nn.Module):
         out = self.fc(z).view(z.shape[0], self.width, self.init_side, self.init_side)
         return self.blocks(out)
 
-    def sample_noise(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample_noise(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
 
@@ -55,8 +58,9 @@ class ConditionalGenerator(Generator):
     generator above (GDFQ's conditional generator, Xu et al. ECCV 2020: ``gen_input =
     torch.mul(self.label_emb(labels), z)`` with ``label_emb = nn.Embedding(n_classes, latent_dim)``)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 100,
-                 width: int = 128) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], num_classes: int, latent_dim: int = 100, width: int = 128
+    ) -> None:
         super().__init__(image_shape, latent_dim, width)
         self.label_embedding = nn.Embedding(num_classes, latent_dim)
 

@@ -1,5 +1,6 @@
 """One forward pass observed by hooks: how BatchNorm folding finds its pairs and the memory estimate counts
 activations."""
+
 from __future__ import annotations
 
 from typing import Sequence

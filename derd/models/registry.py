@@ -4,6 +4,7 @@ Every model takes inputs in [0, 1] and normalises inside itself, so attacks work
 pixel space and checkpoints carry their normalisation. The registry is ``derd.registry``'s: a name taken
 twice is refused, and a module named in ``$DERD_PLUGINS`` may register architectures of its own.
 """
+
 from __future__ import annotations
 
 from typing import Callable
