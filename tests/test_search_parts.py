@@ -444,13 +444,13 @@ def test_an_actor_exit_inside_a_gc_callback_prints_no_traceback_and_other_errors
 
 
 def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_stop_says_why():
-    """Rung (clean, AA) = (90, 8), (88, 9): a newcomer at (87, 7.5) on 359 images is dominated by both
-    and ranks last, outside ceil(3 / 2) = 2. One binomial standard error up, (88.7, 8.9), it is no
-    longer dominated by (90, 8) or (88, 9): the noise-aware rule keeps it. A trial at (60, 1) is
+    """Rung (clean, AA) = (90, 9), (89, 8.8), (80, 2): a newcomer at (88.5, 8.5) on 359 images is
+    dominated by the first two and ranks third, outside ceil(4 / 2) = 2. One binomial standard error
+    up, (90.2, 10.0), it dominates them all: the noise-aware rule keeps it. A trial at (60, 1) is
     dominated beyond its errors and stops under both rules, and the stop line says where it stood."""
     from tuning.scheduler import ResumableMOASHA, rung_point
 
-    rung = {0: (90.0, 8.0), 1: (88.0, 9.0)}
+    rung = {0: (90.0, 9.0), 1: (89.0, 8.8), 2: (80.0, 2.0)}
 
     def moasha(noise_aware: bool) -> ResumableMOASHA:
         return ResumableMOASHA(
@@ -464,12 +464,12 @@ def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_s
         )
 
     plain, aware = moasha(False), moasha(True)
-    newcomer = {**_rung_result(87, 7.5), "val/n_images": 359}
+    newcomer = {**_rung_result(88.5, 8.5), "val/n_images": 359}
     assert plain.on_trial_result(None, _trial(3), newcomer) == "STOP"
     assert aware.on_trial_result(None, _trial(3), newcomer) == "CONTINUE"
     assert aware.on_trial_result(None, _trial(4), {**_rung_result(60, 1), "val/n_images": 359}) == "STOP"
     assert plain.stop_reasons[3] == (
-        "at the epoch-4 rung: feasible, Pareto rank 2 among the feasible, place 3 of 3 "
+        "at the epoch-4 rung: feasible, Pareto rank 3 among the feasible, place 3 of 4 "
         "trials at the rung, where the top 2 go on"
     )
     assert "ranked one standard error up" in aware.stop_reasons[4] and 3 not in aware.stop_reasons

@@ -356,7 +356,7 @@ def test_the_presets_prior_draws_near_the_presets_and_fades_as_the_study_grows(s
         trial = study.ask()
         space.sample(trial)
         study.tell(trial, [1.0, 1.0])
-    late = sum(faded._from_prior[n] for n in range(20, 40))
+    late = sum(faded.from_prior[n] for n in range(20, 40))
     assert late <= 4  # beta / (beta + n): at most 1/21 per trial after 20 finished
     no_prior = make_sampler(space)  # the shipped space: no prior unless search.prior_weight is set
     assert isinstance(no_prior, PriorSampler) == (space.prior_weight > 0)

@@ -40,15 +40,15 @@ class PriorSampler(BaseSampler):
         if not centers:
             raise ValueError("a prior needs at least one centre (the space's presets)")
         self.base, self.centers, self.beta, self.seed = base, centers, float(beta), seed
-        self._from_prior: dict[int, bool] = {}
+        self.from_prior: dict[int, bool] = {}  # trial number -> drawn from the prior (a seeded decision)
         self._center: dict[int, dict[str, Any]] = {}
 
     def uses_prior(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if trial.number not in self._from_prior:
+        if trial.number not in self.from_prior:
             finished = len(study.get_trials(deepcopy=False, states=FINISHED))
             weight = self.beta / (self.beta + finished) if self.beta > 0 else 0.0
-            self._from_prior[trial.number] = self._rng(trial.number, "use").random() < weight
-        return self._from_prior[trial.number]
+            self.from_prior[trial.number] = self._rng(trial.number, "use").random() < weight
+        return self.from_prior[trial.number]
 
     def _rng(self, number: int, what: str) -> random.Random:
         return random.Random(f"{self.seed}-{number}-{what}")

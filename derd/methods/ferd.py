@@ -318,7 +318,12 @@ class FERD(Method):
         )
         with torch.no_grad():
             risk = class_risk(teacher(x_adv), labels, classes)
-        self.probs = class_probabilities(risk, f.class_min, f.class_max)
+        if torch.isfinite(
+            risk
+        ).all():  # a diverged round (non-finite images) leaves the sampling weights as they were;
+            self.probs = class_probabilities(
+                risk, f.class_min, f.class_max
+            )  # the run loop names its loss term
         self.memory.append(best_x)
         return {f"ferd/{k}": v.detach() for k, v in terms.items()} | {
             "ferd/G": torch.tensor(best, device=ctx.device)
