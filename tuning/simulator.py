@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-import statistics
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -79,7 +78,7 @@ class SimTrial:
     feasible: bool
     objectives: list[float]  # what the search saw (noisy), signed: larger is better (derd.pareto.signed)
     stopped_early: bool
-    truth: list[float] = field(default_factory=list)  # the noise-free answer at the same epoch, signed
+    truth: list[float]  # the noise-free answer at the same epoch, signed: what strategies are scored on
     replicate: int = 0
 
 
@@ -105,67 +104,61 @@ class SimResult:
         points, pool = [], []
         for spent, trial in self.in_order():
             if trial.feasible and trial.full_budget and not trial.replicate:
-                pool.append(trial.truth or trial.objectives)
+                pool.append(trial.truth)
             points.append((spent, hypervolume(pool)))
         return points
 
     def best(self, index: int) -> float | None:
         """The best choosable trial's noise-free value of objective ``index`` (signed)."""
-        values = [(t.truth or t.objectives)[index] for t in self.trials if t.feasible and t.full_budget]
+        values = [t.truth[index] for t in self.trials if t.feasible and t.full_budget]
         return max(values) if values else None
-
-    def exported(
-        self, floor: float, budget: float | None = None, clean: int = 0, robust: int = 1
-    ) -> SimTrial | None:
-        """The trial ``export --select best-robust --min-clean floor`` chooses after ``budget``
-        trial-epochs: among full-budget trials whose observed clean (the mean over its runs, race
-        replicates included) meets the floor, the highest mean observed robust value."""
-        return self.exports(floor, [math.inf if budget is None else budget], clean, robust)[0]
 
     def exports(
         self, floor: float, budgets: list[float], clean: int = 0, robust: int = 1
     ) -> list[SimTrial | None]:
-        """``exported`` at each of ``budgets`` (ascending), in one pass over the runs."""
-        runs: dict[int, list[SimTrial]] = {}
+        """The trial ``export --select best-robust --min-clean floor`` chooses after each of ``budgets``
+        (ascending) trial-epochs, in one pass over the runs: among full-budget trials whose observed
+        clean (the mean over its runs, race replicates included) meets the floor, the highest mean
+        observed robust value."""
+        sums: dict[int, list[float]] = {}  # trial number -> [clean sum, robust sum, runs]
+        first: dict[int, SimTrial] = {}
         order, out, k = self.in_order(), [], 0
         for budget in budgets:
             while k < len(order) and order[k][0] <= budget:
-                if order[k][1].full_budget:
-                    runs.setdefault(order[k][1].number, []).append(order[k][1])
+                trial = order[k][1]
+                if trial.full_budget:
+                    total = sums.setdefault(trial.number, [0.0, 0.0, 0])
+                    total[0] += trial.objectives[clean]
+                    total[1] += trial.objectives[robust]
+                    total[2] += 1
+                    first.setdefault(trial.number, trial)
                 k += 1
-            means = {
-                n: [statistics.mean(t.objectives[i] for t in ts) for i in (clean, robust)]
-                for n, ts in runs.items()
-            }
-            chosen = [n for n, (c, _) in means.items() if c >= floor]
-            out.append(runs[max(chosen, key=lambda n: (means[n][1], means[n][0]))][0] if chosen else None)
+            means = {n: (c / m, r / m) for n, (c, r, m) in sums.items() if c / m >= floor}
+            out.append(first[max(means, key=lambda n: (means[n][1], means[n][0]))] if means else None)
         return out
 
-    def regret(self, floor: float, best_aa: float, budget: float | None = None) -> float:
-        """``best_aa`` (the best noise-free robust value a floor allows) minus the noise-free robust
-        value of the trial the export would choose (nothing to choose yet: ``best_aa``)."""
-        return self.regrets(floor, best_aa, [math.inf if budget is None else budget])[0]
+    def outcomes(self, floor: float, best_aa: float, budgets: list[float]) -> list[tuple[float, bool]]:
+        """At each of ``budgets`` (ascending), the exported student's (regret, miss): ``best_aa`` (the
+        best noise-free robust value the floor allows) minus its noise-free robust value (nothing to
+        choose: ``best_aa``), and whether its noise-free clean misses the floor (its noisy clean put it
+        above) or there is nothing to choose."""
+        return [
+            (best_aa - t.truth[1], t.truth[0] < floor) if t else (best_aa, True)
+            for t in self.exports(floor, budgets)
+        ]
 
-    def regrets(self, floor: float, best_aa: float, budgets: list[float]) -> list[float]:
-        """``regret`` at each of ``budgets`` (ascending)."""
-        return [best_aa - ((t.truth or t.objectives)[1] if t else 0.0) for t in self.exports(floor, budgets)]
+    def exported(self, floor: float, budget: float = math.inf) -> SimTrial | None:
+        return self.exports(floor, [budget])[0]
 
-    def misses(self, floor: float, budget: float | None = None) -> bool:
-        """Whether the export's choice misses the floor noise-free (its noisy clean put it above), or
-        there is nothing to choose."""
-        trial = self.exported(floor, budget)
-        return trial is None or (trial.truth or trial.objectives)[0] < floor
+    def regret(self, floor: float, best_aa: float, budget: float = math.inf) -> float:
+        return self.outcomes(floor, best_aa, [budget])[0][0]
+
+    def misses(self, floor: float, budget: float = math.inf) -> bool:
+        return self.outcomes(floor, 0.0, [budget])[0][1]
 
     def best_truth(self, floor: float) -> float:
         """The best noise-free robust value among this search's runs whose noise-free clean meets ``floor``."""
-        return max(
-            (
-                (t.truth or t.objectives)[1]
-                for t in self.trials
-                if t.full_budget and (t.truth or t.objectives)[0] >= floor
-            ),
-            default=0.0,
-        )
+        return max((t.truth[1] for t in self.trials if t.full_budget and t.truth[0] >= floor), default=0.0)
 
 
 @dataclass

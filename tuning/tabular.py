@@ -98,6 +98,7 @@ class TableAnswers:
         self.x = [features(space, r["keys"]) for r in self.rows]
         self.exact = {self._key(r["keys"]): i for i, r in enumerate(self.rows)}
         self.used: set[int] = set()
+        self._sobol: dict[int, list[dict[str, Any]]] = {}  # Sobol sample size -> the finals predicted there
         if mode == "surrogate":
             self.models = fit_models(self.x, self.rows, self.eval_epochs, kind=kind)
 
@@ -160,26 +161,26 @@ class TableAnswers:
     def best_feasible_aa(self, clean_threshold: float, samples: int = 2048) -> float:
         """The best final val AA a feasible configuration gets from these answers: over the table's
         rows (``nearest``: every answer is one), or (``surrogate``) over the predictions at
-        ``samples`` Sobol points of the space per method (a power of two: Sobol's balance), the best a search can be answered."""
+        ``samples`` Sobol points of the space per method (a power of two: Sobol's balance), the best a
+        search can be answered. The finals of those points are made once per ``samples``."""
+        finals = (
+            [r["epochs"][-1] for r in self.rows] if self.mode == "nearest" else self._sobol_finals(samples)
+        )
+        return max((e["aa_acc"] for e in finals if e["clean_acc"] >= clean_threshold), default=0.0)
 
-        def best(rows):
-            return max(
-                (r["epochs"][-1]["aa_acc"] for r in rows if r["epochs"][-1]["clean_acc"] >= clean_threshold),
-                default=0.0,
-            )
+    def _sobol_finals(self, samples: int) -> list[dict[str, Any]]:
+        if samples not in self._sobol:
+            from scipy.stats import qmc
 
-        if self.mode == "nearest":
-            return best(self.rows)
-        from scipy.stats import qmc
-
-        searched = [p for p in self.space.params if p.key != "method"]
-        cube = qmc.Sobol(len(searched), scramble=True, seed=0).random(samples)
-        made = []
-        for method in self.space.methods:
-            for u in cube:
-                keys = {"method": method, **{p.key: unit_to_value(p, x) for p, x in zip(searched, u)}}
-                made.append(self.predicted_row(keys, features(self.space, keys)))
-        return best(made)
+            searched = [p for p in self.space.params if p.key != "method"]
+            cube = qmc.Sobol(len(searched), scramble=True, seed=0).random(samples)
+            made = []
+            for method in self.space.methods:
+                for u in cube:
+                    keys = {"method": method, **{p.key: unit_to_value(p, x) for p, x in zip(searched, u)}}
+                    made.append(self.predicted_row(keys, features(self.space, keys))["epochs"][-1])
+            self._sobol[samples] = made
+        return self._sobol[samples]
 
 
 # ---- noise: what a re-run at another seed would report ------------------------------------
@@ -195,9 +196,14 @@ def replicate_sets(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [list(v.values()) for v in by_config.values() if len(v) == len(seeds) and len(seeds) > 1]
 
 
+def curve_points(row: dict[str, Any]) -> list[tuple[int, str, float]]:
+    """A row's val curve as (epoch, metric, value): (clean, PGD_S, AA) at each evaluation epoch, in order."""
+    return [(e["epoch"], c, e[c]) for e in row["epochs"] if "aa_acc" in e for c in CURVE]
+
+
 def curve_vector(row: dict[str, Any]) -> list[float]:
-    """A row's val curve as one vector: (clean, PGD_S, AA) at each evaluation epoch, in order."""
-    return [e[c] for e in row["epochs"] if "aa_acc" in e for c in CURVE]
+    """``curve_points``' values: the vector ``NoiseModel`` draws for."""
+    return [value for _, _, value in curve_points(row)]
 
 
 class NoiseModel:

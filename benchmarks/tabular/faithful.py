@@ -24,6 +24,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.tabular.simulate import kendall  # noqa: E402
+from tuning.records import SearchFolder  # noqa: E402
 from tuning.space import SearchSpace, default_space_path  # noqa: E402
 from tuning.tabular import SURROGATES, NoiseModel, TableAnswers, read_rows  # noqa: E402
 
@@ -35,8 +37,9 @@ def finished_trials(folder: Path) -> list[tuple[dict[str, Any], list[float]]]:
     presets left out: the table holds their keys)."""
     import optuna
 
-    record = json.loads((folder / "search.json").read_text())
-    study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{folder / 'optuna.db'}")
+    files = SearchFolder(folder)
+    record = json.loads(files.record.read_text())
+    study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{files.optuna_db}")
     out = []
     for t in study.trials:
         intermediate = t.user_attrs.get("intermediate", {})
@@ -49,12 +52,6 @@ def finished_trials(folder: Path) -> list[tuple[dict[str, Any], list[float]]]:
         ):
             out.append((dict(t.params), list(intermediate[str(last)])))
     return out
-
-
-def kendall(a: list[float], b: list[float]) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
 
 
 def faithfulness(

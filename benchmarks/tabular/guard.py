@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tuning.tabular import CURVE, NoiseModel, read_rows  # noqa: E402
+from tuning.tabular import NoiseModel, curve_points, read_rows  # noqa: E402
 
 SIGMAS = 3.0
 
@@ -40,21 +40,13 @@ def verdict(
     table_row: dict[str, Any], fresh_row: dict[str, Any], noise: NoiseModel, sigmas: float = SIGMAS
 ) -> tuple[str, list[str]]:
     """("identical" | "within noise" | "stale", a line per evaluated value: table, now, difference in sd)."""
-    lines, worst, same = [], 0.0, True
-    k = 0
-    fresh = {e["epoch"]: e for e in fresh_row["epochs"]}
-    for entry in table_row["epochs"]:
-        if "aa_acc" not in entry:
-            continue
-        for c in CURVE:
-            now = fresh[entry["epoch"]][c]
-            z = abs(now - entry[c]) / max(noise.sd[k], 1e-9)
-            same &= now == entry[c]
-            worst = max(worst, z)
-            lines.append(
-                f"epoch {entry['epoch']:>2} {c:<9} table {entry[c]:6.2f}  now {now:6.2f}  ({z:.1f} sd)"
-            )
-            k += 1
+    table, now = curve_points(table_row), curve_points(fresh_row)
+    z = [abs(b[2] - a[2]) / max(sd, 1e-9) for a, b, sd in zip(table, now, noise.sd)]
+    lines = [
+        f"epoch {epoch:>2} {c:<9} table {was:6.2f}  now {is_:6.2f}  ({d:.1f} sd)"
+        for (epoch, c, was), (_, _, is_), d in zip(table, now, z)
+    ]
+    same, worst = table == now, max(z, default=0.0)
     return ("identical" if same else "within noise" if worst <= sigmas else "stale"), lines
 
 

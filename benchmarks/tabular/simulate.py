@@ -133,6 +133,19 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
+def front_cells(
+    runs: list[SimResult], reference: dict[int, tuple[float, float]], best_aa: float
+) -> list[str]:
+    """A strategy's P1, final hypervolume, regret (``best_aa`` minus the best feasible noise-free AA
+    it ran) and trial count over its seeds, formatted; ``reference``: each seed's (trial-epochs,
+    final hypervolume) of the reference search."""
+    curves = {id(r): r.curve() for r in runs}
+    p1 = [epochs_to_reach(curves[id(r)], TARGET * reference[r.seed][1]) / reference[r.seed][0] for r in runs]
+    regret = [best_aa - (r.best(1) if r.best(1) is not None else 0.0) for r in runs]
+    trials = [len([t for t in r.trials if not t.replicate]) for r in runs]
+    return [fmt(p1), fmt([curves[id(r)][-1][1] for r in runs], 0), fmt(regret), fmt(trials, 0)]
+
+
 def noise_floor(rows: list[dict]) -> tuple[float, int]:
     """Mean seed-to-seed Kendall tau of final val AA over configurations trained at every seed."""
     by_config: dict[str, dict[int, float]] = {}
@@ -319,8 +332,7 @@ def plot(results: dict[str, list[SimResult]], budget: float, path: Path) -> None
 
 
 def plot_regret(
-    curves: dict[float, dict[str, list[list[float]]]],
-    missed: dict[float, dict[str, list[list[bool]]]],
+    outcomes: dict[float, dict[str, list[list[tuple[float, bool]]]]],
     grid: list[float],
     path: Path,
     names: list[str],
@@ -333,16 +345,17 @@ def plot_regret(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    first = next(iter(curves))
+    first = next(iter(outcomes))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
     for name in names:
-        med, lo, hi = np.percentile(np.array(curves[first][name]), [50, 25, 75], axis=0)
+        regrets = np.array([[regret for regret, _ in seed] for seed in outcomes[first][name]])
+        med, lo, hi = np.percentile(regrets, [50, 25, 75], axis=0)
         (line,) = left.plot(grid, med, label=name)
         left.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.12)
-        for floor, style in zip(missed, ("-", ":")):
+        for floor, style in zip(outcomes, ("-", ":")):
             right.plot(
                 grid,
-                np.mean(np.array(missed[floor][name]), axis=0),
+                np.mean(np.array([[miss for _, miss in seed] for seed in outcomes[floor][name]]), axis=0),
                 style,
                 color=line.get_color(),
                 label=f"{name}, {floor}x" if name == names[0] else None,
@@ -464,13 +477,10 @@ def main(argv: list[str] | None = None) -> None:
     first = {name: by[FLOORS[0]] for name, by in results.items()}
     reference = {r.seed: r.curve()[-1] for r in first[REFERENCE.name]}
     for strategy in chosen:
-        runs = first[strategy.name]
-        p1 = [epochs_to_reach(r.curve(), TARGET * reference[r.seed][1]) / reference[r.seed][0] for r in runs]
-        hv = [r.curve()[-1][1] for r in runs]
-        regret = [best_in_table - (r.best(1) if r.best(1) is not None else 0.0) for r in runs]
         print(
-            f"| {strategy.name} | {fmt(p1)} | {fmt(hv, 0)} | {fmt(regret)} | "
-            f"{fmt([len([t for t in r.trials if not t.replicate]) for r in runs], 0)} |"
+            f"| {strategy.name} | "
+            + " | ".join(front_cells(first[strategy.name], reference, best_in_table))
+            + " |"
         )
     for f in FLOORS:  # what a search found counts too: the best is the best known
         best_at[f] = max([best_at[f]] + [r.best_truth(floors[f]) for by in results.values() for r in by[f]])
@@ -490,33 +500,23 @@ def main(argv: list[str] | None = None) -> None:
         + " |"
     )
     print("|---|" + "---|" * (len(FLOORS) * (len(AT) + 2)))
-    grid = [budget * k / 100 for k in range(1, 101)]
-    curves = {
-        f: {name: [r.regrets(floors[f], best_at[f], grid) for r in by[f]] for name, by in results.items()}
+    grid = [budget * k / 100 for k in range(1, 101)]  # AT's fractions are among its points
+    at = {a: grid.index(a * budget) for a in AT}
+    outcomes = {  # per floor and strategy, per seed: (regret, miss) at every point of the grid, in one pass
+        f: {name: [r.outcomes(floors[f], best_at[f], grid) for r in by[f]] for name, by in results.items()}
         for f in FLOORS
     }
     for strategy in chosen:
-        runs = results[strategy.name]
-        cells = [
-            fmt([r.regret(floors[f], best_at[f], a * budget) for r in runs[f]]) for f in FLOORS for a in AT
-        ]
+        cells = [fmt([o[at[a]][0] for o in outcomes[f][strategy.name]]) for f in FLOORS for a in AT]
         cells += [
-            f"{sum(r.misses(floors[f], a * budget) for r in runs[f])}/{len(runs[f])}"
+            f"{sum(o[at[a]][1] for o in outcomes[f][strategy.name])}/{len(outcomes[f][strategy.name])}"
             for f in FLOORS
             for a in (0.5, 1.0)
         ]
         print(f"| {strategy.name} | " + " | ".join(cells) + " |")
     names = args.plotted or [s.name for s in chosen if s.name in PLOTTED]
     plot({name: first[name] for name in names}, budget, Path(args.plot))
-    missed = {
-        f: {
-            name: [[r.misses(floors[f], b) for b in grid] for r in by[f]]
-            for name, by in results.items()
-            if name in names
-        }
-        for f in FLOORS
-    }
-    plot_regret(curves, missed, grid, Path(args.regret_plot), [n for n in names if n in results])
+    plot_regret(outcomes, grid, Path(args.regret_plot), names)
     print(f"\nplots: {args.plot}, {args.regret_plot}")
 
 

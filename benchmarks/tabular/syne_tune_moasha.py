@@ -210,21 +210,13 @@ def main() -> None:
     )
     print("|---|---|---|---|" + "---|" * (len(sim.FLOORS) * len(sim.AT)) + "---|")
     for name, runs in results.items():
-        p1 = [
-            sim.epochs_to_reach(r.curve(), sim.TARGET * reference[r.seed][1]) / reference[r.seed][0]
-            for r in runs
-        ]
-        regret = [best_in_table - (r.best(1) if r.best(1) is not None else 0.0) for r in runs]
+        p1, hv, regret, trials = sim.front_cells(runs, reference, best_in_table)
         cells = [
             sim.fmt([r.regret(floors[f], best_at[f], a * budget) for r in runs])
             for f in sim.FLOORS
             for a in sim.AT
         ]
-        print(
-            f"| {name} | {sim.fmt(p1)} | {sim.fmt([r.curve()[-1][1] for r in runs], 0)} | {sim.fmt(regret)} | "
-            + " | ".join(cells)
-            + f" | {sim.fmt([len(r.trials) for r in runs], 0)} |"
-        )
+        print(f"| {name} | {p1} | {hv} | {regret} | " + " | ".join(cells) + f" | {trials} |")
 
 
 if __name__ == "__main__":
