@@ -93,6 +93,7 @@ def inputs(tmp_path, teacher_args):
     (d / "empty.yaml").write_text("# nothing to change\n")
     write_space(d / "space_reduction.yaml", search={"num_trials": 3, "reduction_factor": float("inf")})
     write_space(d / "space_seed.yaml", search={"num_trials": 3, "seed": -5})
+    write_space(d / "space_rungs.yaml", search={"num_trials": 3, "scheduler": "moasha", "grace_period": 3})
     write_space(d / "space_nan.yaml", base={**TINY_BASE, "stage1.lambda_adv": float("nan")})
     write_space(
         d / "space_memory.yaml",
@@ -411,6 +412,11 @@ def _cases(i: dict) -> list[tuple[str, list[str], str]]:
             "search",
             ["--space", str(d / "space_reduction.yaml"), *t, "--out", out],
             "search.reduction_factor: must be",
+        ),
+        (  # val is scored at epochs 2 and 4: a rung at 3 would judge values held over from epoch 2
+            "search",
+            ["--space", str(d / "space_rungs.yaml"), *t, "--out", out],
+            "search.grace_period: the moasha rungs at epochs 3 fall between val evaluations (eval.every 2",
         ),
         (
             "search",

@@ -436,3 +436,25 @@ def test_a_search_folder_with_an_apostrophe_finds_its_runs_again(tmp_path, templ
     data = {"config": {"method": "derd"}, "test": {"test/clean_acc": 90.0}}
     first = add_training(client, exp_id, training, data)
     assert add_training(client, exp_id, training, data) == first
+
+
+def test_a_store_killed_with_commits_in_its_write_ahead_log_is_whole_and_read_with_them(tmp_path):
+    """A driver killed in write-ahead mode (``tuning.sqlite_wal``) leaves commits in ``-wal`` that the
+    file alone does not hold: the store check passes and reads them (an ``immutable`` read would not)."""
+    import subprocess
+    import sys
+
+    from tuning.store import check_sqlite_store, read_only
+
+    db = tmp_path / "optuna.db"
+    code = (
+        "import os, signal, sqlite3, sys; sys.path.insert(0, sys.argv[2]);"
+        "from tuning.sqlite_wal import write_ahead;"
+        "c = sqlite3.connect(sys.argv[1]); write_ahead(c);"
+        "c.execute('create table trials (x)'); c.execute('insert into trials values (1)'); c.commit();"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db), str(Path(__file__).resolve().parent.parent)])
+    assert (tmp_path / "optuna.db-wal").stat().st_size > 0  # the commits are in the log only
+    assert read_only(db) == "mode=ro"
+    check_sqlite_store(db, "the study", ("trials",), "fix it")  # no "database of something else"

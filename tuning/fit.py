@@ -29,7 +29,7 @@ from derd.data import dataset_info
 from derd.device import resolve_device
 from derd.validation import SyntheticValidation, load_validation_set, make_validation_set, save_validation_set
 from tuning import processes
-from tuning.checks import check_cluster_resources, set_aside, teacher_preflight
+from tuning.checks import check_cluster_resources, local_token_auth, set_aside, teacher_preflight
 from tuning.mlflow_logger import MLflowSearchLogger
 from tuning.parent import mlflow_parent
 from tuning.plan import LOCAL, Plan
@@ -38,6 +38,7 @@ from tuning.scheduler import make_scheduler
 from tuning.searcher import TRIAL_NUMBER, StudySearcher, enqueue_presets, open_study
 from tuning.session import SessionClock, write_record
 from tuning.space import SearchSpace
+from tuning.sqlite_wal import write_ahead_in
 from tuning.summary import finish_search
 from tuning.trainable import derd_trainable
 
@@ -69,6 +70,7 @@ def run_plan(
     plan: Plan, trainable: Trainable | None = None, trainable_params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The preflight, then the search on Ray (started here and shut down after, or joined); the summary."""
+    write_ahead_in(plan.folder.root)
     synthetic = synthetic_validation(plan)
     teachers, threshold = teacher_preflight(plan, val=synthetic.dataset() if synthetic else None)
     preflight = Preflight(teachers=teachers, threshold=threshold, synthetic=synthetic)
@@ -121,6 +123,8 @@ def _init_ray(plan: Plan) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter takes our metric columns
     # short epochs (digits) force frequent experiment snapshots: no warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if plan.address in LOCAL:
+        local_token_auth()
     ray.init(
         address="local" if plan.address in LOCAL else plan.address,
         include_dashboard=False,
@@ -234,7 +238,7 @@ def build_parts(
     """The scheduler (its rungs rebuilt from the study), the searcher over the study and the driver's MLflow
     logger; the searcher and the logger share the scheduler's set of the trials it stopped early."""
     space = plan.space
-    scheduler = make_scheduler(space, plan.base_config, study, threshold)
+    scheduler = make_scheduler(space, study, threshold)
     stopped = getattr(scheduler, "stopped_early", set())
     searcher = StudySearcher(space, plan.folder.optuna_uri, plan.name, threshold, stopped)
     logger = MLflowSearchLogger(

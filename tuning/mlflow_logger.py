@@ -45,7 +45,7 @@ from tuning.records import (
     protocol_tags,
 )
 from tuning.searcher import TRIAL_NUMBER
-from tuning.store import runs_tagged
+from tuning.store import SEARCH_PAGE, runs_tagged
 
 FLUSH_S = 30.0  # seconds between writes of the buffered epochs
 MLFLOW_BATCH = 1000  # MLflow's most metrics per log_batch
@@ -96,6 +96,7 @@ class MLflowSearchLogger(Callback):
         self.stop_reasons: dict[int, str] = stop_reasons if stop_reasons is not None else {}
         self._client = None
         self._runs: dict[int, str] = {}
+        self._earlier_runs: dict[int, Any] | None = None
         self._logged_epoch: dict[int, int] = {}  # the last epoch of each trial written or buffered
         self._pending: dict[str, list] = {}  # run id -> metrics buffered, not yet written
         self._since: dict[str, float] = {}  # run id -> when its oldest buffered epoch arrived
@@ -107,6 +108,7 @@ class MLflowSearchLogger(Callback):
             **self.__dict__,
             "_client": None,
             "_runs": {},
+            "_earlier_runs": None,
             "_logged_epoch": {},
             "_pending": {},
             "_since": {},
@@ -125,9 +127,11 @@ class MLflowSearchLogger(Callback):
         """The trial's run: found by its number (created from ``config`` on first sight)."""
         if number in self._runs:
             return self._runs[number]
-        found = self.find_run(number)
+        found = self._earlier().get(number)
+        if found is None and len(self._earlier()) >= SEARCH_PAGE:  # more than one page: ask for this one
+            found = next(iter(self.find_run(number)), None)
         if found:
-            run_id = found[0].info.run_id
+            run_id = found.info.run_id
             history = self.client.get_metric_history(run_id, EPOCH_TIME)
             self._logged_epoch[number] = max((m.step for m in history), default=0)
         else:
@@ -135,6 +139,17 @@ class MLflowSearchLogger(Callback):
             self._logged_epoch[number] = 0
         self._runs[number] = run_id
         return run_id
+
+    def _earlier(self) -> dict[int, Any]:
+        """The trial runs earlier sessions of this search created, by trial number: read once, so a
+        trial start makes no search of the store (one per start grew with the store)."""
+        if self._earlier_runs is None:
+            tags = {Tag.PARENT: self.parent_run_id, Tag.KIND: "trial"}
+            runs = runs_tagged(self.client, [self.experiment_id], tags, max_results=SEARCH_PAGE)
+            self._earlier_runs = {
+                int(r.data.tags[Tag.TRIAL_NUMBER]): r for r in reversed(runs)
+            }  # newest wins
+        return self._earlier_runs
 
     def find_run(self, number: int) -> list:
         """The trial's run in MLflow, if a session created it: [run] or []."""

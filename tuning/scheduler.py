@@ -29,6 +29,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from derd.evaluate import VAL_CLEAN
 from derd.pareto import binomial_se, crowding_distances, pareto_ranks, signed
 from tuning.searcher import TRIAL_NUMBER
+from tuning.space import rung_epochs
 
 TIME_ATTR, METRIC = "epoch", "search/score"
 
@@ -41,23 +42,17 @@ def scheduler_name(scheduler: str) -> str:
     return SCHEDULER_NAMES.get(scheduler, scheduler)
 
 
-def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: float) -> TrialScheduler:
+def make_scheduler(space, study, clean_threshold: float) -> TrialScheduler:
     """The space's early stopping: ``asha`` on ``search/score``, ``moasha`` on the objectives, each
     by epoch with its rungs rebuilt from what the study stores and the paper's presets protected;
-    FIFO when early stopping is off. The grace period defaults to the first evaluation after
-    DERD's stage I."""
-    from derd.config import from_dict
-
+    FIFO when early stopping is off. Its rungs are the space's (``SearchSpace.rungs``)."""
     if space.scheduler not in ("asha", "moasha"):
         return FIFOScheduler()
-    max_epochs = max(space.total_epochs().values())
-    base_cfg = from_dict(base_config)
-    grace = space.grace_period or min(max_epochs, base_cfg.stage1.epochs + base_cfg.eval.every)
     presets = {t.number for t in study.trials if t.user_attrs.get("preset")}
     settings = dict(
         protected=presets,
-        max_t=max_epochs,
-        grace_period=max(1, min(grace, max_epochs)),
+        max_t=max(space.total_epochs().values()),
+        grace_period=space.rungs()[0],
         reduction_factor=space.reduction_factor,
     )
     if space.scheduler == "moasha":
@@ -79,6 +74,13 @@ def make_scheduler(space, base_config: dict[str, Any], study, clean_threshold: f
     return ResumableASHA(history=history, **settings)
 
 
+def evaluated(result: dict[str, Any]) -> bool:
+    """Whether a report carries objectives scored at its own epoch (not values held over from an
+    earlier evaluation): the only reports a rung records, live as on resume (``tuning.searcher``
+    stores the evaluated epochs alone)."""
+    return bool(result.get("val_evaluated", True))
+
+
 class ResumableASHA(FIFOScheduler):
     key = "asha"  # its name in a space's search.scheduler
 
@@ -92,15 +94,10 @@ class ResumableASHA(FIFOScheduler):
         protected: set[int] = frozenset(),
     ) -> None:
         super().__init__()
-        if not 0 < grace_period <= max_t or reduction_factor <= 1:
-            raise ValueError(
-                f"ASHA needs 0 < grace_period ({grace_period}) <= max_t ({max_t}) and reduction_factor > 1"
-            )
         self.max_t, self.reduction_factor = max_t, reduction_factor
-        count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
         # (milestone, {trial number: score recorded there}), the highest milestone first
         self.rungs: list[tuple[float, dict[int, float]]] = [
-            (grace_period * reduction_factor**k, {}) for k in reversed(range(count))
+            (milestone, {}) for milestone in reversed(rung_epochs(grace_period, max_t, reduction_factor))
         ]
         self.stopped_early: set[int] = set()
         self.stop_reasons: dict[int, str] = {}  # trial number -> what the rule decided on, for the console
@@ -151,6 +148,8 @@ class ResumableASHA(FIFOScheduler):
         number = trial.config[TRIAL_NUMBER]
         if result[TIME_ATTR] >= self.max_t:
             return TrialScheduler.STOP
+        if not evaluated(result):
+            return TrialScheduler.CONTINUE
         action = self.record(number, result[TIME_ATTR], self.value(result))
         if action == TrialScheduler.STOP and result[TIME_ATTR] < result.get("total_epochs", 0):
             if number in self.protected:
@@ -159,7 +158,7 @@ class ResumableASHA(FIFOScheduler):
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
-        if TIME_ATTR in result and self.value(result) is not None:
+        if TIME_ATTR in result and evaluated(result) and self.value(result) is not None:
             self.record(trial.config[TRIAL_NUMBER], result[TIME_ATTR], self.value(result))
 
     def debug_string(self) -> str:

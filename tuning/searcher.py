@@ -35,8 +35,10 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from derd.evaluate import VAL_CLEAN
+from tuning.seeded import TrialSeeded
 from tuning.space import SearchSpace
 from tuning.stage1_pool import SHARED_FROM, TRAINED, Stage1Pool
+from tuning.study_storage import driver_storage
 
 TRIAL_NUMBER = "trial_number"  # key in a Ray trial's config: the Optuna trial number
 
@@ -59,38 +61,43 @@ def trial_constraint(trial) -> list[float]:
 
 def make_sampler(space: SearchSpace):
     """The space's Optuna sampler: ``search.sampler`` after ``search.startup_trials`` finished trials
-    (presets included), behind the presets' prior when ``search.prior_weight`` > 0."""
+    (presets included), seeded per trial (``tuning.seeded``), behind the presets' prior when
+    ``search.prior_weight`` > 0."""
     import optuna
 
     warnings.filterwarnings(
         "ignore", category=optuna.exceptions.ExperimentalWarning
     )  # constant_liar, constraints_func
-    if space.sampler == "tpe":
-        conditional = len(space.methods) > 1
-        sampler = optuna.samplers.TPESampler(
-            seed=space.seed,
-            multivariate=True,
-            group=conditional,
-            constant_liar=True,
-            n_startup_trials=space.startup_trials,
-            constraints_func=trial_constraint,
-        )
-    elif space.sampler == "gp":
-        # conditional keys (one method's own) fall back to random sampling, which is what they need
-        sampler = optuna.samplers.GPSampler(
-            seed=space.seed,
-            n_startup_trials=space.startup_trials,
-            constraints_func=trial_constraint,
-            warn_independent_sampling=False,
-        )
-    elif space.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(
-            seed=space.seed,
-            population_size=max(4, space.max_concurrent * 2),
-            constraints_func=trial_constraint,
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=space.seed)
+
+    def sampler_seeded(seed: int) -> optuna.samplers.BaseSampler:
+        if space.sampler == "tpe":
+            conditional = len(space.methods) > 1
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                group=conditional,
+                constant_liar=True,
+                n_startup_trials=space.startup_trials,
+                constraints_func=trial_constraint,
+            )
+        elif space.sampler == "gp":
+            # conditional keys (one method's own) fall back to random sampling, which is what they need
+            return optuna.samplers.GPSampler(
+                seed=seed,
+                n_startup_trials=space.startup_trials,
+                constraints_func=trial_constraint,
+                warn_independent_sampling=False,
+            )
+        elif space.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(
+                seed=seed,
+                population_size=max(4, space.max_concurrent * 2),
+                constraints_func=trial_constraint,
+            )
+        else:
+            return optuna.samplers.RandomSampler(seed=seed)
+
+    sampler = TrialSeeded(sampler_seeded, space.seed)  # a resumed search draws as the uninterrupted one
     if space.prior_weight > 0:
         from tuning.prior import PriorSampler
 
@@ -130,9 +137,7 @@ class StudyRecords:
     def __init__(self, storage: Any, name: str) -> None:
         """``storage``: a database URL (a search's ``optuna.db``), or an Optuna storage object (the
         simulator's in-memory one)."""
-        import optuna
-
-        self.storage = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
+        self.storage = driver_storage(storage) if isinstance(storage, str) else storage
         self.name = name
 
     def trial_id(self, number: int) -> int:
@@ -242,12 +247,12 @@ class StudySearcher(Searcher):
         ot = self._live.get(trial_id)
         if ot is None or "epoch" not in result:
             return
-        if self.space.scheduler == "asha":
-            self._set(ot, "scores", result["epoch"], result["search/score"])
         if self.pool.observe(ot.number, self._params.get(trial_id, {}), result):
             ot.set_user_attr(TRAINED, True)
-        if result.get("val_evaluated"):
+        if result.get("val_evaluated"):  # the epochs a rung may record (tuning.scheduler.evaluated)
             self._set(ot, "intermediate", result["epoch"], [result[m] for m in self.space.objective_names()])
+            if self.space.scheduler == "asha":
+                self._set(ot, "scores", result["epoch"], result["search/score"])
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -279,7 +284,8 @@ class StudySearcher(Searcher):
 
     def close(self) -> None:
         """Release the study's database connections (a simulator opens one study per search)."""
-        engine = getattr(self._records and self._records.storage, "engine", None)
+        storage = self._records and self._records.storage
+        engine = getattr(getattr(storage, "rdb", storage), "engine", None)  # DriverStorage's database
         if engine is not None:
             engine.dispose()
         self._study, self._records = None, None

@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import TrialScheduler
 
-from derd.config import apply_overrides, to_dict
+from derd.config import apply_overrides
 from derd.methods import total_epochs
 from derd.pareto import hypervolume, signed
 from tuning.scheduler import make_scheduler
@@ -192,7 +192,6 @@ def simulate(
     draw (seed, n, r)); None: it sees the noise-free answers. ``race_floor``: the clean floor (points)
     of the export a racing strategy races for."""
     space = strategy.apply(space, seed, num_trials, max_concurrent or space.max_concurrent)
-    base_config = to_dict(space.base_config())
     answers.reset()
     storage = (
         optuna.storages.InMemoryStorage()
@@ -200,7 +199,7 @@ def simulate(
     stopped: set[int] = set()
     searcher = StudySearcher(space, storage, f"sim-{strategy.name}-{seed}", clean_threshold, stopped)
     enqueue_presets(searcher.study, space)
-    scheduler = make_scheduler(space, base_config, searcher.study, clean_threshold)
+    scheduler = make_scheduler(space, searcher.study, clean_threshold)
     searcher.stopped_early = stopped = getattr(scheduler, "stopped_early", stopped)
     loop = _EventLoop(
         space, answers, searcher, scheduler, stopped, clean_threshold, budget_epochs, noise, seed

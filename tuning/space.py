@@ -230,6 +230,36 @@ class SearchSpace:
         base = self.base_config()
         return {m: total_epochs(apply_overrides(base, {"method": m})) for m in self.methods}
 
+    def rungs(self) -> list[float]:
+        """The epochs at which ASHA and MO-ASHA judge a trial, lowest first: the grace period (by
+        default the first evaluation after DERD's stage I) times powers of the reduction factor, up to
+        the longest method's budget."""
+        max_t = max(self.total_epochs().values())
+        base = self.base_config()
+        grace = self.grace_period or (base.stage1.epochs // base.eval.every + 1) * base.eval.every
+        return rung_epochs(max(1, min(grace, max_t)), max_t, self.reduction_factor)
+
+    def check_rungs(self, where: str) -> None:
+        """Refuse rungs that fall between val evaluations: a rung judges the objectives a trial was
+        scored on at that very epoch, so that a live search and its resume (which rebuilds the rungs
+        from the evaluated epochs the study stores) decide on the same numbers."""
+        if self.scheduler not in ("asha", "moasha"):
+            return
+        base = self.base_config()
+        for method, budget in self.total_epochs().items():
+            every = apply_overrides(base, {"method": method}).eval.every
+            between = [r for r in self.rungs() if r < budget and r % every]
+            if between:
+                aligned = max(every, math.ceil(between[0] / every) * every)
+                _require(
+                    False,
+                    f"{where}: search.grace_period",
+                    f"the {self.scheduler} rungs at epochs {', '.join(f'{r:g}' for r in between)} fall between "
+                    f"val evaluations (eval.every {every}: epochs {every}, {2 * every}, ...); set "
+                    f"search.grace_period to a multiple of {every} (e.g. {aligned}) and search.reduction_factor "
+                    f"to a whole number",
+                )
+
     def validate_settings(self, where: str = "settings") -> None:
         """Check the search and resource settings (after command-line overrides too)."""
 
@@ -296,6 +326,18 @@ class SearchSpace:
             f"{where}: resources.gpus_per_trial",
             "fractions are allowed only below 1 (e.g. 0.5); above 1 use whole GPUs",
         )
+        self.check_rungs(where)
+
+
+def rung_epochs(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """ASHA's rungs (one bracket, as Ray's ``AsyncHyperBandScheduler``): the grace period times powers
+    of the reduction factor, up to ``max_t``, lowest first."""
+    if not 0 < grace_period <= max_t or reduction_factor <= 1:
+        raise ValueError(
+            f"ASHA needs 0 < grace_period ({grace_period}) <= max_t ({max_t}) and reduction_factor > 1"
+        )
+    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(count)]
 
 
 def default_space_path(dataset: str) -> Path:

@@ -48,11 +48,19 @@ DATABASE_SCHEMES = (
 URI_HELP = "pass http(s)://HOST:PORT, sqlite:///PATH/mlflow.db or a database URI (postgresql://, mysql://)"
 
 
+def read_only(path: Path) -> str:
+    """The URI parameter that opens the SQLite file ``path`` to read only, as it stands: ``READ_AS_IS``,
+    or ``mode=ro`` while a write-ahead log beside it (``tuning.sqlite_wal``) holds commits the file does
+    not yet (``immutable`` would not read them)."""
+    wal = path.with_name(path.name + "-wal")
+    return "mode=ro" if wal.is_file() and wal.stat().st_size else READ_AS_IS
+
+
 def check_sqlite_store(path: Path, what: str, tables: tuple[str, ...], fix: str) -> None:
     """An existing SQLite file that is a whole store holding ``tables``, checked without writing: not a
     folder, not empty (a library would create its tables in it), an SQLite database, not cut short
     (its header's page count fits the file: a copy or a disk that ran out), and its tables listed
-    read-only (``READ_AS_IS``). ``what`` names the store in the one-line error, ``fix`` ends it."""
+    read-only (``read_only``). ``what`` names the store in the one-line error, ``fix`` ends it."""
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not a database file; {fix}")
     try:
@@ -71,7 +79,7 @@ def check_sqlite_store(path: Path, what: str, tables: tuple[str, ...], fix: str)
             f"{what} {path} is cut short ({size} bytes of {expected or 'a 100-byte header'}); {fix}"
         )
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?{READ_AS_IS}", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?{read_only(path)}", uri=True)
         try:
             found = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
