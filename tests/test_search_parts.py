@@ -261,6 +261,15 @@ def test_an_epoch_reported_just_before_a_driver_kill_reaches_mlflow_once(tmp_pat
 OBJECTIVES = [("val/clean_acc", "max"), ("val/aa_acc", "max")]
 
 
+def _moasha(**settings):
+    """MO-ASHA over the two objectives with a clean floor of 50 and rungs from epoch 4 below 8 (unless
+    ``settings`` say otherwise)."""
+    from tuning.scheduler import ResumableMOASHA
+
+    defaults = dict(objectives=OBJECTIVES, clean_threshold=50.0, max_t=8, grace_period=4, reduction_factor=2)
+    return ResumableMOASHA(**{**defaults, **settings})
+
+
 def _rung_result(clean: float, aa: float, epoch: int = 4) -> dict:
     from tuning.trainable import search_score
 
@@ -279,7 +288,7 @@ def test_moasha_keeps_a_trial_on_the_front_that_asha_stops_by_a_hand_computed_ru
     MO-ASHA: the front is {(70, 12), (90, 2), (80, 5)} and (60, 4) is behind it; in the front the
     ends of each objective, (70, 12) and (90, 2), have infinite crowding distance, the newcomer
     wins the tie, so it ranks first of 4 and is inside the top ceil(4 / 2) = 2."""
-    from tuning.scheduler import ResumableMOASHA, rung_order, rung_point
+    from tuning.scheduler import rung_order, rung_point
 
     rung = {0: (90.0, 2.0), 1: (80.0, 5.0), 2: (60.0, 4.0)}
     asha = ResumableASHA(
@@ -288,14 +297,7 @@ def test_moasha_keeps_a_trial_on_the_front_that_asha_stops_by_a_hand_computed_ru
         grace_period=4,
         reduction_factor=2,
     )
-    moasha = ResumableMOASHA(
-        objectives=OBJECTIVES,
-        clean_threshold=50.0,
-        max_t=8,
-        grace_period=4,
-        reduction_factor=2,
-        history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()},
-    )
+    moasha = _moasha(history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()})
     assert asha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "STOP"
     assert moasha.on_trial_result(None, _trial(3), _rung_result(70, 12)) == "CONTINUE"
     assert rung_order(
@@ -336,17 +338,9 @@ def test_a_rung_records_an_evaluated_epoch_only_as_its_rebuild_on_resume_does():
     """A report whose val values are held over from an earlier evaluation is not judged at a rung: the
     first evaluated report at or past it is, which is the epoch a resumed search's rung rebuilt from
     the study's ``intermediate`` holds (so both decide on the same numbers)."""
-    from tuning.scheduler import ResumableMOASHA
 
     def moasha(history=None):  # rungs at epochs 3 and 6; val scored at epochs 2, 4, 6, 8
-        return ResumableMOASHA(
-            objectives=OBJECTIVES,
-            clean_threshold=50.0,
-            max_t=8,
-            grace_period=3,
-            reduction_factor=2,
-            history=history,
-        )
+        return _moasha(grace_period=3, history=history)
 
     live = moasha()
     for number, (clean, aa) in enumerate(((90, 9), (80, 4))):
@@ -385,13 +379,10 @@ def test_rungs_between_evaluations_are_refused_and_the_default_grace_period_is_a
 
 
 def test_the_scheduler_says_what_it_is_in_rays_status_block():
-    from tuning.scheduler import ResumableMOASHA
 
     asha = ResumableASHA(max_t=12, grace_period=4, reduction_factor=2)
     assert asha.debug_string().startswith("Using ASHA (resumable): rungs at epochs 8, 4;")
-    moasha = ResumableMOASHA(
-        objectives=OBJECTIVES, clean_threshold=50.0, max_t=12, grace_period=4, reduction_factor=2
-    )
+    moasha = _moasha(max_t=12)
     trial = _trial(0)
     moasha.on_trial_add(None, trial)
     moasha.stopped_early.add(5)
@@ -502,12 +493,7 @@ def test_noise_aware_moasha_keeps_a_trial_within_its_standard_errors_and_every_s
     rung = {0: (90.0, 9.0), 1: (89.0, 8.8), 2: (80.0, 2.0)}
 
     def moasha(noise_aware: bool) -> ResumableMOASHA:
-        return ResumableMOASHA(
-            objectives=OBJECTIVES,
-            clean_threshold=50.0,
-            max_t=8,
-            grace_period=4,
-            reduction_factor=2,
+        return _moasha(
             noise_aware=noise_aware,
             history={n: {4: rung_point(list(p), OBJECTIVES, 50.0)} for n, p in rung.items()},
         )

@@ -127,9 +127,7 @@ class MLflowSearchLogger(Callback):
         """The trial's run: found by its number (created from ``config`` on first sight)."""
         if number in self._runs:
             return self._runs[number]
-        found = self._earlier().get(number)
-        if found is None and len(self._earlier()) >= SEARCH_PAGE:  # more than one page: ask for this one
-            found = next(iter(self.find_run(number)), None)
+        found = self.earlier_run(number)
         if found:
             run_id = found.info.run_id
             history = self.client.get_metric_history(run_id, EPOCH_TIME)
@@ -140,21 +138,21 @@ class MLflowSearchLogger(Callback):
         self._runs[number] = run_id
         return run_id
 
-    def _earlier(self) -> dict[int, Any]:
-        """The trial runs earlier sessions of this search created, by trial number: read once, so a
-        trial start makes no search of the store (one per start grew with the store)."""
+    def earlier_run(self, number: int):
+        """The trial's run, if an earlier session of this search created it (else None). The trial runs
+        are read once, so a trial start makes no search of the store (one per start grew with it); a
+        search of more trials than one MLflow page asks for the rest one by one."""
         if self._earlier_runs is None:
             tags = {Tag.PARENT: self.parent_run_id, Tag.KIND: "trial"}
-            runs = runs_tagged(self.client, [self.experiment_id], tags, max_results=SEARCH_PAGE)
+            runs = runs_tagged(self.client, [self.experiment_id], tags)
             self._earlier_runs = {
                 int(r.data.tags[Tag.TRIAL_NUMBER]): r for r in reversed(runs)
             }  # newest wins
-        return self._earlier_runs
-
-    def find_run(self, number: int) -> list:
-        """The trial's run in MLflow, if a session created it: [run] or []."""
-        tags = {Tag.TRIAL_NUMBER: str(number), Tag.PARENT: self.parent_run_id}
-        return runs_tagged(self.client, [self.experiment_id], tags, max_results=1)
+        found = self._earlier_runs.get(number)
+        if found is None and len(self._earlier_runs) >= SEARCH_PAGE:
+            tags = {Tag.TRIAL_NUMBER: str(number), Tag.PARENT: self.parent_run_id}
+            found = next(iter(runs_tagged(self.client, [self.experiment_id], tags, max_results=1)), None)
+        return found
 
     def _create_run(self, number: int, config: dict[str, Any], ray_trial_id: str) -> str:
         from mlflow.entities import Param, RunTag
@@ -369,8 +367,8 @@ class MLflowSearchLogger(Callback):
         for t in study.trials:
             if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
                 continue
-            found = self.find_run(t.number)
-            if not found or found[0].info.status != "RUNNING":
+            found = self.earlier_run(t.number)
+            if not found or found.info.status != "RUNNING":
                 continue
             if t.state == TrialState.FAIL:
                 self.fail(t.number, "trial failed (recorded by Optuna; the driver stopped before MLflow)", {})

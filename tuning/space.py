@@ -245,10 +245,10 @@ class SearchSpace:
         from the evaluated epochs the study stores) decide on the same numbers."""
         if self.scheduler not in ("asha", "moasha"):
             return
-        base = self.base_config()
+        base, rungs = self.base_config(), self.rungs()
         for method, budget in self.total_epochs().items():
             every = apply_overrides(base, {"method": method}).eval.every
-            between = [r for r in self.rungs() if r < budget and r % every]
+            between = [r for r in rungs if r < budget and r % every]
             if between:
                 aligned = max(every, math.ceil(between[0] / every) * every)
                 _require(
