@@ -124,6 +124,37 @@ def test_searcher_tells_complete_pruned_fail_and_leaves_interrupted_trials_runni
     assert resumed.suggest("next")[TRIAL_NUMBER] == 5
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_trial_asked_but_not_drawn_when_the_driver_died_is_drawn_on_resume_as_the_live_search_drew_it(
+    tmp_path, sampler
+):
+    """A driver killed between ``study.ask()`` and the trial's first draw leaves a RUNNING trial
+    without parameters; the resumed search hands it out with the parameters the uninterrupted search
+    gave that trial, not an empty config (which ran the base config under the trial's number)."""
+    import dataclasses
+
+    searched = dataclasses.replace(SearchSpace.from_yaml(write_space(tmp_path / "s.yaml")), sampler=sampler)
+
+    def searcher(name: str) -> StudySearcher:
+        return StudySearcher(searched, f"sqlite:///{tmp_path / name}", "s", clean_threshold=50.0, stopped_early=set())
+
+    def run(into: StudySearcher, number: int) -> dict:
+        config = into.suggest(f"t{number}")
+        into.on_trial_complete(f"t{number}", _result(4, 4, 60.0 + number, 5.0))
+        return config
+
+    whole = searcher("whole.db")
+    live = [run(whole, i) for i in range(3)]
+    killed = searcher("killed.db")
+    for i in range(2):
+        run(killed, i)
+    killed.study.ask()  # trial 2 created, then the driver died before drawing its keys
+    resumed = searcher("killed.db")
+    again = resumed.suggest("new-ray-id")
+    assert again[TRIAL_NUMBER] == 2 and again == live[2]
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'killed.db'}").trials[2].params
+
+
 def _trial(number: int):
     return SimpleNamespace(trial_id=f"ray-{number}", config={TRIAL_NUMBER: number})
 

@@ -20,7 +20,9 @@ takes no feasibility constraint. Here:
   trials outnumber full ones (``benchmarks/bench_scale.py`` hit it at 64 concurrent trials);
   a failed trial is told FAIL;
   a trial interrupted with the driver stays RUNNING and is handed out again, with the same
-  parameters, to the first ``suggest`` of the resumed search;
+  parameters, to the first ``suggest`` of the resumed search (a driver killed between asking a
+  trial and drawing its keys leaves it without some: they are drawn then, as that trial's seed
+  would have drawn them);
 * feasibility: the user attribute ``constraint`` = [threshold - val/clean_acc] (<= 0 is
   feasible) feeds TPE's and NSGA-II's ``constraints_func``.
 """
@@ -210,8 +212,9 @@ class StudySearcher(Searcher):
         orphans = self._running_orphans()
         if orphans:  # a trial interrupted with the previous driver: same number, same parameters
             frozen = self.study.trials[orphans.pop(0)]
+            self.study.sampler.before_trial(self.study, frozen)  # seeded by its number (tuning.seeded)
             ot = self.records.handle(self.study, frozen.number)
-            params = dict(frozen.params)
+            params = self.space.sample(ot)  # its drawn keys read back; any the killed driver had not drawn, drawn now
             self._attrs[frozen.number] = {
                 k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")
             }
