@@ -136,7 +136,9 @@ def test_a_trial_asked_but_not_drawn_when_the_driver_died_is_drawn_on_resume_as_
     searched = dataclasses.replace(SearchSpace.from_yaml(write_space(tmp_path / "s.yaml")), sampler=sampler)
 
     def searcher(name: str) -> StudySearcher:
-        return StudySearcher(searched, f"sqlite:///{tmp_path / name}", "s", clean_threshold=50.0, stopped_early=set())
+        return StudySearcher(
+            searched, f"sqlite:///{tmp_path / name}", "s", clean_threshold=50.0, stopped_early=set()
+        )
 
     def run(into: StudySearcher, number: int) -> dict:
         config = into.suggest(f"t{number}")
