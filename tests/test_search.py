@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
+import psutil
 import pytest
+import torch
 from conftest import TINY_BASE, write_space
 from mlflow.tracking import MlflowClient
 
@@ -253,7 +256,6 @@ def _assert_complete_and_unique(out: Path, n: int, name: str = "derd-digits") ->
 
 def _listening(pid: int) -> set[str]:
     """The addresses a process and its descendants listen on (TCP)."""
-    import psutil
 
     found = set()
     try:
@@ -496,3 +498,104 @@ def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, capsys, cluster, te
         )
     assert exc.value.code == 2
     assert "more than any node has (1 GPUs)" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def ray_nodes(tmp_path):
+    """Ray nodes started by the real CLI (``tests/ray_nodes.py``), with HOME in the test's folder (the token
+    there, never the user's ~/.ray); every node is stopped by its process ids at the end."""
+    from ray_nodes import RayNode, cluster_env, generate_token
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = cluster_env(home, REPO)
+    generate_token(env)
+    started: list = []
+
+    def start(name: str, ip: str, head: str | None = None):
+        started.append(RayNode(tmp_path, name, env, num_cpus=1, head=head, ip=ip))
+        return started[-1].wait_started()
+
+    yield SimpleNamespace(start=start, env=env)
+    for node in reversed(started):
+        node.stop()
+
+
+def test_a_lost_node_s_trial_resumes_on_the_surviving_node_and_a_new_node_takes_trials(
+    tmp_path, ray_nodes, teacher_args
+):
+    """A head (``ray start --head``) and a worker node (``ray start --address``), one CPU each, token
+    authentication on; the search joins with --address and runs one trial on each. Every process of the
+    worker node is killed with SIGKILL after its trial saved an epoch: the trial resumes on the head from
+    its own run.pt (the folder both nodes see), each epoch is logged once, the restore is tagged and
+    counted. A node that joins afterwards takes trials."""
+    from ray_nodes import trial_of
+
+    from tuning.records import SearchFolder, Tag
+
+    head = ray_nodes.start("head", "127.0.0.2")
+    node2 = ray_nodes.start("node2", "127.0.0.3", head.address)
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"},
+        base={**TINY_BASE, "budget.iters_per_epoch": 20, "eval.every": 4},
+    )
+    out = tmp_path / "s"
+    folder = SearchFolder(out)
+    log = tmp_path / "driver.log"
+    cmd = [sys.executable, str(REPO / "tuning" / "search.py"), "--space", str(space), "--out", str(out)]
+    with log.open("w") as f:
+        driver = subprocess.Popen(
+            [*cmd, "--address", head.address, "--cpus-per-trial", "1", *teacher_args],
+            env=ray_nodes.env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def on_node2() -> int | None:
+            for proc in node2.trial_workers():
+                number = trial_of(proc, out)
+                if number is not None and folder.trial_checkpoint(number).is_file():
+                    return number
+            return None
+
+        _wait_for(lambda: on_node2() is not None or driver.poll() is not None)
+        lost = on_node2()
+        assert lost is not None, log.read_text()[-3000:]
+        node2_id = node2.node_id()
+        time.sleep(0.3)
+        assert node2.kill() >= 3  # ray start, its raylet, its agents and the trial's worker
+        epoch = torch.load(folder.trial_checkpoint(lost), weights_only=True)["history"][-1]["epoch"]
+        assert epoch < 4  # killed mid-trial
+
+        def resumed_on_head() -> bool:
+            return any(trial_of(p, out) == lost for p in head.trial_workers())
+
+        _wait_for(lambda: resumed_on_head() or driver.poll() is not None)
+        node3 = ray_nodes.start("node3", "127.0.0.4", head.address)
+        assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    text = log.read_text()
+    assert f"trial-{lost:04d}: worker lost after epoch " in text and "resumes from its epoch-" in text, text[
+        -3000:
+    ]
+    _assert_complete_and_unique(out, 4)
+    client, trials, _ = _runs(out)
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in trials}
+    assert by_number[lost].data.tags[Tag.RESTORES] == "1"
+    assert {r.data.tags.get(Tag.RESTORES, "0") for n, r in by_number.items() if n != lost} == {"0"}
+    for run in trials:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/G")) == [1, 2, 3, 4]
+    # Ray's record of the lost trial's reports (Tune's result.json): its first epochs on node2, the rest
+    # on the head, which ran the first trial
+    (results,) = [p for p in (out / "tune").rglob("result.json") if f"trial_number={lost}_" in p.parent.name]
+    nodes = [json.loads(line)["node_id"] for line in results.read_text().splitlines()]
+    head_id = by_number[1 - lost].data.tags[Tag.NODE_ID]
+    assert nodes[0] == node2_id != head_id and nodes[-1] == head_id == by_number[lost].data.tags[Tag.NODE_ID]
+    # the node that joined took a trial (of the two left; the head, busy, took the other or none)
+    assert node3.node_id() in {by_number[n].data.tags[Tag.NODE_ID] for n in (2, 3)}
+    assert "1 restored from a checkpoint after a failure" in (out / "best_trials.md").read_text()

@@ -406,6 +406,8 @@ WORKER_LOST = (
     "ActorUnavailableError",
     "The actor died",
     "worker process has died",
+    "is unavailable",  # its node lost: the worker's connection reset (ActorUnavailableError's message alone)
+    "NodeDiedError",
 )
 
 
