@@ -315,7 +315,9 @@ def test_dfard_is_marked_as_a_reconstruction_wherever_it_is_shown():
     assert "| DFARD* |" in tables and "reconstructed from the paper's abstract" in tables
 
 
-def test_dfard_ita_sets_the_temperature_once_per_epoch_as_its_v1_abstract_says(experts, val_data, monkeypatch):
+def test_dfard_ita_sets_the_temperature_once_per_epoch_as_its_v1_abstract_says(
+    experts, val_data, monkeypatch
+):
     """arXiv 2303.11611v1's abstract: the interactive strategy finds "more suitable training objectives at
     each epoch": the student's distillation temperature is fixed within an epoch and moves only between
     epochs (the rule that moves it, ``end_epoch``, is this project's: tests/test_losses.py)."""
