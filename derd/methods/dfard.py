@@ -7,8 +7,8 @@ arXiv 2303.11611v2 (HTML) holds only its front matter, abstract and the first se
 introduction: two sessions (2026-12-07, issue 37; the second with about 25 queries on ITA's
 temperature rule, AGB's weights, the losses, optimisers, schedules, hyperparameter tables,
 ablations and equations, in English and Chinese, across the pages, code and issues corpora) never
-returned a later passage, and no implementation by the authors is indexed (nor in FERD's or
-DFHL-RS's official code, which compare with DFARD). What the text available says: DFARD
+returned a later passage, and no implementation by the authors is indexed (nor is one in
+FERD's official code, whose paper compares with DFARD, or in DFHL-RS's). What the text available says: DFARD
 trains a generator adversarially against the student under the robust teacher, an
 Interactive Temperature Adjustment (ITA) sets the distillation temperature from the student's
 feedback, "to find more suitable training objectives at each epoch" (the v1 abstract, "Model
