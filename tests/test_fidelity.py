@@ -315,6 +315,29 @@ def test_dfard_is_marked_as_a_reconstruction_wherever_it_is_shown():
     assert "| DFARD* |" in tables and "reconstructed from the paper's abstract" in tables
 
 
+def test_dfard_ita_sets_the_temperature_once_per_epoch_as_its_v1_abstract_says(
+    experts, val_data, monkeypatch
+):
+    """arXiv 2303.11611v1's abstract: the interactive strategy finds "more suitable training objectives at
+    each epoch": the student's distillation temperature is fixed within an epoch and moves only between
+    epochs (the rule that moves it, ``end_epoch``, is this project's: tests/test_losses.py)."""
+    import derd.methods.dfard as dfard
+
+    run = tiny_run("dfard", experts, val_data)
+    m, used = run.method, []
+    real = dfard.rslad
+    monkeypatch.setattr(dfard, "rslad", lambda ctx, x, tau: used.append(tau) or real(ctx, x, tau=tau))
+    assert m.tau == run.cfg.dfard.tau_max  # tau_0 = tau_max
+    for step in range(3):
+        m.iteration(run.phases[0], step)
+    assert used == [run.cfg.dfard.tau_max] * 3 and m.tau == run.cfg.dfard.tau_max
+    logged = m.end_epoch(run.phases[0], {"kd/adv_agreement": 0.5})
+    assert logged == {"dfard/tau": run.cfg.dfard.tau_max} and m.tau != run.cfg.dfard.tau_max
+    m.iteration(run.phases[0], 3)
+    assert used[-1] == m.tau
+    run.close()
+
+
 # ---- GDFQ ---------------------------------------------------------------------------------------
 
 

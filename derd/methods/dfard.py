@@ -1,14 +1,22 @@
 """``dfard``: data-free adversarial robustness distillation (Wang et al., "Out of Thin Air:
-Exploring Data-Free Adversarial Robustness Distillation", AAAI 2024), reconstructed.
+Exploring Data-Free Adversarial Robustness Distillation", AAAI 2024, pp. 5776-5784, arXiv 2303.11611),
+reconstructed.
 
-**The paper's full text was not available to this project** (only its abstract; the search tool
-indexes arXiv 2303.11611v2 in HTML, but on 2026-12-07 it returned only the abstract and front matter,
-never the method or experiments sections: issue 37): DFARD
+**Its method and experiments sections could not be read here.** The search tool's stored copy of
+arXiv 2303.11611v2 (HTML) holds only its front matter, abstract and the first sentences of its
+introduction: two sessions (2026-12-07, issue 37; the second with about 25 queries on ITA's
+temperature rule, AGB's weights, the losses, optimisers, schedules, hyperparameter tables,
+ablations and equations, in English and Chinese, across the pages, code and issues corpora) never
+returned a later passage, and no implementation by the authors is indexed (nor is one in
+FERD's official code, whose paper compares with DFARD, or in DFHL-RS's). What the text available says: DFARD
 trains a generator adversarially against the student under the robust teacher, an
-Interactive Temperature Adjustment (ITA) sets the distillation temperature each epoch from
-the student's feedback, and an Adaptive Generator Balance (AGB) keeps the generator from
-losing data information, with adaptive instead of tuned weights. The exact rules below are
-this project's, chosen to follow that description; replace them here when the paper is at hand.
+Interactive Temperature Adjustment (ITA) sets the distillation temperature from the student's
+feedback, "to find more suitable training objectives at each epoch" (the v1 abstract, "Model
+Robustness Meets Data Privacy: Adversarial Robustness Distillation without Original Data"), and
+an Adaptive Generator Balance (AGB) keeps the generator from losing data information, with
+adaptive instead of tuned weights. The exact rules below are this project's, chosen to follow
+that description (ITA's per-epoch cadence is the text's); replace them here when the paper is at
+hand.
 
 * Generator: L_G = L_adv + w * L_bn, L_adv = -KL(T_rob(x) || S(x)) (adversarial to the
   student), L_bn = T_rob's BN-statistics distance (the data information). AGB:
@@ -25,10 +33,9 @@ ratio of the two terms' current magnitudes; the paper may adapt it differently, 
 other terms), which data-information term AGB protects (here L_bn), ITA's feedback signal
 (here the agreement on adversarial pseudo examples), its mapping to a temperature (here linear
 between two hand-set bounds, tau_min and tau_max, which sit oddly with the abstract's "adaptive
-hyperparameters"; the paper's rule may need neither), how often the temperature changes (here
-per epoch), whether the generator sees the natural or the adversarial discrepancy, and the
-generator's optimiser and schedule (here DERD's: Adam, betas (0.5, 0.999)). Every table,
-report and summary marks the method "DFARD*" with this reconstruction's footnote (``note``).
+hyperparameters"; the paper's rule may need neither), whether the generator sees the natural or
+the adversarial discrepancy, and the generator's optimiser and schedule (here DERD's: Adam, betas
+(0.5, 0.999)). Every table, report and summary marks the method "DFARD*" with this reconstruction's footnote (``note``).
 """
 
 from __future__ import annotations
@@ -73,8 +80,8 @@ class DFARD(GeneratorMethod):
     name = "dfard"
     label = "DFARD*"
     note = (
-        "reconstructed from the paper's abstract (Wang et al., AAAI 2024; the full text was not available): "
-        "its AGB and ITA rules are this project's (derd/methods/dfard.py)"
+        "reconstructed from the paper's abstract (Wang et al., AAAI 2024; its method sections could not be read "
+        "here): its AGB and ITA rules are this project's, ITA's per-epoch cadence the text's (derd/methods/dfard.py)"
     )
     order = 8
     sections = {"dfard": DFARDConfig, "robust": RobustConfig}
