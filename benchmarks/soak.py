@@ -516,7 +516,8 @@ def _short(title: str) -> str:
     ):
         if name in title:
             return name
-    return title.split()[0].rsplit("/", 1)[-1] if not title.startswith("ray::") else title
+    first = title.split()[0] if title.split() else title  # Ray pads its workers' titles with spaces
+    return first if first.startswith("ray::") else first.rsplit("/", 1)[-1]
 
 
 # ---- the figures ---------------------------------------------------------------------------------------
@@ -607,7 +608,7 @@ def memory_figures(out: Path) -> list[str]:
         for line in f:
             sample = json.loads(line)
             for where, pid, title, rss in sample["procs"]:
-                series.setdefault((where, pid, title), []).append((sample["t"], rss))
+                series.setdefault((where, pid, _short(title)), []).append((sample["t"], rss))
     if not series:
         return ["no memory samples"]
     t0 = min(p[0][0] for p in series.values())

@@ -538,7 +538,8 @@ def test_a_lost_node_s_trial_resumes_on_the_surviving_node_and_a_new_node_takes_
     space = write_space(
         tmp_path / "space.yaml",
         search={"num_trials": 4, "max_concurrent": 2, "scheduler": "none"},
-        base={**TINY_BASE, "budget.iters_per_epoch": 20, "eval.every": 4},
+        # epochs of about a second on an idle machine (more under load): the kill falls inside a trial
+        base={**TINY_BASE, "budget.iters_per_epoch": 120, "eval.every": 4},
     )
     out = tmp_path / "s"
     folder = SearchFolder(out)
@@ -591,11 +592,11 @@ def test_a_lost_node_s_trial_resumes_on_the_surviving_node_and_a_new_node_takes_
     for run in trials:
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/G")) == [1, 2, 3, 4]
     # Ray's record of the lost trial's reports (Tune's result.json): its first epochs on node2, the rest
-    # on the head, which ran the first trial
+    # on the head
     (results,) = [p for p in (out / "tune").rglob("result.json") if f"trial_number={lost}_" in p.parent.name]
     nodes = [json.loads(line)["node_id"] for line in results.read_text().splitlines()]
-    head_id = by_number[1 - lost].data.tags[Tag.NODE_ID]
+    head_id = head.node_id()
     assert nodes[0] == node2_id != head_id and nodes[-1] == head_id == by_number[lost].data.tags[Tag.NODE_ID]
-    # the node that joined took a trial (of the two left; the head, busy, took the other or none)
-    assert node3.node_id() in {by_number[n].data.tags[Tag.NODE_ID] for n in (2, 3)}
+    # the node that joined took a trial (one of those started after it joined)
+    assert node3.node_id() in {r.data.tags[Tag.NODE_ID] for r in trials}
     assert "1 restored from a checkpoint after a failure" in (out / "best_trials.md").read_text()
