@@ -269,11 +269,13 @@ class StudySearcher(Searcher):
         if ot is None:
             return
         if error or not result or "epoch" not in result:
+            self._attrs.pop(ot.number, None)
             self.study.tell(ot, state=TrialState.FAIL)
             return
         self._live[trial_id], self._params[trial_id] = ot, params
         self.on_trial_result(trial_id, result)  # Tune hands the last result to on_trial_complete only
         del self._live[trial_id], self._params[trial_id]
+        self._attrs.pop(ot.number, None)  # its records are in the study now; a driver holds the live ones only
         finished = result["epoch"] >= result["total_epochs"]
         if not finished and ot.number not in self.stopped_early:
             return  # interrupted with the driver: stays RUNNING, resumed by the next session
