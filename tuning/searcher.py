@@ -275,7 +275,7 @@ class StudySearcher(Searcher):
         self._live[trial_id], self._params[trial_id] = ot, params
         self.on_trial_result(trial_id, result)  # Tune hands the last result to on_trial_complete only
         del self._live[trial_id], self._params[trial_id]
-        self._attrs.pop(ot.number, None)  # its records are in the study now; a driver holds the live ones only
+        self._attrs.pop(ot.number, None)  # in the study now: the driver holds running trials' records only
         finished = result["epoch"] >= result["total_epochs"]
         if not finished and ot.number not in self.stopped_early:
             return  # interrupted with the driver: stays RUNNING, resumed by the next session
