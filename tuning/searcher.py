@@ -214,9 +214,8 @@ class StudySearcher(Searcher):
             frozen = self.study.trials[orphans.pop(0)]
             self.study.sampler.before_trial(self.study, frozen)  # seeded by its number (tuning.seeded)
             ot = self.records.handle(self.study, frozen.number)
-            params = self.space.sample(
-                ot
-            )  # its drawn keys read back; any the killed driver had not drawn, drawn now
+            # its drawn keys read back; any the killed driver had not drawn, drawn now
+            params = self.space.sample(ot)
             self._attrs[frozen.number] = {
                 k: dict(frozen.user_attrs.get(k, {})) for k in ("scores", "intermediate")
             }
