@@ -167,19 +167,9 @@ class RayNode:
 
     def stop(self, grace: float = 10) -> None:
         """SIGTERM to the node's processes, SIGKILL to those left after ``grace`` seconds; its folder removed."""
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=10)
+        from tuning.processes import terminate
+
+        terminate(self.processes(), grace)
         self.proc.poll()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

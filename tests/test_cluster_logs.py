@@ -174,6 +174,8 @@ def token_head(tmp_path_factory):
     the test's folder, and is stopped by its process ids (``ray stop`` would stop every Ray here)."""
     import psutil
 
+    from tuning.processes import terminate
+
     root = tmp_path_factory.mktemp("head")
     ray_tmp = Path(tempfile.mkdtemp(prefix="derd-ray-"))  # short: Ray's socket paths live under it
     home = root / "home"
@@ -226,18 +228,7 @@ def token_head(tmp_path_factory):
             procs += procs[0].children(recursive=True)
         except psutil.Error:
             pass
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=10)
+        terminate(procs, grace=5)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

@@ -75,18 +75,25 @@ def end_processes(recorded: Recorded, grace: float = 3.0) -> int:
                 alive.append(proc)
         except psutil.Error:
             continue
-    for proc in alive:
+    terminate(alive, grace)
+    return len(alive)
+
+
+def terminate(procs: list, grace: float) -> None:
+    """SIGTERM ``procs`` (``psutil.Process`` objects), SIGKILL those left after ``grace`` seconds, and
+    wait for them to go."""
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.Error:
             pass
-    _, left = psutil.wait_procs(alive, timeout=grace)
+    _, left = psutil.wait_procs(procs, timeout=grace)
     for proc in left:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    return len(alive)
+    psutil.wait_procs(left, timeout=10)
 
 
 def start_reaper() -> subprocess.Popen:
