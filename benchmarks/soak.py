@@ -237,7 +237,9 @@ class Soak:
         self.out.mkdir(parents=True, exist_ok=True)
         self.search = self.out / "search"
         self.state = load_state(self.out)
-        cache = os.environ.get("DERD_CACHE") or str(Path.home() / ".cache" / "derd")
+        from derd.cache import cache_dir
+
+        cache = str(cache_dir())  # the caller's, pinned: the nodes' HOME is the soak's own
         home = self.out / "home"
         home.mkdir(exist_ok=True)
         self.env = {**cluster_env(home, REPO), "DERD_CACHE": cache, "PYTHONUNBUFFERED": "1"}
