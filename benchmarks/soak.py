@@ -60,6 +60,8 @@ import psutil  # noqa: E402
 import yaml  # noqa: E402
 from ray_nodes import RayNode, cluster_env, generate_token, trial_of  # noqa: E402
 
+from derd.cache import cache_dir  # noqa: E402
+
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 # the tests' small trial (tests/conftest.py): small batches, generator and student latent
 TINY = {
@@ -237,8 +239,6 @@ class Soak:
         self.out.mkdir(parents=True, exist_ok=True)
         self.search = self.out / "search"
         self.state = load_state(self.out)
-        from derd.cache import cache_dir
-
         cache = str(cache_dir())  # the caller's, pinned: the nodes' HOME is the soak's own
         home = self.out / "home"
         home.mkdir(exist_ok=True)

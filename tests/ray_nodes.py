@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from tuning.processes import terminate
+
 RAY_CLI = str(Path(sys.executable).parent / "ray")
 
 
@@ -167,8 +169,6 @@ class RayNode:
 
     def stop(self, grace: float = 10) -> None:
         """SIGTERM to the node's processes, SIGKILL to those left after ``grace`` seconds; its folder removed."""
-        from tuning.processes import terminate
-
         terminate(self.processes(), grace)
         self.proc.poll()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
